@@ -1,0 +1,65 @@
+//! Warden's tamper-evident audit log.
+//!
+//! Every decision the gateway takes — allow, deny, error — becomes an [`EventBody`]: who, what,
+//! on which resource, for which purpose, about which subject (by pseudonym only), with which
+//! outcome. The [`Sequencer`] appends events in batches to an [`AuditStore`], chaining each
+//! to the one before with SHA-256 over a [canonical](canonical) encoding and signing
+//! [checkpoints](checkpoint) with an Ed25519 key. [`verify_store`] and [`ChainVerifier`]
+//! recompute the chain and name the first entry that does not verify.
+//!
+//! ```no_run
+//! # async fn demo() -> warden_audit::Result<()> {
+//! use std::sync::Arc;
+//! use warden_audit::{Db, NewEvent, Sequencer, SequencerConfig, SqlAuditStore, CheckpointKeys};
+//! use warden_sdk::Decision;
+//!
+//! let db = Db::connect("sqlite://./audit.db").await?;
+//! db.migrate().await?;
+//! let store = Arc::new(SqlAuditStore::new(db));
+//! let seq = Sequencer::start(store.clone(), None, SequencerConfig::default(), None);
+//! let n = seq
+//!     .append(NewEvent::new(1_700_000_000_000_000, "u-1", "user", "audit.read", "audit", Decision::Allow))
+//!     .await?;
+//! seq.shutdown().await;
+//! let report = warden_audit::verify_store(store.as_ref(), CheckpointKeys::new()).await?;
+//! assert!(report.ok && report.head_seq == n);
+//! # Ok(()) }
+//! ```
+
+pub mod canonical;
+pub mod checkpoint;
+pub mod db;
+pub mod event;
+pub mod sequencer;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod verify;
+
+pub use checkpoint::{Checkpoint, CheckpointKeys, CheckpointSigner};
+pub use db::{Backend, Db};
+pub use event::{EventBody, Hash, NewEvent, StoredEvent};
+pub use sequencer::{AuditObserver, Sequencer, SequencerConfig};
+pub use store::{AuditStore, Query, SqlAuditStore};
+pub use verify::{verify_store, ChainVerifier};
+
+/// Errors of the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid audit event: {0}")]
+    InvalidEvent(String),
+    #[error("audit log is closed")]
+    Closed,
+    #[error("audit log unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored audit data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

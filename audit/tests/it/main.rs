@@ -1,0 +1,70 @@
+//! Integration tests of warden-audit against real SQLite files and a real PostgreSQL server.
+
+mod contract;
+mod tamper;
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+use warden_audit::{CheckpointKeys, CheckpointSigner, Db, NewEvent, SqlAuditStore};
+use warden_sdk::Decision;
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+pub(crate) struct Fixture {
+    pub(crate) db: Db,
+    pub(crate) url: String,
+    pub(crate) store: Arc<SqlAuditStore>,
+    _dir: tempfile::TempDir,
+}
+
+pub(crate) async fn fixture(kind: Kind) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, url) = match kind {
+        Kind::Sqlite => warden_audit::testkit::fresh_sqlite(dir.path()).await,
+        Kind::Postgres => warden_audit::testkit::fresh_postgres().await,
+    };
+    Fixture { store: Arc::new(SqlAuditStore::new(db.clone())), db, url, _dir: dir }
+}
+
+pub(crate) fn event(i: u64) -> NewEvent {
+    NewEvent::new(
+        1_700_000_000_000_000 + i as i64,
+        format!("actor-{}", i % 3),
+        "user",
+        if i % 2 == 0 { "audit.read" } else { "policy.write" },
+        "audit",
+        if i % 5 == 0 { Decision::Deny } else { Decision::Allow },
+    )
+    .request_id(Some(format!("req-{i}")))
+    .subject_ref(if i % 4 == 0 { Some(format!("sr-{}", i % 8)) } else { None })
+    .details(&json!({"status": 200, "i": i}))
+}
+
+pub(crate) fn signer() -> (CheckpointSigner, CheckpointKeys) {
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+    let mut keys = CheckpointKeys::new();
+    keys.insert("cp-test", key.verifying_key());
+    (CheckpointSigner::new("cp-test", key), keys)
+}
+
+/// Runs each listed async test body once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Kind::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Kind::Postgres).await })*
+        }
+    };
+}
