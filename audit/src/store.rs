@@ -44,7 +44,7 @@ pub struct Query {
 ///   beyond the gateway's and is then caught by the verifier.
 /// - **Reads are in sequence order** and see only committed batches.
 #[async_trait]
-pub trait AuditStore: Send + Sync + 'static {
+pub trait AuditStore: Send + Sync + std::fmt::Debug + 'static {
     /// Appends a batch; returns the stored events in order.
     async fn append(&self, events: Vec<EventBody>) -> Result<Vec<StoredEvent>>;
 

@@ -1,1 +1,207 @@
-fn main() {}
+//! The `warden` command.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use warden_audit::CheckpointKeys;
+use warden_gateway::config::Config;
+use warden_gateway::{cli, state};
+use warden_sdk::VerifyReport;
+
+#[derive(Parser)]
+#[command(name = "warden", version, about = "Data-governance gateway for GDPR and PCI DSS")]
+struct Args {
+    /// Configuration file (TOML); without one Warden runs on embedded defaults.
+    #[arg(long, short, global = true, env = "WARDEN_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Address to listen on (overrides `listen` in the config).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain and signed checkpoints; exit 0 when intact, 1 naming the first
+    /// bad entry otherwise.
+    Verify {
+        /// Verify this export offline instead of the configured database.
+        #[arg(long, requires = "public_key")]
+        export: Option<PathBuf>,
+        /// Checkpoint public key (hex), for --export.
+        #[arg(long)]
+        public_key: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the whole audit log as NDJSON (stdout, or --out).
+    Export {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the checkpoint public keys, for offline verification.
+    PublicKey,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = Config::load(args.config.as_deref(), &env)?;
+    match args.command {
+        Command::Serve { listen } => serve(config, listen, &env).await,
+        Command::Migrate => {
+            state::open_databases(&config).await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command: AuditCommand::Verify { export, public_key, json } } => {
+            let report = match export {
+                Some(path) => {
+                    let mut keys = CheckpointKeys::new();
+                    for k in &public_key {
+                        let (kid, key) = cli::parse_public_key(k)?;
+                        keys.insert(kid, key);
+                    }
+                    let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+                    cli::verify_export(std::io::BufReader::new(file), keys)?
+                }
+                None => cli::verify_db(&config).await?,
+            };
+            Ok(print_report(&report, json))
+        }
+        Command::Audit { command: AuditCommand::Export { out } } => {
+            let n = match out {
+                Some(path) => {
+                    let mut file = std::io::BufWriter::new(
+                        std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?,
+                    );
+                    cli::export(&config, &mut file).await?
+                }
+                None => cli::export(&config, &mut std::io::stdout().lock()).await?,
+            };
+            eprintln!("exported {n} audit events");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command: AuditCommand::PublicKey } => {
+            let (_, keys) = cli::checkpoint_keys(&config).await?;
+            for (kid, hex) in keys {
+                println!("{kid} {hex}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_report(report: &VerifyReport, json: bool) -> ExitCode {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+    } else if report.ok {
+        println!(
+            "audit log intact: {} entries, {} signed checkpoints, head at {}",
+            report.entries, report.checkpoints, report.head_seq
+        );
+    } else {
+        println!(
+            "audit log does NOT verify: first bad entry {}: {}",
+            report.first_bad_seq.unwrap_or_default(),
+            report.reason.as_deref().unwrap_or("unknown")
+        );
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+async fn serve(mut config: Config, listen: Option<SocketAddr>, env: &HashMap<String, String>) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    let addr = config.listen;
+    let (state, first_start) = state::start(config, env, Arc::new(warden_policy::SystemClock)).await?;
+    if let Some(first) = first_start {
+        // Shown once, on the terminal only: never logged.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "Warden initialised. The admin account (shown this once):")?;
+        writeln!(out, "  username: {}", first.admin_username)?;
+        match &first.admin_password {
+            Some(p) => writeln!(out, "  one-time password: {}", p.as_str())?,
+            None => writeln!(out, "  password: from WARDEN_ADMIN_PASSWORD")?,
+        }
+        writeln!(out, "  TOTP enrolment URI (add it to an authenticator app): {}", first.totp_uri)?;
+        writeln!(out, "Change the password after the first login: POST /v1/auth/password")?;
+        out.flush()?;
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    warden_gateway::serve(state, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,1 +1,38 @@
-//! placeholder
+//! Warden's policy: who may do what ([`authz`], casbin RBAC, default deny), the keys that
+//! protect secrets at rest ([`keys`]) and the injected [`clock`] every time-based rule reads.
+//!
+//! ```
+//! # tokio_test_block_on(async {
+//! use warden_policy::authz::{parse_policy_csv, Authorizer, DEFAULT_MODEL};
+//! let rules = parse_policy_csv("p, auditor, audit, read\n").unwrap();
+//! let authz = Authorizer::new(DEFAULT_MODEL, &rules).await.unwrap();
+//! assert!(authz.allows(&["auditor".to_owned()], "audit", "read").unwrap());
+//! assert!(!authz.allows(&["analyst".to_owned()], "audit", "read").unwrap());
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+pub mod authz;
+pub mod clock;
+pub mod keys;
+
+pub use clock::{Clock, SystemClock, TestClock};
+
+/// Errors of the policy crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("policy error: {0}")]
+    Casbin(#[from] casbin::Error),
+    #[error("invalid policy rule: {0}")]
+    InvalidRule(String),
+    #[error("key file error: {0}")]
+    KeyFile(String),
+    #[error("key unwrap failed: the data is corrupt, bound to other context, or wrapped under another key")]
+    Unwrap,
+    #[error("key wrap failed")]
+    Wrap,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,214 @@
+//! `/v1/auth/*`: tokens, second factors, passwords.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine;
+use warden_sdk::{
+    ErrorCode, MfaEnrollment, OtpRequest, PasswordChange, PrincipalKind, TokenRequest, TokenResponse, WhoAmI,
+};
+
+use super::noted;
+use crate::auth::{passwords, totp, Principal};
+use crate::error::{ApiError, Error};
+use crate::middleware::AuditNote;
+use crate::state::{totp_aad, AppState};
+use crate::store::{MfaRecord, PrincipalRecord};
+
+fn invalid_grant() -> ApiError {
+    ApiError::new(ErrorCode::InvalidGrant, "wrong credentials")
+}
+
+fn locked() -> ApiError {
+    ApiError::new(ErrorCode::Locked, "too many failed attempts; try again later")
+}
+
+fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// `POST /v1/auth/token`.
+pub async fn token(State(app): State<AppState>, body: Result<crate::extract::ApiJson<TokenRequest>, ApiError>) -> Response {
+    let mut note = AuditNote { action: Some("auth.token".to_owned()), ..AuditNote::default() };
+    let request = match body {
+        Ok(crate::extract::ApiJson(r)) => r,
+        Err(e) => return noted(note.detail("reason", e.code.as_str()), Err::<(), _>(e)),
+    };
+    let (grant, name, secret, kinds): (&str, String, String, &[PrincipalKind]) = match request {
+        TokenRequest::Password { username, password } => {
+            ("password", username, password, &[PrincipalKind::User, PrincipalKind::Subject])
+        }
+        TokenRequest::ClientCredentials { client_id, client_secret } => {
+            ("client_credentials", client_id, client_secret, &[PrincipalKind::Service])
+        }
+    };
+    note = note.detail("grant_type", grant);
+    let result = login(&app, &name, secret, kinds, &mut note).await;
+    noted(note, result)
+}
+
+async fn login(
+    app: &AppState,
+    name: &str,
+    secret: String,
+    kinds: &[PrincipalKind],
+    note: &mut AuditNote,
+) -> Result<Json<TokenResponse>, ApiError> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(invalid_grant());
+    }
+    let now = app.clock.now_micros();
+    let principal = app.store.principal_by_name(name).await?.filter(|p| kinds.contains(&p.kind));
+    if let Some(p) = &principal {
+        note.actor = Some((p.id.clone(), p.kind.as_str().to_owned()));
+        if p.locked_until > now {
+            *note = std::mem::take(note).detail("reason", "locked");
+            return Err(locked());
+        }
+    }
+    let ok = passwords::verify(secret, principal.as_ref().map(|p| p.secret_hash.clone())).await;
+    let p = match principal {
+        Some(p) if ok => p,
+        other => {
+            if let Some(p) = other {
+                let until = now + micros(app.config.auth.login_lockout);
+                app.store.login_failed(&p.id, app.config.auth.login_max_failures, until).await?;
+            }
+            *note = std::mem::take(note).detail("reason", "wrong_credentials");
+            return Err(invalid_grant());
+        }
+    };
+    if p.disabled {
+        *note = std::mem::take(note).detail("reason", "disabled");
+        return Err(invalid_grant());
+    }
+    app.store.login_succeeded(&p.id).await?;
+    let amr: &[&str] = if p.kind == PrincipalKind::Service { &["client_secret"] } else { &["pwd"] };
+    let access_token = app.tokens.issue(&p.id, p.kind, &p.roles, amr, None)?;
+    Ok(Json(TokenResponse { access_token, token_type: "Bearer".to_owned(), expires_in: app.tokens.ttl_secs() }))
+}
+
+/// `GET /v1/auth/me`.
+pub async fn me(Extension(p): Extension<Principal>) -> Json<WhoAmI> {
+    Json(WhoAmI { id: p.id, kind: p.kind, roles: p.roles, amr: p.amr, mfa_at: p.mfa_at })
+}
+
+/// The stored account of a principal that may hold a second factor (local users and
+/// subjects; not service accounts or external identities).
+async fn mfa_account(app: &AppState, p: &Principal) -> Result<PrincipalRecord, ApiError> {
+    if !p.local || p.kind == PrincipalKind::Service {
+        return Err(ApiError::invalid("second factors are managed by your identity provider or not available to service accounts"));
+    }
+    app.store.principal_by_id(&p.id).await?.ok_or_else(ApiError::unauthenticated)
+}
+
+/// `POST /v1/auth/mfa/enroll`: a new, unconfirmed TOTP factor.
+pub async fn enroll(State(app): State<AppState>, Extension(p): Extension<Principal>) -> Result<Json<MfaEnrollment>, ApiError> {
+    let account = mfa_account(&app, &p).await?;
+    let seed = zeroize::Zeroizing::new(totp::new_seed());
+    let record = MfaRecord {
+        principal_id: account.id.clone(),
+        secret_wrapped: app.kek.wrap(&seed, &totp_aad(&account.id)).await.map_err(Error::from)?,
+        confirmed: false,
+        last_step: -1,
+        failures: 0,
+        locked_until: 0,
+    };
+    app.store.begin_mfa(&record, app.clock.now_micros()).await?;
+    let issuer = &app.config.auth.totp_issuer;
+    Ok(Json(MfaEnrollment {
+        otpauth_uri: totp::otpauth_uri(&seed, issuer, &account.name)?,
+        qr_png_base64: base64::engine::general_purpose::STANDARD.encode(totp::qr_png(&seed, issuer, &account.name)?),
+    }))
+}
+
+/// `GET /v1/auth/mfa/qr.png`: the QR code of the pending (unconfirmed) enrolment. A confirmed
+/// seed is never shown again.
+pub async fn qr(State(app): State<AppState>, Extension(p): Extension<Principal>) -> Result<Response, ApiError> {
+    let account = mfa_account(&app, &p).await?;
+    let m = app.store.mfa(&account.id).await?.filter(|m| !m.confirmed).ok_or_else(ApiError::not_found)?;
+    let seed = app.kek.unwrap(&m.secret_wrapped, &totp_aad(&account.id)).await.map_err(Error::from)?;
+    let png = totp::qr_png(seed.expose(), &app.config.auth.totp_issuer, &account.name)?;
+    Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "no-store")], png).into_response())
+}
+
+/// Checks a one-time code against the principal's factor: right code, not replayed, not
+/// locked. Counts failures and locks after too many.
+async fn check_code(app: &AppState, account: &PrincipalRecord, code: &str, confirmed: bool) -> Result<(), ApiError> {
+    let now = app.clock.now_micros();
+    let m = app
+        .store
+        .mfa(&account.id)
+        .await?
+        .filter(|m| m.confirmed == confirmed)
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidOtp, if confirmed {
+            "no confirmed second factor: enroll at POST /v1/auth/mfa/enroll"
+        } else {
+            "no pending enrolment: start one at POST /v1/auth/mfa/enroll"
+        }))?;
+    if m.locked_until > now {
+        return Err(locked());
+    }
+    let seed = app.kek.unwrap(&m.secret_wrapped, &totp_aad(&account.id)).await.map_err(Error::from)?;
+    let accepted = match totp::matching_step(seed.expose(), code, app.clock.now_secs()) {
+        Some(step) => app.store.accept_mfa_step(&account.id, step).await?,
+        None => false,
+    };
+    if !accepted {
+        let until = now + micros(app.config.auth.mfa_lockout);
+        app.store.mfa_failed(&account.id, app.config.auth.mfa_max_failures, until).await?;
+        return Err(ApiError::new(ErrorCode::InvalidOtp, "wrong or already used code"));
+    }
+    Ok(())
+}
+
+fn bounded_code(body: &OtpRequest) -> Result<&str, ApiError> {
+    if body.code.len() > 16 {
+        return Err(ApiError::new(ErrorCode::InvalidOtp, "wrong or already used code"));
+    }
+    Ok(body.code.trim())
+}
+
+/// `POST /v1/auth/mfa/confirm`: activates the pending factor with a first code.
+pub async fn confirm(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    crate::extract::ApiJson(body): crate::extract::ApiJson<OtpRequest>,
+) -> Result<StatusCode, ApiError> {
+    let account = mfa_account(&app, &p).await?;
+    check_code(&app, &account, bounded_code(&body)?, false).await?;
+    app.store.confirm_mfa(&account.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/auth/mfa`: step-up. Returns a new token with `otp` in `amr` and `mfa_at` now.
+pub async fn step_up(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    crate::extract::ApiJson(body): crate::extract::ApiJson<OtpRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let account = mfa_account(&app, &p).await?;
+    check_code(&app, &account, bounded_code(&body)?, true).await?;
+    let mut amr: Vec<&str> = p.amr.iter().map(String::as_str).filter(|m| *m != "otp").collect();
+    amr.push("otp");
+    // Roles come from the account, not the old token: a change since login applies now.
+    let access_token = app.tokens.issue(&account.id, account.kind, &account.roles, &amr, Some(app.clock.now_secs()))?;
+    Ok(Json(TokenResponse { access_token, token_type: "Bearer".to_owned(), expires_in: app.tokens.ttl_secs() }))
+}
+
+/// `POST /v1/auth/password`: changes the caller's own password.
+pub async fn change_password(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    crate::extract::ApiJson(body): crate::extract::ApiJson<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    let account = mfa_account(&app, &p).await?;
+    if !passwords::verify(body.current_password, Some(account.secret_hash.clone())).await {
+        return Err(invalid_grant());
+    }
+    passwords::check_new_password(&body.new_password)?;
+    let hash = passwords::hash(body.new_password).await?;
+    app.store.set_secret_hash(&account.id, &hash).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,39 @@
+//! Probes, metrics and public keys.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+use tracing::warn;
+
+use crate::state::AppState;
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: every database answers.
+pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
+    for db in &app.dbs {
+        if let Err(e) = sqlx::query("SELECT 1").execute(db.pool()).await {
+            warn!(error = %e, "readiness check failed");
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable"})));
+        }
+    }
+    (StatusCode::OK, Json(json!({"status": "ready"})))
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics text).
+pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        app.metrics.encode(),
+    )
+}
+
+/// `GET /.well-known/jwks.json`: the public keys of issued tokens.
+pub async fn jwks(State(app): State<AppState>) -> Json<Value> {
+    Json(app.tokens.jwks())
+}

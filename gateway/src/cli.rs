@@ -1,0 +1,149 @@
+//! Operator and auditor commands that work on the stores directly: audit verification,
+//! export and offline verification of an export.
+
+use std::io::{BufRead, Write};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use warden_audit::{verify_store, AuditStore, ChainVerifier, Checkpoint, CheckpointKeys, SqlAuditStore, StoredEvent};
+use warden_sdk::{AuditEventView, VerifyReport};
+
+use crate::config::Config;
+use crate::store::{SqlStateStore, StateStore};
+
+/// Format tag of audit exports.
+pub const EXPORT_FORMAT: &str = "warden-audit-export/1";
+
+/// One line of an export (NDJSON): a header, then every checkpoint, then every event.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportLine {
+    Header { format: String, head_seq: u64 },
+    Checkpoint { seq: u64, ts: i64, hash: String, kid: String, signature: String },
+    Event(AuditEventView),
+}
+
+/// The checkpoint public keys recorded in the state store.
+///
+/// # Errors
+/// A database failure or a malformed key.
+pub async fn checkpoint_keys(config: &Config) -> anyhow::Result<(CheckpointKeys, Vec<(String, String)>)> {
+    let (state_db, _) = crate::state::open_databases(config).await?;
+    let store = SqlStateStore::new(state_db);
+    let mut keys = CheckpointKeys::new();
+    let mut listed = Vec::new();
+    for k in store.signing_keys("checkpoint").await? {
+        let bytes: [u8; 32] = k.public_key.as_slice().try_into().context("public key is not 32 bytes")?;
+        keys.insert(k.kid.clone(), ed25519_dalek::VerifyingKey::from_bytes(&bytes)?);
+        listed.push((k.kid, hex::encode(bytes)));
+    }
+    Ok((keys, listed))
+}
+
+/// Verifies the configured audit log.
+///
+/// # Errors
+/// A failure to read the stores (a broken chain is a report, not an error).
+pub async fn verify_db(config: &Config) -> anyhow::Result<VerifyReport> {
+    let (keys, _) = checkpoint_keys(config).await?;
+    let (_, audit_db) = crate::state::open_databases(config).await?;
+    Ok(verify_store(&SqlAuditStore::new(audit_db), keys).await?)
+}
+
+/// Writes the whole audit log as NDJSON; returns the number of events.
+///
+/// # Errors
+/// A failure to read the store or to write.
+pub async fn export(config: &Config, out: &mut dyn Write) -> anyhow::Result<u64> {
+    let (_, audit_db) = crate::state::open_databases(config).await?;
+    let store = SqlAuditStore::new(audit_db);
+    // The checkpoints are read first: every one of them lies within the events read after.
+    let checkpoints = store.checkpoints().await?;
+    let (head, _) = store.head().await?;
+    let mut line = |l: &ExportLine| -> anyhow::Result<()> {
+        serde_json::to_writer(&mut *out, l)?;
+        out.write_all(b"\n")?;
+        Ok(())
+    };
+    line(&ExportLine::Header { format: EXPORT_FORMAT.to_owned(), head_seq: head })?;
+    for c in checkpoints {
+        line(&ExportLine::Checkpoint {
+            seq: c.seq,
+            ts: c.ts,
+            hash: hex::encode(c.hash),
+            kid: c.kid,
+            signature: hex::encode(c.signature),
+        })?;
+    }
+    let mut after = 0;
+    let mut n = 0;
+    while after < head {
+        let page = store.scan(after, 5_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq.min(head);
+        for e in page.iter().filter(|e| e.seq <= head) {
+            line(&ExportLine::Event(e.to_view()))?;
+            n += 1;
+        }
+    }
+    out.flush()?;
+    Ok(n)
+}
+
+/// Parses a public key given as 64 hex digits.
+///
+/// # Errors
+/// Not a valid Ed25519 public key.
+pub fn parse_public_key(hex_key: &str) -> anyhow::Result<(String, ed25519_dalek::VerifyingKey)> {
+    let bytes: [u8; 32] = hex::decode(hex_key.trim())
+        .context("the public key must be hex")?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the public key must be 32 bytes (64 hex digits)"))?;
+    Ok((crate::auth::tokens::key_id("checkpoint", &bytes), ed25519_dalek::VerifyingKey::from_bytes(&bytes)?))
+}
+
+/// Verifies an export offline with the given public keys only.
+///
+/// # Errors
+/// A malformed export (a broken chain is a report, not an error).
+pub fn verify_export(input: impl BufRead, keys: CheckpointKeys) -> anyhow::Result<VerifyReport> {
+    let mut lines = input.lines().enumerate();
+    let head = match lines.next() {
+        Some((_, l)) => match serde_json::from_str::<ExportLine>(&l?)? {
+            ExportLine::Header { format, head_seq } if format == EXPORT_FORMAT => head_seq,
+            _ => anyhow::bail!("not a {EXPORT_FORMAT} file"),
+        },
+        None => anyhow::bail!("empty export"),
+    };
+    let mut checkpoints = Vec::new();
+    let mut verifier: Option<ChainVerifier> = None;
+    let mut keys = Some(keys);
+    for (n, line) in lines {
+        let line = line?;
+        match serde_json::from_str::<ExportLine>(&line).with_context(|| format!("line {}", n + 1))? {
+            ExportLine::Checkpoint { seq, ts, hash, kid, signature } => {
+                anyhow::ensure!(verifier.is_none(), "line {}: checkpoint after events", n + 1);
+                checkpoints.push(Checkpoint {
+                    seq,
+                    ts,
+                    hash: warden_audit::event::parse_hash(&hash)?,
+                    kid,
+                    signature: hex::decode(signature)?
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("line {}: signature is not 64 bytes", n + 1))?,
+                });
+            }
+            ExportLine::Event(view) => {
+                let v = verifier.get_or_insert_with(|| {
+                    ChainVerifier::new(keys.take().unwrap_or_default(), std::mem::take(&mut checkpoints))
+                });
+                if !v.push(&StoredEvent::from_view(&view)?) {
+                    break;
+                }
+            }
+            ExportLine::Header { .. } => anyhow::bail!("line {}: second header", n + 1),
+        }
+    }
+    let verifier = verifier.unwrap_or_else(|| ChainVerifier::new(keys.take().unwrap_or_default(), checkpoints));
+    Ok(verifier.finish(Some(head)))
+}

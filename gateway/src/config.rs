@@ -1,0 +1,296 @@
+//! Configuration: `warden.toml` (every field optional) plus a few environment overrides.
+//!
+//! With no file at all, Warden runs embedded: SQLite state and audit log in `./warden-data/`,
+//! a local key file beside them. Setting `state.url` (and `audit.url`) to `postgres://...`
+//! switches to the distributed backends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory of the embedded state (SQLite database, local key file). Relative paths are
+    /// relative to the working directory. Env: `WARDEN_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    pub state: StateConfig,
+    pub audit: AuditConfig,
+    pub keys: KeysConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub policy: PolicyConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("warden-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            state: StateConfig::default(),
+            audit: AuditConfig::default(),
+            keys: KeysConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            policy: PolicyConfig::default(),
+        }
+    }
+}
+
+/// Users, MFA seeds, signing keys, policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB`. Default: `sqlite://<data_dir>/warden.db`.
+    /// Env: `WARDEN_STATE_URL` (keeps passwords out of the file).
+    pub url: Option<String>,
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Database of the audit log; default: the state database. Env: `WARDEN_AUDIT_URL`.
+    pub url: Option<String>,
+    /// Most events committed in one transaction.
+    pub max_batch: usize,
+    /// Sign a checkpoint after this many events...
+    pub checkpoint_every: u64,
+    /// ...or after this long.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { url: None, max_batch: 1024, checkpoint_every: 1000, checkpoint_interval: Duration::from_secs(60) }
+    }
+}
+
+/// Key-encryption key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// `file://PATH` of the local key file; default `file://<data_dir>/kek.key`.
+    pub kek: Option<String>,
+}
+
+/// Tokens and second factors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `iss` of the tokens Warden issues.
+    pub issuer: String,
+    /// `aud` of the tokens Warden issues and accepts.
+    pub audience: String,
+    /// Lifetime of access tokens.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// How recent the second factor must be for sensitive actions.
+    #[serde(with = "humantime_serde")]
+    pub mfa_window: Duration,
+    /// Failed one-time codes before the factor is locked.
+    pub mfa_max_failures: u32,
+    /// How long a locked factor stays locked.
+    #[serde(with = "humantime_serde")]
+    pub mfa_lockout: Duration,
+    /// Failed passwords or client secrets before the account is locked.
+    pub login_max_failures: u32,
+    /// How long a locked account stays locked.
+    #[serde(with = "humantime_serde")]
+    pub login_lockout: Duration,
+    /// Name shown in authenticator apps.
+    pub totp_issuer: String,
+    /// An external OpenID Connect issuer whose tokens are accepted too.
+    pub oidc: Option<OidcConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "warden".to_owned(),
+            audience: "warden".to_owned(),
+            token_ttl: Duration::from_secs(15 * 60),
+            mfa_window: Duration::from_secs(5 * 60),
+            mfa_max_failures: 5,
+            mfa_lockout: Duration::from_secs(15 * 60),
+            login_max_failures: 10,
+            login_lockout: Duration::from_secs(15 * 60),
+            totp_issuer: "Warden".to_owned(),
+            oidc: None,
+        }
+    }
+}
+
+/// An external OIDC issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Where its signing keys are published.
+    pub jwks_url: String,
+    /// Expected `aud`.
+    pub audience: String,
+    /// Claim holding the Warden roles (an array of strings).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+}
+
+fn default_roles_claim() -> String {
+    "roles".to_owned()
+}
+
+/// Bounds on every request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Longest a request may take.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Sustained requests per second per principal (or per client address before login).
+    pub rate_per_second: u32,
+    /// Burst above the sustained rate.
+    pub rate_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 1024 * 1024, request_timeout: Duration::from_secs(30), rate_per_second: 50, rate_burst: 200 }
+    }
+}
+
+/// Where the authorization model and the initial policy come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// casbin model file; default: the shipped `config/model.conf`.
+    pub model: Option<PathBuf>,
+    /// Initial policy CSV, loaded on first start only (later changes go through the API);
+    /// default: the shipped `config/policy.csv`.
+    pub initial_policy: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads `path` (if any), then applies `WARDEN_DATA_DIR`, `WARDEN_STATE_URL` and
+    /// `WARDEN_AUDIT_URL` from `env`, and validates.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, or an invalid value.
+    pub fn load(path: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let mut config: Config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("invalid config {}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = env.get("WARDEN_DATA_DIR") {
+            config.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env.get("WARDEN_STATE_URL") {
+            config.state.url = Some(v.clone());
+        }
+        if let Some(v) = env.get("WARDEN_AUDIT_URL") {
+            config.audit.url = Some(v.clone());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let a = &self.auth;
+        if a.token_ttl < Duration::from_secs(10) || a.token_ttl > Duration::from_secs(24 * 3600) {
+            bail!("auth.token_ttl must be between 10s and 24h");
+        }
+        if a.mfa_window.is_zero() || a.mfa_max_failures == 0 || a.login_max_failures == 0 {
+            bail!("auth.mfa_window, auth.mfa_max_failures and auth.login_max_failures must be positive");
+        }
+        if self.limits.max_body_bytes == 0 || self.limits.rate_per_second == 0 || self.limits.request_timeout.is_zero() {
+            bail!("limits.max_body_bytes, limits.rate_per_second and limits.request_timeout must be positive");
+        }
+        if self.audit.max_batch == 0 || self.audit.checkpoint_every == 0 {
+            bail!("audit.max_batch and audit.checkpoint_every must be positive");
+        }
+        Ok(())
+    }
+
+    /// The state database URL.
+    pub fn state_url(&self) -> String {
+        self.state
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("warden.db").display()))
+    }
+
+    /// The audit database URL.
+    pub fn audit_url(&self) -> String {
+        self.audit.url.clone().unwrap_or_else(|| self.state_url())
+    }
+
+    /// Path of the local key-encryption key.
+    ///
+    /// # Errors
+    /// A `keys.kek` that is not a `file://` URL.
+    pub fn kek_path(&self) -> anyhow::Result<PathBuf> {
+        match &self.keys.kek {
+            None => Ok(self.data_dir.join("kek.key")),
+            Some(url) => match url.strip_prefix("file://") {
+                Some(p) => Ok(PathBuf::from(p)),
+                None => bail!("keys.kek must be a file:// URL (AWS KMS arrives with the protection release)"),
+            },
+        }
+    }
+
+    /// True when something lives in the data directory (SQLite or the key file).
+    pub fn uses_data_dir(&self) -> bool {
+        self.keys.kek.is_none() || self.state_url().starts_with("sqlite:") || self.audit_url().starts_with("sqlite:")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_embedded() {
+        let c = Config::load(None, &HashMap::new()).unwrap();
+        assert_eq!(c.state_url(), "sqlite://warden-data/warden.db");
+        assert_eq!(c.audit_url(), c.state_url());
+        assert_eq!(c.kek_path().unwrap(), PathBuf::from("warden-data/kek.key"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn file_and_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warden.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\n[auth]\ntoken_ttl = \"5m\"\n[audit]\ncheckpoint_every = 10\n").unwrap();
+        let env = HashMap::from([("WARDEN_STATE_URL".to_owned(), "postgres://u@h/db".to_owned())]);
+        let c = Config::load(Some(&path), &env).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.auth.token_ttl, Duration::from_secs(300));
+        assert_eq!(c.audit.checkpoint_every, 10);
+        assert_eq!(c.audit_url(), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warden.toml");
+        std::fs::write(&path, "[auth]\ntoken_tll = \"5m\"\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&path), &HashMap::new()).unwrap_err());
+        assert!(err.contains("token_tll"), "{err}");
+        std::fs::write(&path, "[auth]\ntoken_ttl = \"1s\"\n").unwrap();
+        assert!(Config::load(Some(&path), &HashMap::new()).is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! Every metric the gateway exports, in one place (`GET /metrics`, OpenMetrics text).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use warden_audit::AuditObserver;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route template (`/v1/audit/events`), never a concrete path with ids.
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `allow`, `deny` or `error`.
+    pub outcome: String,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub audit_appends: Counter,
+    pub audit_batches: Counter,
+    pub audit_failures: Counter,
+    pub audit_batch_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration = Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let audit_appends = Counter::default();
+        let audit_batches = Counter::default();
+        let audit_failures = Counter::default();
+        let audit_batch_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register("warden_http_requests", "HTTP requests by route, method and status", http_requests.clone());
+        registry.register(
+            "warden_http_request_duration_seconds",
+            "HTTP request latency by route, method and status",
+            http_duration.clone(),
+        );
+        registry.register("warden_decisions", "Access decisions by outcome", decisions.clone());
+        registry.register("warden_audit_appends", "Audit events committed", audit_appends.clone());
+        registry.register("warden_audit_batches", "Audit transactions committed (group commit)", audit_batches.clone());
+        registry.register("warden_audit_append_failures", "Audit events that could not be committed", audit_failures.clone());
+        registry.register(
+            "warden_audit_batch_duration_seconds",
+            "Time to commit one audit batch",
+            audit_batch_seconds.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            decisions,
+            audit_appends,
+            audit_batches,
+            audit_failures,
+            audit_batch_seconds,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn decision(&self, outcome: warden_sdk::Decision) {
+        self.decisions.get_or_create(&DecisionLabels { outcome: outcome.as_str().to_owned() }).inc();
+    }
+}
+
+impl AuditObserver for Metrics {
+    fn committed(&self, events: usize, seconds: f64) {
+        self.audit_appends.inc_by(events as u64);
+        self.audit_batches.inc();
+        self.audit_batch_seconds.observe(seconds);
+    }
+
+    fn failed(&self, events: usize) {
+        self.audit_failures.inc_by(events as u64);
+    }
+}

@@ -1,0 +1,60 @@
+//! The route table: every route the gateway serves and the policy that guards it.
+//!
+//! The request-path middleware looks each request's matched route up here. A route that is
+//! served but missing from this table is denied (default deny), so adding a handler without
+//! deciding its policy fails closed.
+
+/// How a route is guarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed (probes, metrics, public keys, the token endpoint itself).
+    Public,
+    /// A valid token whose roles the policy allows `action` on `resource`; `mfa` demands a
+    /// second factor younger than the configured window.
+    Protected { resource: &'static str, action: &'static str, mfa: bool },
+}
+
+/// One route.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+const fn public(method: &'static str, path: &'static str) -> RouteSpec {
+    RouteSpec { method, path, access: Access::Public }
+}
+
+const fn guarded(method: &'static str, path: &'static str, resource: &'static str, action: &'static str, mfa: bool) -> RouteSpec {
+    RouteSpec { method, path, access: Access::Protected { resource, action, mfa } }
+}
+
+/// Every route. Sensitive actions (audit read, policy change, user administration) need MFA.
+pub const ROUTES: &[RouteSpec] = &[
+    public("GET", "/healthz"),
+    public("GET", "/readyz"),
+    public("GET", "/metrics"),
+    public("GET", "/.well-known/jwks.json"),
+    public("POST", "/v1/auth/token"),
+    guarded("GET", "/v1/auth/me", "self", "read", false),
+    guarded("POST", "/v1/auth/password", "self", "password", false),
+    guarded("POST", "/v1/auth/mfa/enroll", "self", "mfa", false),
+    guarded("GET", "/v1/auth/mfa/qr.png", "self", "mfa", false),
+    guarded("POST", "/v1/auth/mfa/confirm", "self", "mfa", false),
+    guarded("POST", "/v1/auth/mfa", "self", "mfa", false),
+    guarded("GET", "/v1/audit/events", "audit", "read", true),
+    guarded("GET", "/v1/audit/verify", "audit", "verify", true),
+    guarded("GET", "/v1/policy", "policy", "read", false),
+    guarded("PUT", "/v1/policy", "policy", "write", true),
+    guarded("GET", "/v1/users", "users", "read", true),
+    guarded("POST", "/v1/users", "users", "write", true),
+    guarded("POST", "/v1/users/{id}/disable", "users", "write", true),
+    guarded("POST", "/v1/users/{id}/enable", "users", "write", true),
+    guarded("POST", "/v1/service-accounts", "users", "write", true),
+];
+
+/// The spec of a matched route.
+pub fn lookup(method: &str, path: &str) -> Option<&'static RouteSpec> {
+    ROUTES.iter().find(|r| r.method == method && r.path == path)
+}

@@ -1,0 +1,454 @@
+//! The state store: principals, second factors, signing keys and the policy.
+//!
+//! [`StateStore`] is the contract; [`SqlStateStore`] implements it on SQLite (embedded) and
+//! PostgreSQL (distributed) with the same SQL (see `migrations/*/0001_state_init.sql`).
+//! Secrets are stored only as argon2id hashes (passwords, client secrets) or wrapped under
+//! the key-encryption key (TOTP seeds, private keys).
+
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use warden_audit::Db;
+use warden_sdk::{PolicyRule, PrincipalKind};
+
+use crate::error::{Error, Result};
+
+/// A user, data subject or service account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalRecord {
+    pub id: String,
+    pub kind: PrincipalKind,
+    /// Username or client id.
+    pub name: String,
+    /// argon2id PHC string.
+    pub secret_hash: String,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+    pub failed_logins: i64,
+    /// Unix microseconds; locked while in the future.
+    pub locked_until: i64,
+    pub created_at: i64,
+}
+
+/// A TOTP factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MfaRecord {
+    pub principal_id: String,
+    /// The seed, wrapped under the key-encryption key.
+    pub secret_wrapped: Vec<u8>,
+    pub confirmed: bool,
+    /// The last accepted time step; a code is accepted only for a later step (replay guard).
+    pub last_step: i64,
+    pub failures: i64,
+    pub locked_until: i64,
+}
+
+/// An Ed25519 key pair of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    /// `jwt` or `checkpoint`.
+    pub purpose: String,
+    pub public_key: Vec<u8>,
+    pub private_wrapped: Vec<u8>,
+    pub active: bool,
+    pub created_at: i64,
+}
+
+/// Everything written on first start, in one transaction.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub keys: Vec<SigningKeyRecord>,
+    pub admin: PrincipalRecord,
+    pub admin_mfa: MfaRecord,
+    pub policy: Vec<PolicyRule>,
+}
+
+/// Persistent state of the gateway.
+///
+/// Contract, for every implementation: each method is atomic; names are unique (a duplicate
+/// is [`Error::Conflict`]); [`accept_mfa_step`](Self::accept_mfa_step) and
+/// [`replace_policy`](Self::replace_policy) are compare-and-set operations that stay correct
+/// with many gateway replicas on one database.
+#[async_trait]
+pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Writes the first-start state unless the store is initialized already; returns whether
+    /// it did.
+    async fn initialize(&self, init: &Bootstrap) -> Result<bool>;
+    async fn is_initialized(&self) -> Result<bool>;
+
+    /// Adds a principal; [`Error::Conflict`] if the name is taken.
+    async fn create_principal(&self, p: &PrincipalRecord) -> Result<()>;
+    async fn principal_by_name(&self, name: &str) -> Result<Option<PrincipalRecord>>;
+    async fn principal_by_id(&self, id: &str) -> Result<Option<PrincipalRecord>>;
+    /// Principals ordered by name, at most `limit`.
+    async fn list_principals(&self, limit: u32) -> Result<Vec<PrincipalRecord>>;
+    async fn set_secret_hash(&self, id: &str, hash: &str) -> Result<()>;
+    /// Returns false when there is no such principal.
+    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool>;
+    /// Counts a failed login; at `max_failures` locks until `lock_until` and resets the count.
+    async fn login_failed(&self, id: &str, max_failures: u32, lock_until: i64) -> Result<()>;
+    async fn login_succeeded(&self, id: &str) -> Result<()>;
+
+    /// Sets a new, unconfirmed factor, replacing an unconfirmed one; [`Error::Conflict`] when
+    /// a confirmed factor exists.
+    async fn begin_mfa(&self, m: &MfaRecord, now: i64) -> Result<()>;
+    async fn mfa(&self, principal_id: &str) -> Result<Option<MfaRecord>>;
+    async fn confirm_mfa(&self, principal_id: &str) -> Result<()>;
+    /// Accepts time step `step` if it is later than the last accepted one (and resets the
+    /// failure count); false means the code was already used.
+    async fn accept_mfa_step(&self, principal_id: &str, step: i64) -> Result<bool>;
+    /// Counts a failed code; at `max_failures` locks until `lock_until` and resets the count.
+    async fn mfa_failed(&self, principal_id: &str, max_failures: u32, lock_until: i64) -> Result<()>;
+
+    async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()>;
+    /// Keys of one purpose, newest first.
+    async fn signing_keys(&self, purpose: &str) -> Result<Vec<SigningKeyRecord>>;
+
+    /// The policy version and rules.
+    async fn policy(&self) -> Result<(i64, Vec<PolicyRule>)>;
+    /// Replaces the rules if the version is still `expected_version`; returns the new
+    /// version, or [`Error::Conflict`] when someone else changed the policy first.
+    async fn replace_policy(&self, expected_version: i64, rules: &[PolicyRule]) -> Result<i64>;
+}
+
+/// [`StateStore`] over SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SqlStateStore {
+    db: Db,
+}
+
+impl SqlStateStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+const PRINCIPAL_COLUMNS: &str = "id, kind, name, secret_hash, roles, disabled, failed_logins, locked_until, created_at";
+const MFA_COLUMNS: &str = "principal_id, secret_wrapped, confirmed, last_step, failures, locked_until";
+const KEY_COLUMNS: &str = "kid, purpose, public_key, private_wrapped, active, created_at";
+
+fn principal(r: &AnyRow) -> Result<PrincipalRecord> {
+    let kind: String = r.try_get("kind")?;
+    let roles: String = r.try_get("roles")?;
+    Ok(PrincipalRecord {
+        id: r.try_get("id")?,
+        kind: PrincipalKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("principal kind {kind:?}")))?,
+        name: r.try_get("name")?,
+        secret_hash: r.try_get("secret_hash")?,
+        roles: roles.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        disabled: r.try_get::<i64, _>("disabled")? != 0,
+        failed_logins: r.try_get("failed_logins")?,
+        locked_until: r.try_get("locked_until")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn mfa(r: &AnyRow) -> Result<MfaRecord> {
+    Ok(MfaRecord {
+        principal_id: r.try_get("principal_id")?,
+        secret_wrapped: r.try_get("secret_wrapped")?,
+        confirmed: r.try_get::<i64, _>("confirmed")? != 0,
+        last_step: r.try_get("last_step")?,
+        failures: r.try_get("failures")?,
+        locked_until: r.try_get("locked_until")?,
+    })
+}
+
+fn signing_key(r: &AnyRow) -> Result<SigningKeyRecord> {
+    Ok(SigningKeyRecord {
+        kid: r.try_get("kid")?,
+        purpose: r.try_get("purpose")?,
+        public_key: r.try_get("public_key")?,
+        private_wrapped: r.try_get("private_wrapped")?,
+        active: r.try_get::<i64, _>("active")? != 0,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// One INSERT, shared by the pool and the transaction paths.
+macro_rules! insert_principal {
+    ($exec:expr, $p:expr) => {
+        sqlx::query(&format!(
+            "INSERT INTO principals ({PRINCIPAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ))
+        .bind($p.id.clone())
+        .bind($p.kind.as_str())
+        .bind($p.name.clone())
+        .bind($p.secret_hash.clone())
+        .bind($p.roles.join(","))
+        .bind(i64::from($p.disabled))
+        .bind($p.failed_logins)
+        .bind($p.locked_until)
+        .bind($p.created_at)
+        .execute($exec)
+    };
+}
+
+macro_rules! insert_key {
+    ($exec:expr, $k:expr) => {
+        sqlx::query(&format!("INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"))
+            .bind($k.kid.clone())
+            .bind($k.purpose.clone())
+            .bind($k.public_key.clone())
+            .bind($k.private_wrapped.clone())
+            .bind(i64::from($k.active))
+            .bind($k.created_at)
+            .execute($exec)
+    };
+}
+
+#[async_trait]
+impl StateStore for SqlStateStore {
+    async fn initialize(&self, init: &Bootstrap) -> Result<bool> {
+        let mut tx = self.db.pool().begin().await?;
+        let claimed = sqlx::query("INSERT INTO meta (key, value) VALUES ('initialized', '1') ON CONFLICT (key) DO NOTHING")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if claimed == 0 {
+            return Ok(false);
+        }
+        for k in &init.keys {
+            insert_key!(&mut *tx, k).await?;
+        }
+        insert_principal!(&mut *tx, init.admin).await?;
+        let m = &init.admin_mfa;
+        sqlx::query(&format!("INSERT INTO mfa_factors ({MFA_COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+            .bind(m.principal_id.clone())
+            .bind(m.secret_wrapped.clone())
+            .bind(i64::from(m.confirmed))
+            .bind(m.last_step)
+            .bind(m.failures)
+            .bind(m.locked_until)
+            .bind(init.admin.created_at)
+            .execute(&mut *tx)
+            .await?;
+        for r in &init.policy {
+            sqlx::query("INSERT INTO policy_rules (ptype, rule) VALUES ($1, $2)")
+                .bind(r.ptype.clone())
+                .bind(r.values.join(", "))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE policy_version SET version = 1 WHERE id = 1").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn is_initialized(&self) -> Result<bool> {
+        Ok(sqlx::query("SELECT value FROM meta WHERE key = 'initialized'")
+            .fetch_optional(self.db.pool())
+            .await?
+            .is_some())
+    }
+
+    async fn create_principal(&self, p: &PrincipalRecord) -> Result<()> {
+        match insert_principal!(self.db.pool(), p).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(Error::Conflict("that name is taken".to_owned())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn principal_by_name(&self, name: &str) -> Result<Option<PrincipalRecord>> {
+        sqlx::query(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE name = $1"))
+            .bind(name.to_owned())
+            .fetch_optional(self.db.pool())
+            .await?
+            .as_ref()
+            .map(principal)
+            .transpose()
+    }
+
+    async fn principal_by_id(&self, id: &str) -> Result<Option<PrincipalRecord>> {
+        sqlx::query(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE id = $1"))
+            .bind(id.to_owned())
+            .fetch_optional(self.db.pool())
+            .await?
+            .as_ref()
+            .map(principal)
+            .transpose()
+    }
+
+    async fn list_principals(&self, limit: u32) -> Result<Vec<PrincipalRecord>> {
+        sqlx::query(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principals ORDER BY name LIMIT $1"))
+            .bind(i64::from(limit))
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(principal)
+            .collect()
+    }
+
+    async fn set_secret_hash(&self, id: &str, hash: &str) -> Result<()> {
+        sqlx::query("UPDATE principals SET secret_hash = $1 WHERE id = $2")
+            .bind(hash.to_owned())
+            .bind(id.to_owned())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool> {
+        let n = sqlx::query("UPDATE principals SET disabled = $1 WHERE id = $2")
+            .bind(i64::from(disabled))
+            .bind(id.to_owned())
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn login_failed(&self, id: &str, max_failures: u32, lock_until: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE principals SET \
+               locked_until = CASE WHEN failed_logins + 1 >= $1 THEN $2 ELSE locked_until END, \
+               failed_logins = CASE WHEN failed_logins + 1 >= $1 THEN 0 ELSE failed_logins + 1 END \
+             WHERE id = $3",
+        )
+        .bind(i64::from(max_failures))
+        .bind(lock_until)
+        .bind(id.to_owned())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn login_succeeded(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE principals SET failed_logins = 0 WHERE id = $1 AND failed_logins <> 0")
+            .bind(id.to_owned())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn begin_mfa(&self, m: &MfaRecord, now: i64) -> Result<()> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM mfa_factors WHERE principal_id = $1 AND confirmed = 0")
+            .bind(m.principal_id.clone())
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO mfa_factors ({MFA_COLUMNS}, created_at) VALUES ($1, $2, 0, -1, 0, 0, $3) \
+             ON CONFLICT (principal_id) DO NOTHING"
+        ))
+        .bind(m.principal_id.clone())
+        .bind(m.secret_wrapped.clone())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(Error::Conflict("a confirmed second factor is already enrolled".to_owned()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mfa(&self, principal_id: &str) -> Result<Option<MfaRecord>> {
+        sqlx::query(&format!("SELECT {MFA_COLUMNS} FROM mfa_factors WHERE principal_id = $1"))
+            .bind(principal_id.to_owned())
+            .fetch_optional(self.db.pool())
+            .await?
+            .as_ref()
+            .map(mfa)
+            .transpose()
+    }
+
+    async fn confirm_mfa(&self, principal_id: &str) -> Result<()> {
+        sqlx::query("UPDATE mfa_factors SET confirmed = 1 WHERE principal_id = $1")
+            .bind(principal_id.to_owned())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn accept_mfa_step(&self, principal_id: &str, step: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE mfa_factors SET last_step = $1, failures = 0 WHERE principal_id = $2 AND last_step < $1",
+        )
+        .bind(step)
+        .bind(principal_id.to_owned())
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn mfa_failed(&self, principal_id: &str, max_failures: u32, lock_until: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE mfa_factors SET \
+               locked_until = CASE WHEN failures + 1 >= $1 THEN $2 ELSE locked_until END, \
+               failures = CASE WHEN failures + 1 >= $1 THEN 0 ELSE failures + 1 END \
+             WHERE principal_id = $3",
+        )
+        .bind(i64::from(max_failures))
+        .bind(lock_until)
+        .bind(principal_id.to_owned())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()> {
+        insert_key!(self.db.pool(), key).await?;
+        Ok(())
+    }
+
+    async fn signing_keys(&self, purpose: &str) -> Result<Vec<SigningKeyRecord>> {
+        sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM signing_keys WHERE purpose = $1 ORDER BY created_at DESC, kid"))
+            .bind(purpose.to_owned())
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(signing_key)
+            .collect()
+    }
+
+    async fn policy(&self) -> Result<(i64, Vec<PolicyRule>)> {
+        let version: i64 = sqlx::query("SELECT version FROM policy_version WHERE id = 1")
+            .fetch_one(self.db.pool())
+            .await?
+            .try_get("version")?;
+        let rules = sqlx::query("SELECT ptype, rule FROM policy_rules ORDER BY ptype DESC, rule")
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(|r| {
+                let rule: String = r.try_get("rule")?;
+                Ok(PolicyRule {
+                    ptype: r.try_get("ptype")?,
+                    values: rule.split(',').map(|v| v.trim().to_owned()).collect(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((version, rules))
+    }
+
+    async fn replace_policy(&self, expected_version: i64, rules: &[PolicyRule]) -> Result<i64> {
+        let mut tx = self.db.pool().begin().await?;
+        let bumped = sqlx::query("UPDATE policy_version SET version = version + 1 WHERE id = 1 AND version = $1")
+            .bind(expected_version)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if bumped == 0 {
+            return Err(Error::Conflict("the policy changed since it was read; read it again".to_owned()));
+        }
+        sqlx::query("DELETE FROM policy_rules").execute(&mut *tx).await?;
+        for r in rules {
+            sqlx::query("INSERT INTO policy_rules (ptype, rule) VALUES ($1, $2) ON CONFLICT (ptype, rule) DO NOTHING")
+                .bind(r.ptype.clone())
+                .bind(r.values.join(", "))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(expected_version + 1)
+    }
+}

@@ -1,0 +1,242 @@
+//! Authorization: casbin RBAC, default deny.
+//!
+//! The request is `(role, resource, action)`; a principal with several roles is allowed when
+//! any of its roles is. Rules are `p, role, resource, action` (resource may end in `*`,
+//! action may be `*`) and `g, role, parent_role` (the role inherits the parent's rules).
+//! Nothing is allowed that no rule allows. Decisions are cached until the policy changes.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter, MgmtApi};
+use warden_sdk::PolicyRule;
+
+use crate::{Error, Result};
+
+/// The casbin model Warden ships (`config/model.conf`).
+pub const DEFAULT_MODEL: &str = include_str!("../../config/model.conf");
+/// The policy Warden ships (`config/policy.csv`).
+pub const DEFAULT_POLICY: &str = include_str!("../../config/policy.csv");
+
+/// Longest accepted rule value.
+const MAX_VALUE: usize = 128;
+/// Decisions kept in the cache before it is emptied.
+const CACHE_CAPACITY: usize = 65_536;
+
+/// Parses casbin CSV policy text: `p, role, resource, action` and `g, role, parent` lines,
+/// `#` comments and blank lines.
+///
+/// # Errors
+/// [`Error::InvalidRule`] naming the line.
+pub fn parse_policy_csv(text: &str) -> Result<Vec<PolicyRule>> {
+    let mut rules = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split(',').map(str::trim);
+        let ptype = parts.next().unwrap_or_default().to_owned();
+        let rule = PolicyRule { ptype, values: parts.map(str::to_owned).collect() };
+        validate_rule(&rule).map_err(|e| Error::InvalidRule(format!("line {}: {e}", n + 1)))?;
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
+/// Checks a rule's shape: `p` with role, resource, action; `g` with role, parent; values of
+/// letters, digits and `_ - . : / *`, at most 128 bytes.
+///
+/// # Errors
+/// [`Error::InvalidRule`] saying what is wrong.
+pub fn validate_rule(rule: &PolicyRule) -> Result<()> {
+    let arity = match rule.ptype.as_str() {
+        "p" => 3,
+        "g" => 2,
+        other => return Err(Error::InvalidRule(format!("unknown rule type {other:?} (expected p or g)"))),
+    };
+    if rule.values.len() != arity {
+        return Err(Error::InvalidRule(format!(
+            "{} rules take {arity} values, got {}",
+            rule.ptype,
+            rule.values.len()
+        )));
+    }
+    for v in &rule.values {
+        let ok = !v.is_empty()
+            && v.len() <= MAX_VALUE
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:/*".contains(c));
+        if !ok {
+            return Err(Error::InvalidRule(format!(
+                "value {v:?} must be 1 to {MAX_VALUE} letters, digits or _-.:/*"
+            )));
+        }
+    }
+    Ok(())
+}
+
+struct Inner {
+    enforcer: Enforcer,
+    rules: Vec<PolicyRule>,
+}
+
+/// The policy decision point.
+pub struct Authorizer {
+    inner: RwLock<Inner>,
+    cache: RwLock<HashMap<(String, String, String), bool>>,
+    model: String,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer").finish_non_exhaustive()
+    }
+}
+
+async fn build(model: &str, rules: &[PolicyRule]) -> Result<Enforcer> {
+    let model = DefaultModel::from_str(model).await?;
+    let mut enforcer = Enforcer::new(model, MemoryAdapter::default()).await?;
+    enforcer.enable_auto_save(false);
+    let mut p = Vec::new();
+    let mut g = Vec::new();
+    for r in rules {
+        validate_rule(r)?;
+        if r.ptype == "p" { p.push(r.values.clone()) } else { g.push(r.values.clone()) }
+    }
+    if !p.is_empty() {
+        enforcer.add_policies(p).await?;
+    }
+    if !g.is_empty() {
+        enforcer.add_grouping_policies(g).await?;
+    }
+    Ok(enforcer)
+}
+
+impl Authorizer {
+    /// An authorizer over `model` (casbin model text) and `rules`.
+    ///
+    /// # Errors
+    /// A malformed model or rule.
+    pub async fn new(model: &str, rules: &[PolicyRule]) -> Result<Self> {
+        let enforcer = build(model, rules).await?;
+        Ok(Self {
+            inner: RwLock::new(Inner { enforcer, rules: rules.to_vec() }),
+            cache: RwLock::new(HashMap::new()),
+            model: model.to_owned(),
+        })
+    }
+
+    /// True when any of `roles` may do `action` on `resource`. No roles, no access.
+    ///
+    /// # Errors
+    /// A casbin evaluation failure (treat as deny).
+    pub fn allows(&self, roles: &[String], resource: &str, action: &str) -> Result<bool> {
+        for role in roles {
+            if self.allows_role(role, resource, action)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn allows_role(&self, role: &str, resource: &str, action: &str) -> Result<bool> {
+        let key = (role.to_owned(), resource.to_owned(), action.to_owned());
+        if let Some(hit) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(*hit);
+        }
+        let decision = self
+            .inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .enforcer
+            .enforce((role, resource, action))?;
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, decision);
+        Ok(decision)
+    }
+
+    /// Decides without the cache (for benchmarks).
+    ///
+    /// # Errors
+    /// As [`allows`](Self::allows).
+    pub fn allows_uncached(&self, role: &str, resource: &str, action: &str) -> Result<bool> {
+        Ok(self.inner.read().unwrap_or_else(|p| p.into_inner()).enforcer.enforce((role, resource, action))?)
+    }
+
+    /// Replaces the whole rule set; decisions made after this call see the new rules.
+    ///
+    /// # Errors
+    /// A malformed rule; the old rules then stay in force.
+    pub async fn replace(&self, rules: &[PolicyRule]) -> Result<()> {
+        let enforcer = build(&self.model, rules).await?;
+        {
+            let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            *inner = Inner { enforcer, rules: rules.to_vec() };
+        }
+        self.cache.write().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Vec<PolicyRule> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).rules.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(r: &[&str]) -> Vec<String> {
+        r.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn default_deny_wildcards_and_inheritance() {
+        let rules = parse_policy_csv(
+            "# comment\np, admin, users, *\np, auditor, audit, read\np, stage, datasets:*, write\ng, dpo, auditor\n",
+        )
+        .unwrap();
+        let a = Authorizer::new(DEFAULT_MODEL, &rules).await.unwrap();
+        assert!(a.allows(&roles(&["admin"]), "users", "write").unwrap());
+        assert!(!a.allows(&roles(&["admin"]), "audit", "read").unwrap());
+        assert!(a.allows(&roles(&["dpo"]), "audit", "read").unwrap(), "dpo inherits auditor");
+        assert!(a.allows(&roles(&["stage"]), "datasets:payments", "write").unwrap());
+        assert!(!a.allows(&roles(&["stage"]), "datasets:payments", "read").unwrap());
+        assert!(!a.allows(&roles(&[]), "users", "read").unwrap());
+        assert!(!a.allows(&roles(&["nobody"]), "users", "read").unwrap());
+        assert!(a.allows(&roles(&["nobody", "auditor"]), "audit", "read").unwrap());
+    }
+
+    #[tokio::test]
+    async fn replace_takes_effect_and_clears_the_cache() {
+        let a = Authorizer::new(DEFAULT_MODEL, &parse_policy_csv("p, analyst, audit, read").unwrap())
+            .await
+            .unwrap();
+        assert!(a.allows(&roles(&["analyst"]), "audit", "read").unwrap());
+        a.replace(&[]).await.unwrap();
+        assert!(!a.allows(&roles(&["analyst"]), "audit", "read").unwrap());
+        assert!(a.replace(&[PolicyRule { ptype: "p".into(), values: vec!["x".into()] }]).await.is_err());
+    }
+
+    #[test]
+    fn malformed_rules_name_the_line() {
+        for (text, needle) in [
+            ("p, a, b\n", "line 1"),
+            ("\nq, a, b, c\n", "line 2"),
+            ("p, a b, c, d", "letters"),
+        ] {
+            let err = parse_policy_csv(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn shipped_policy_parses() {
+        let rules = parse_policy_csv(DEFAULT_POLICY).unwrap();
+        assert!(rules.iter().any(|r| r.values[0] == "admin"));
+    }
+}
