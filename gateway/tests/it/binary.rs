@@ -1,0 +1,198 @@
+//! End to end: the real `warden` binary on a real port, its first start, graceful shutdown,
+//! restart, and the audit commands.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_warden");
+
+struct Server {
+    child: Child,
+    base: String,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    async fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(dir)
+            .args(args)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("WARDEN_ADMIN_PASSWORD")
+            .envs(env.iter().copied())
+            .stdout(std::fs::File::create(dir.join("stdout.txt")).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap());
+        let child = cmd.spawn().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Self { child, base, dir: dir.to_path_buf() };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("warden did not start: {}", std::fs::read_to_string(dir.join("stderr.txt")).unwrap());
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.txt")).unwrap()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn stop(mut self) -> String {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "warden exited with {status}");
+                return std::fs::read_to_string(self.dir.join("stderr.txt")).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("warden did not stop on SIGTERM");
+    }
+}
+
+fn warden(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN).current_dir(dir).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(format!("{base}{path}")).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(base: &str, path: &str, token: &str) -> (u16, String) {
+    let r = reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_walkthrough_shutdown_and_audit_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let server = Server::start(dir, &[], &[]).await;
+    let out = server.stdout();
+    let password = out.lines().find_map(|l| l.trim().strip_prefix("one-time password: ")).expect("password shown").to_owned();
+    let uri = out.lines().find_map(|l| l.split("URI (add it to an authenticator app): ").nth(1)).expect("totp uri shown").to_owned();
+    let seed = crate::support::seed_from_uri(&uri);
+    assert_eq!(mode(&dir.join("warden-data/kek.key")), 0o600);
+    assert_eq!(mode(&dir.join("warden-data/warden.db")), 0o600);
+    assert_eq!(mode(&dir.join("warden-data")), 0o700);
+
+    let base = server.base.clone();
+    let (status, body) = post(&base, "/v1/auth/token", None, json!({"grant_type": "password", "username": "admin", "password": password})).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let (status, _) = get(&base, "/v1/audit/events", &token).await;
+    assert_eq!(status, 401, "needs a second factor");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let code = warden_gateway::auth::totp::code_at(&seed, now).unwrap();
+    let (status, body) = post(&base, "/v1/auth/mfa", Some(&token), json!({"code": code})).await;
+    assert_eq!(status, 200, "{body}");
+    let stepped = body["access_token"].as_str().unwrap().to_owned();
+    let (status, events) = get(&base, "/v1/audit/events", &stepped).await;
+    assert_eq!(status, 200, "{events}");
+    let (status, metrics) = get(&base, "/metrics", "").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("warden_http_requests_total{route=\"/v1/auth/token\",method=\"POST\",status=\"200\"} 1"), "{metrics}");
+    assert!(metrics.contains("warden_http_request_duration_seconds_bucket{"), "{metrics}");
+    assert!(metrics.contains("warden_decisions_total{outcome=\"deny\"}"), "{metrics}");
+    assert!(metrics.contains("warden_audit_appends_total"), "{metrics}");
+    let (status, ready) = get(&base, "/readyz", "").await;
+    assert_eq!((status, ready.contains("ready")), (200, true));
+
+    // Graceful shutdown commits everything acknowledged (the last request's audit event too).
+    let (status, _) = get(&base, "/v1/audit/verify", &stepped).await;
+    assert_eq!(status, 200);
+    let logs = server.stop();
+    for secret in [password.as_str(), &token, &stepped, uri.split("secret=").nth(1).unwrap().split('&').next().unwrap()] {
+        assert!(!logs.contains(secret), "a secret reached the log");
+    }
+    assert!(logs.contains("audit log flushed"), "{logs}");
+
+    let verify = warden(dir, &["audit", "verify"]);
+    assert_eq!(verify.status.code(), Some(0), "{}{}", text(&verify.stdout), text(&verify.stderr));
+    let report: Value = serde_json::from_slice(&warden(dir, &["audit", "verify", "--json"]).stdout).unwrap();
+    assert!(report["checkpoints"].as_u64().unwrap() >= 1, "a final checkpoint is signed at shutdown: {report}");
+    // token, the denied read, step-up, the read, verify: the last one answered just before
+    // SIGTERM is there too.
+    assert_eq!(report["entries"], 5, "every audited request is in the log: {report}");
+
+    // A restart does not initialize again, and the data stays.
+    let again = Server::start(dir, &[], &[]).await;
+    assert!(!again.stdout().contains("password"), "credentials are shown only once");
+    let (status, _) = post(&again.base, "/v1/auth/token", None, json!({"grant_type": "password", "username": "admin", "password": password})).await;
+    assert_eq!(status, 200);
+    again.stop();
+
+    // Export and verify offline with the public key alone.
+    let export = dir.join("audit.ndjson");
+    assert!(warden(dir, &["audit", "export", "--out", export.to_str().unwrap()]).status.success());
+    let keys = text(&warden(dir, &["audit", "public-key"]).stdout);
+    let public = keys.split_whitespace().nth(1).unwrap().to_owned();
+    let offline = warden(dir, &["audit", "verify", "--export", export.to_str().unwrap(), "--public-key", &public]);
+    assert_eq!(offline.status.code(), Some(0), "{}{}", text(&offline.stdout), text(&offline.stderr));
+    let wrong_key = hex::encode(ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key().to_bytes());
+    let w = warden(dir, &["audit", "verify", "--export", export.to_str().unwrap(), "--public-key", &wrong_key]);
+    assert_eq!(w.status.code(), Some(1), "checkpoints signed by another key are refused");
+    let edited = std::fs::read_to_string(&export).unwrap().replacen("\"decision\":\"deny\"", "\"decision\":\"allow\"", 1);
+    std::fs::write(&export, edited).unwrap();
+    let tampered = warden(dir, &["audit", "verify", "--export", export.to_str().unwrap(), "--public-key", &public]);
+    assert_eq!(tampered.status.code(), Some(1));
+    assert!(text(&tampered.stdout).contains("does NOT verify: first bad entry"), "{}", text(&tampered.stdout));
+
+    // Tampering with the database itself: verify exits 1 naming the entry.
+    let db = warden_audit::Db::connect(&format!("sqlite://{}", dir.join("warden-data/warden.db").display())).await.unwrap();
+    sqlx::query("DROP TRIGGER audit_events_no_update").execute(db.pool()).await.unwrap();
+    sqlx::query("UPDATE audit_events SET actor = 'someone' WHERE seq = 2").execute(db.pool()).await.unwrap();
+    db.close().await;
+    let bad = warden(dir, &["audit", "verify"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stdout).contains("first bad entry 2"), "{}", text(&bad.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_password_from_environment_and_postgres_by_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_, url) = warden_audit::testkit::fresh_postgres().await;
+    std::fs::write(dir.join("warden.toml"), format!("[state]\nurl = \"{url}\"\n[keys]\nkek = \"file://{}/kek.key\"\n", dir.display())).unwrap();
+    let migrate = warden(dir, &["--config", "warden.toml", "migrate"]);
+    assert!(migrate.status.success(), "{}", text(&migrate.stderr));
+    let server = Server::start(dir, &["--config", "warden.toml"], &[("WARDEN_ADMIN_PASSWORD", "from the environment")]).await;
+    let out = server.stdout();
+    assert!(out.contains("password: from WARDEN_ADMIN_PASSWORD") && !out.contains("from the environment"), "{out}");
+    assert!(!dir.join("warden-data").exists(), "nothing embedded when PostgreSQL is configured");
+    let (status, body) = post(&server.base, "/v1/auth/token", None, json!({"grant_type": "password", "username": "admin", "password": "from the environment"})).await;
+    assert_eq!(status, 200, "{body}");
+    server.stop();
+    let verify = warden(dir, &["--config", "warden.toml", "audit", "verify"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stdout));
+    let bad = warden(dir, &["--config", "missing.toml", "migrate"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("missing.toml"));
+}

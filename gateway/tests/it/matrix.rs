@@ -1,0 +1,90 @@
+//! The role × action matrix, derived from the shipped `config/policy.csv` by a reading of
+//! its own (not the gateway's enforcer), checked cell by cell against the running gateway.
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+use warden_gateway::routes::{Access, ROUTES};
+use warden_sdk::PrincipalKind;
+
+use crate::support::{assert_error, gateway, Backend};
+
+crate::on_both_backends!(every_role_and_route_matches_the_shipped_policy);
+
+const ROLES: &[&str] = &["admin", "dpo", "auditor", "analyst", "stage", "subject"];
+
+/// `(role, resource, action)` triples and `(role, parent)` pairs of the policy file.
+fn shipped_policy() -> (Vec<[String; 3]>, Vec<[String; 2]>) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/policy.csv")).unwrap();
+    let (mut p, mut g) = (Vec::new(), Vec::new());
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let f: Vec<String> = line.split(',').map(|s| s.trim().to_owned()).collect();
+        match f[0].as_str() {
+            "p" => p.push([f[1].clone(), f[2].clone(), f[3].clone()]),
+            "g" => g.push([f[1].clone(), f[2].clone()]),
+            other => panic!("unexpected rule type {other}"),
+        }
+    }
+    (p, g)
+}
+
+fn expected(role: &str, resource: &str, action: &str, p: &[[String; 3]], g: &[[String; 2]]) -> bool {
+    let mut roles = vec![role.to_owned()];
+    let mut i = 0;
+    while i < roles.len() {
+        for [r, parent] in g {
+            if *r == roles[i] && !roles.contains(parent) {
+                roles.push(parent.clone());
+            }
+        }
+        i += 1;
+    }
+    p.iter().any(|[r, res, act]| {
+        let res_ok = res == resource || res.strip_suffix('*').is_some_and(|pre| resource.starts_with(pre));
+        roles.contains(r) && res_ok && (act == action || act == "*")
+    })
+}
+
+fn kind(role: &str) -> PrincipalKind {
+    match role {
+        "stage" => PrincipalKind::Service,
+        "subject" => PrincipalKind::Subject,
+        _ => PrincipalKind::User,
+    }
+}
+
+async fn every_role_and_route_matches_the_shipped_policy(backend: Backend) {
+    let g = gateway(backend).await;
+    let (p, inherit) = shipped_policy();
+    let mut cells = 0;
+    let mut allowed_cells = 0;
+    for role in ROLES {
+        let (_, fresh) = g.principal_token(kind(role), &[role], true).await;
+        let (_, stale) = g.principal_token(kind(role), &[role], false).await;
+        for route in ROUTES {
+            let Access::Protected { resource, action, mfa } = route.access else { continue };
+            let path = route.path.replace("{id}", &uuid::Uuid::new_v4().to_string());
+            let method = Method::from_bytes(route.method.as_bytes()).unwrap();
+            let body = (method != Method::GET).then(|| json!({}));
+            let r = g.call(method.clone(), &path, Some(&fresh), body.clone()).await;
+            cells += 1;
+            if expected(role, resource, action, &p, &inherit) {
+                allowed_cells += 1;
+                assert!(
+                    r.status != StatusCode::FORBIDDEN && r.status != StatusCode::UNAUTHORIZED && r.status != StatusCode::NOT_FOUND
+                        || r.json["error"]["code"] == "not_found" && path.contains("/users/"),
+                    "{role} may {action} {resource} ({} {}) but got {r:?}",
+                    route.method,
+                    route.path
+                );
+                if mfa {
+                    let r = g.call(method, &path, Some(&stale), body).await;
+                    assert_error(&r, StatusCode::UNAUTHORIZED, "mfa_required");
+                }
+            } else {
+                assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+            }
+        }
+    }
+    assert_eq!(cells, ROLES.len() * ROUTES.iter().filter(|r| r.access != Access::Public).count());
+    assert!(allowed_cells > 0 && allowed_cells < cells, "the matrix has both allowed and denied cells");
+}
