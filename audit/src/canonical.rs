@@ -101,7 +101,10 @@ mod tests {
     #[test]
     fn keys_are_sorted_at_every_depth() {
         let v = json!({"b": 1, "a": {"z": [3, {"y": true, "x": null}], "c": "é"}});
-        assert_eq!(json(&v), r#"{"a":{"c":"é","z":[3,{"x":null,"y":true}]},"b":1}"#);
+        assert_eq!(
+            json(&v),
+            r#"{"a":{"c":"é","z":[3,{"x":null,"y":true}]},"b":1}"#
+        );
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

@@ -41,18 +41,29 @@ pub struct CheckpointSigner {
 
 impl std::fmt::Debug for CheckpointSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckpointSigner").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("CheckpointSigner")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
 impl CheckpointSigner {
     pub fn new(kid: impl Into<String>, key: SigningKey) -> Self {
-        Self { kid: kid.into(), key }
+        Self {
+            kid: kid.into(),
+            key,
+        }
     }
 
     pub fn sign(&self, seq: u64, ts: i64, hash: Hash) -> Checkpoint {
         let signature = self.key.sign(&message(seq, ts, &hash)).to_bytes();
-        Checkpoint { seq, ts, hash, kid: self.kid.clone(), signature }
+        Checkpoint {
+            seq,
+            ts,
+            hash,
+            kid: self.kid.clone(),
+            signature,
+        }
     }
 
     pub fn kid(&self) -> &str {
@@ -86,8 +97,11 @@ impl CheckpointKeys {
     /// True when the checkpoint is signed by a trusted key.
     pub fn verify(&self, cp: &Checkpoint) -> bool {
         self.keys.get(&cp.kid).is_some_and(|k| {
-            k.verify(&message(cp.seq, cp.ts, &cp.hash), &Signature::from_bytes(&cp.signature))
-                .is_ok()
+            k.verify(
+                &message(cp.seq, cp.ts, &cp.hash),
+                &Signature::from_bytes(&cp.signature),
+            )
+            .is_ok()
         })
     }
 }

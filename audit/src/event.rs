@@ -112,17 +112,25 @@ impl NewEvent {
         ] {
             if let Some(v) = value {
                 if v.len() > MAX_FIELD {
-                    return Err(Error::InvalidEvent(format!("{name} longer than {MAX_FIELD} bytes")));
+                    return Err(Error::InvalidEvent(format!(
+                        "{name} longer than {MAX_FIELD} bytes"
+                    )));
                 }
             }
         }
-        for (name, v) in [("actor", &b.actor), ("action", &b.action), ("resource", &b.resource)] {
+        for (name, v) in [
+            ("actor", &b.actor),
+            ("action", &b.action),
+            ("resource", &b.resource),
+        ] {
             if v.is_empty() {
                 return Err(Error::InvalidEvent(format!("{name} is empty")));
             }
         }
         if b.details.len() > MAX_DETAILS {
-            return Err(Error::InvalidEvent(format!("details longer than {MAX_DETAILS} bytes")));
+            return Err(Error::InvalidEvent(format!(
+                "details longer than {MAX_DETAILS} bytes"
+            )));
         }
         Ok(self.body)
     }

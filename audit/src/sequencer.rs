@@ -50,6 +50,8 @@ pub trait AuditObserver: Send + Sync {
     fn failed(&self, events: usize);
 }
 
+// Shutdown is sent once; boxing every event instead would cost an allocation per append.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Append(EventBody, Option<oneshot::Sender<Result<u64>>>),
     Shutdown(oneshot::Sender<()>),
@@ -84,9 +86,19 @@ impl Sequencer {
         observer: Option<Arc<dyn AuditObserver>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let writer = Writer { store, signer, config, observer, since_checkpoint: 0, last_checkpoint: Instant::now() };
+        let writer = Writer {
+            store,
+            signer,
+            config,
+            observer,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+        };
         let task = tokio::spawn(writer.run(rx));
-        Self { tx, task: Arc::new(Mutex::new(Some(task))) }
+        Self {
+            tx,
+            task: Arc::new(Mutex::new(Some(task))),
+        }
     }
 
     /// Appends an event and waits until it is durable; returns its sequence number.
@@ -97,7 +109,10 @@ impl Sequencer {
     pub async fn append(&self, event: NewEvent) -> Result<u64> {
         let body = event.into_body()?;
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Msg::Append(body, Some(reply))).await.map_err(|_| Error::Closed)?;
+        self.tx
+            .send(Msg::Append(body, Some(reply)))
+            .await
+            .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
@@ -108,7 +123,10 @@ impl Sequencer {
     /// As [`append`](Self::append), minus the commit failure.
     pub async fn record(&self, event: NewEvent) -> Result<()> {
         let body = event.into_body()?;
-        self.tx.send(Msg::Append(body, None)).await.map_err(|_| Error::Closed)
+        self.tx
+            .send(Msg::Append(body, None))
+            .await
+            .map_err(|_| Error::Closed)
     }
 
     /// Commits everything queued, signs a final checkpoint and stops the task. Later appends
@@ -137,7 +155,11 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut tick = tokio::time::interval(self.config.checkpoint_interval.max(Duration::from_millis(10)));
+        let mut tick = tokio::time::interval(
+            self.config
+                .checkpoint_interval
+                .max(Duration::from_millis(10)),
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
@@ -242,7 +264,12 @@ impl Writer {
             if seq == 0 {
                 return Ok(());
             }
-            let ts = self.store.scan(seq - 1, 1).await?.first().map_or(0, |e| e.body.ts);
+            let ts = self
+                .store
+                .scan(seq - 1, 1)
+                .await?
+                .first()
+                .map_or(0, |e| e.body.ts);
             self.store.put_checkpoint(&signer.sign(seq, ts, hash)).await
         }
         .await;

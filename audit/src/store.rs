@@ -108,7 +108,12 @@ impl AuditStore for SqlAuditStore {
         for body in events {
             seq += 1;
             let hash = chain_hash(&prev, seq, &body);
-            stored.push(StoredEvent { seq, body, prev_hash: prev, hash });
+            stored.push(StoredEvent {
+                seq,
+                body,
+                prev_hash: prev,
+                hash,
+            });
             prev = hash;
         }
         for chunk in stored.chunks(ROWS_PER_INSERT) {
@@ -236,9 +241,10 @@ impl AuditStore for SqlAuditStore {
     }
 
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
-        let rows = sqlx::query("SELECT seq, ts, hash, kid, signature FROM audit_checkpoints ORDER BY seq")
-            .fetch_all(self.db.pool())
-            .await?;
+        let rows =
+            sqlx::query("SELECT seq, ts, hash, kid, signature FROM audit_checkpoints ORDER BY seq")
+                .fetch_all(self.db.pool())
+                .await?;
         rows.iter()
             .map(|r| {
                 let sig: Vec<u8> = r.try_get("signature")?;
@@ -247,8 +253,9 @@ impl AuditStore for SqlAuditStore {
                     ts: r.try_get("ts")?,
                     hash: to_hash(&r.try_get::<Vec<u8>, _>("hash")?)?,
                     kid: r.try_get("kid")?,
-                    signature: <[u8; 64]>::try_from(sig.as_slice())
-                        .map_err(|_| Error::Corrupt("checkpoint signature is not 64 bytes".to_owned()))?,
+                    signature: <[u8; 64]>::try_from(sig.as_slice()).map_err(|_| {
+                        Error::Corrupt("checkpoint signature is not 64 bytes".to_owned())
+                    })?,
                 })
             })
             .collect()

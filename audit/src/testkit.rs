@@ -28,7 +28,10 @@ pub async fn fresh_postgres() -> (Db, String) {
     let mut admin = sqlx::PgConnection::connect(&server)
         .await
         .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at WARDEN_TEST_POSTGRES_URL ({e}); is scripts/dev-services.sh running?"));
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     admin.close().await.unwrap();
     let mut url = url::Url::parse(&server).unwrap();
     url.set_path(&name);
@@ -40,7 +43,11 @@ pub async fn fresh_postgres() -> (Db, String) {
 
 /// A new, migrated SQLite database in `dir`, returned with its URL.
 pub async fn fresh_sqlite(dir: &Path) -> (Db, String) {
-    let url = format!("sqlite://{}", dir.join(format!("{}.db", uuid::Uuid::new_v4().simple())).display());
+    let url = format!(
+        "sqlite://{}",
+        dir.join(format!("{}.db", uuid::Uuid::new_v4().simple()))
+            .display()
+    );
     let db = Db::connect(&url).await.unwrap();
     db.migrate().await.unwrap();
     (db, url)

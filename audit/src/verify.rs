@@ -29,7 +29,7 @@ pub struct ChainVerifier {
 impl ChainVerifier {
     /// `checkpoints` in any order; each must carry a valid signature of a key in `keys`.
     pub fn new(keys: CheckpointKeys, mut checkpoints: Vec<Checkpoint>) -> Self {
-        checkpoints.sort_by(|a, b| b.seq.cmp(&a.seq));
+        checkpoints.sort_by_key(|c| std::cmp::Reverse(c.seq));
         Self {
             keys,
             pending: checkpoints,
@@ -50,7 +50,10 @@ impl ChainVerifier {
         let expected = self.seq + 1;
         if e.seq != expected {
             let reason = if e.seq > expected {
-                format!("entry {expected} is missing (next entry found is {})", e.seq)
+                format!(
+                    "entry {expected} is missing (next entry found is {})",
+                    e.seq
+                )
             } else {
                 format!("entry {} appears out of order after {}", e.seq, self.seq)
             };
@@ -58,12 +61,21 @@ impl ChainVerifier {
             return false;
         }
         if e.prev_hash != self.prev {
-            self.bad = Some((e.seq, format!("entry {} does not link to entry {}", e.seq, self.seq)));
+            self.bad = Some((
+                e.seq,
+                format!("entry {} does not link to entry {}", e.seq, self.seq),
+            ));
             return false;
         }
         let hash = chain_hash(&self.prev, e.seq, &e.body);
         if hash != e.hash {
-            self.bad = Some((e.seq, format!("entry {} was altered: its hash does not match its content", e.seq)));
+            self.bad = Some((
+                e.seq,
+                format!(
+                    "entry {} was altered: its hash does not match its content",
+                    e.seq
+                ),
+            ));
             return false;
         }
         self.seq = e.seq;
@@ -83,7 +95,10 @@ impl ChainVerifier {
 
     fn check_checkpoint(&mut self, cp: &Checkpoint) -> bool {
         if !self.keys.verify(cp) {
-            self.bad = Some((cp.seq, format!("checkpoint at entry {} has no valid signature", cp.seq)));
+            self.bad = Some((
+                cp.seq,
+                format!("checkpoint at entry {} has no valid signature", cp.seq),
+            ));
             return false;
         }
         // Checkpoints are met exactly at their seq because entries are contiguous.
@@ -117,7 +132,10 @@ impl ChainVerifier {
             } else if let Some(head) = expected_head.filter(|h| *h > self.seq) {
                 self.bad = Some((
                     self.seq + 1,
-                    format!("entries after {} are missing: the log's tip is at {head}", self.seq),
+                    format!(
+                        "entries after {} are missing: the log's tip is at {head}",
+                        self.seq
+                    ),
                 ));
             }
         }

@@ -5,7 +5,9 @@ use std::io::{BufRead, Write};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use warden_audit::{verify_store, AuditStore, ChainVerifier, Checkpoint, CheckpointKeys, SqlAuditStore, StoredEvent};
+use warden_audit::{
+    verify_store, AuditStore, ChainVerifier, Checkpoint, CheckpointKeys, SqlAuditStore, StoredEvent,
+};
 use warden_sdk::{AuditEventView, VerifyReport};
 
 use crate::config::Config;
@@ -18,8 +20,17 @@ pub const EXPORT_FORMAT: &str = "warden-audit-export/1";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExportLine {
-    Header { format: String, head_seq: u64 },
-    Checkpoint { seq: u64, ts: i64, hash: String, kid: String, signature: String },
+    Header {
+        format: String,
+        head_seq: u64,
+    },
+    Checkpoint {
+        seq: u64,
+        ts: i64,
+        hash: String,
+        kid: String,
+        signature: String,
+    },
     Event(AuditEventView),
 }
 
@@ -27,14 +38,23 @@ pub enum ExportLine {
 ///
 /// # Errors
 /// A database failure or a malformed key.
-pub async fn checkpoint_keys(config: &Config) -> anyhow::Result<(CheckpointKeys, Vec<(String, String)>)> {
+pub async fn checkpoint_keys(
+    config: &Config,
+) -> anyhow::Result<(CheckpointKeys, Vec<(String, String)>)> {
     let (state_db, _) = crate::state::open_databases(config).await?;
     let store = SqlStateStore::new(state_db);
     let mut keys = CheckpointKeys::new();
     let mut listed = Vec::new();
     for k in store.signing_keys("checkpoint").await? {
-        let bytes: [u8; 32] = k.public_key.as_slice().try_into().context("public key is not 32 bytes")?;
-        keys.insert(k.kid.clone(), ed25519_dalek::VerifyingKey::from_bytes(&bytes)?);
+        let bytes: [u8; 32] = k
+            .public_key
+            .as_slice()
+            .try_into()
+            .context("public key is not 32 bytes")?;
+        keys.insert(
+            k.kid.clone(),
+            ed25519_dalek::VerifyingKey::from_bytes(&bytes)?,
+        );
         listed.push((k.kid, hex::encode(bytes)));
     }
     Ok((keys, listed))
@@ -65,7 +85,10 @@ pub async fn export(config: &Config, out: &mut dyn Write) -> anyhow::Result<u64>
         out.write_all(b"\n")?;
         Ok(())
     };
-    line(&ExportLine::Header { format: EXPORT_FORMAT.to_owned(), head_seq: head })?;
+    line(&ExportLine::Header {
+        format: EXPORT_FORMAT.to_owned(),
+        head_seq: head,
+    })?;
     for c in checkpoints {
         line(&ExportLine::Checkpoint {
             seq: c.seq,
@@ -99,7 +122,10 @@ pub fn parse_public_key(hex_key: &str) -> anyhow::Result<(String, ed25519_dalek:
         .context("the public key must be hex")?
         .try_into()
         .map_err(|_| anyhow::anyhow!("the public key must be 32 bytes (64 hex digits)"))?;
-    Ok((crate::auth::tokens::key_id("checkpoint", &bytes), ed25519_dalek::VerifyingKey::from_bytes(&bytes)?))
+    Ok((
+        crate::auth::tokens::key_id("checkpoint", &bytes),
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes)?,
+    ))
 }
 
 /// Verifies an export offline with the given public keys only.
@@ -120,22 +146,37 @@ pub fn verify_export(input: impl BufRead, keys: CheckpointKeys) -> anyhow::Resul
     let mut keys = Some(keys);
     for (n, line) in lines {
         let line = line?;
-        match serde_json::from_str::<ExportLine>(&line).with_context(|| format!("line {}", n + 1))? {
-            ExportLine::Checkpoint { seq, ts, hash, kid, signature } => {
-                anyhow::ensure!(verifier.is_none(), "line {}: checkpoint after events", n + 1);
+        match serde_json::from_str::<ExportLine>(&line)
+            .with_context(|| format!("line {}", n + 1))?
+        {
+            ExportLine::Checkpoint {
+                seq,
+                ts,
+                hash,
+                kid,
+                signature,
+            } => {
+                anyhow::ensure!(
+                    verifier.is_none(),
+                    "line {}: checkpoint after events",
+                    n + 1
+                );
                 checkpoints.push(Checkpoint {
                     seq,
                     ts,
                     hash: warden_audit::event::parse_hash(&hash)?,
                     kid,
-                    signature: hex::decode(signature)?
-                        .try_into()
-                        .map_err(|_| anyhow::anyhow!("line {}: signature is not 64 bytes", n + 1))?,
+                    signature: hex::decode(signature)?.try_into().map_err(|_| {
+                        anyhow::anyhow!("line {}: signature is not 64 bytes", n + 1)
+                    })?,
                 });
             }
             ExportLine::Event(view) => {
                 let v = verifier.get_or_insert_with(|| {
-                    ChainVerifier::new(keys.take().unwrap_or_default(), std::mem::take(&mut checkpoints))
+                    ChainVerifier::new(
+                        keys.take().unwrap_or_default(),
+                        std::mem::take(&mut checkpoints),
+                    )
                 });
                 if !v.push(&StoredEvent::from_view(&view)?) {
                     break;
@@ -144,6 +185,7 @@ pub fn verify_export(input: impl BufRead, keys: CheckpointKeys) -> anyhow::Resul
             ExportLine::Header { .. } => anyhow::bail!("line {}: second header", n + 1),
         }
     }
-    let verifier = verifier.unwrap_or_else(|| ChainVerifier::new(keys.take().unwrap_or_default(), checkpoints));
+    let verifier = verifier
+        .unwrap_or_else(|| ChainVerifier::new(keys.take().unwrap_or_default(), checkpoints));
     Ok(verifier.finish(Some(head)))
 }

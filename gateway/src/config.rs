@@ -70,7 +70,12 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { url: None, max_batch: 1024, checkpoint_every: 1000, checkpoint_interval: Duration::from_secs(60) }
+        Self {
+            url: None,
+            max_batch: 1024,
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(60),
+        }
     }
 }
 
@@ -165,7 +170,12 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 1024 * 1024, request_timeout: Duration::from_secs(30), rate_per_second: 50, rate_burst: 200 }
+        Self {
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            rate_per_second: 50,
+            rate_burst: 200,
+        }
     }
 }
 
@@ -189,7 +199,8 @@ impl Config {
     pub fn load(path: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Result<Self> {
         let mut config: Config = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config {}", p.display()))?;
                 toml::from_str(&text).with_context(|| format!("invalid config {}", p.display()))?
             }
             None => Config::default(),
@@ -215,7 +226,10 @@ impl Config {
         if a.mfa_window.is_zero() || a.mfa_max_failures == 0 || a.login_max_failures == 0 {
             bail!("auth.mfa_window, auth.mfa_max_failures and auth.login_max_failures must be positive");
         }
-        if self.limits.max_body_bytes == 0 || self.limits.rate_per_second == 0 || self.limits.request_timeout.is_zero() {
+        if self.limits.max_body_bytes == 0
+            || self.limits.rate_per_second == 0
+            || self.limits.request_timeout.is_zero()
+        {
             bail!("limits.max_body_bytes, limits.rate_per_second and limits.request_timeout must be positive");
         }
         if self.audit.max_batch == 0 || self.audit.checkpoint_every == 0 {
@@ -246,14 +260,18 @@ impl Config {
             None => Ok(self.data_dir.join("kek.key")),
             Some(url) => match url.strip_prefix("file://") {
                 Some(p) => Ok(PathBuf::from(p)),
-                None => bail!("keys.kek must be a file:// URL (AWS KMS arrives with the protection release)"),
+                None => bail!(
+                    "keys.kek must be a file:// URL (AWS KMS arrives with the protection release)"
+                ),
             },
         }
     }
 
     /// True when something lives in the data directory (SQLite or the key file).
     pub fn uses_data_dir(&self) -> bool {
-        self.keys.kek.is_none() || self.state_url().starts_with("sqlite:") || self.audit_url().starts_with("sqlite:")
+        self.keys.kek.is_none()
+            || self.state_url().starts_with("sqlite:")
+            || self.audit_url().starts_with("sqlite:")
     }
 }
 
@@ -275,7 +293,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("warden.toml");
         std::fs::write(&path, "listen = \"0.0.0.0:9000\"\n[auth]\ntoken_ttl = \"5m\"\n[audit]\ncheckpoint_every = 10\n").unwrap();
-        let env = HashMap::from([("WARDEN_STATE_URL".to_owned(), "postgres://u@h/db".to_owned())]);
+        let env = HashMap::from([(
+            "WARDEN_STATE_URL".to_owned(),
+            "postgres://u@h/db".to_owned(),
+        )]);
         let c = Config::load(Some(&path), &env).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.auth.token_ttl, Duration::from_secs(300));
@@ -284,11 +305,22 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/warden.example.toml"));
+        let c = Config::load(Some(path), &HashMap::new()).unwrap();
+        assert_eq!(c.audit.checkpoint_every, 1000);
+        assert!(c.auth.oidc.is_none());
+    }
+
+    #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("warden.toml");
         std::fs::write(&path, "[auth]\ntoken_tll = \"5m\"\n").unwrap();
-        let err = format!("{:#}", Config::load(Some(&path), &HashMap::new()).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Config::load(Some(&path), &HashMap::new()).unwrap_err()
+        );
         assert!(err.contains("token_tll"), "{err}");
         std::fs::write(&path, "[auth]\ntoken_ttl = \"1s\"\n").unwrap();
         assert!(Config::load(Some(&path), &HashMap::new()).is_err());

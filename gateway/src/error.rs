@@ -39,9 +39,10 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::MalformedJson | ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ErrorCode::Unauthenticated | ErrorCode::InvalidGrant | ErrorCode::MfaRequired | ErrorCode::InvalidOtp => {
-            StatusCode::UNAUTHORIZED
-        }
+        ErrorCode::Unauthenticated
+        | ErrorCode::InvalidGrant
+        | ErrorCode::MfaRequired
+        | ErrorCode::InvalidOtp => StatusCode::UNAUTHORIZED,
         ErrorCode::Locked | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -81,19 +82,31 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn unauthenticated() -> Self {
-        Self::new(ErrorCode::Unauthenticated, "a valid bearer token is required")
+        Self::new(
+            ErrorCode::Unauthenticated,
+            "a valid bearer token is required",
+        )
     }
 
     pub fn forbidden() -> Self {
-        Self::new(ErrorCode::Forbidden, "the policy does not allow this action")
+        Self::new(
+            ErrorCode::Forbidden,
+            "the policy does not allow this action",
+        )
     }
 
     pub fn mfa_required() -> Self {
-        Self::new(ErrorCode::MfaRequired, "this action needs a fresh second factor: step up at POST /v1/auth/mfa")
+        Self::new(
+            ErrorCode::MfaRequired,
+            "this action needs a fresh second factor: step up at POST /v1/auth/mfa",
+        )
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -105,7 +118,10 @@ impl ApiError {
     }
 
     pub fn internal() -> Self {
-        Self::new(ErrorCode::Internal, "internal error; quote the request id to the operator")
+        Self::new(
+            ErrorCode::Internal,
+            "internal error; quote the request id to the operator",
+        )
     }
 
     pub fn status(&self) -> StatusCode {
@@ -131,7 +147,10 @@ impl From<Error> for ApiError {
             Error::Invalid(m) => Self::invalid(m),
             Error::Audit(warden_audit::Error::Unavailable(_) | warden_audit::Error::Closed) => {
                 error!(error = %e, "audit log unavailable");
-                Self::new(ErrorCode::AuditUnavailable, "the audit log cannot record this request; nothing was done")
+                Self::new(
+                    ErrorCode::AuditUnavailable,
+                    "the audit log cannot record this request; nothing was done",
+                )
             }
             e => {
                 error!(error = %e, "request failed");

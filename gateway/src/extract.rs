@@ -26,17 +26,25 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Self(v)),
-            Err(JsonRejection::JsonSyntaxError(_)) => {
-                Err(ApiError::new(ErrorCode::MalformedJson, "the body is not valid JSON"))
+            Err(JsonRejection::JsonSyntaxError(_)) => Err(ApiError::new(
+                ErrorCode::MalformedJson,
+                "the body is not valid JSON",
+            )),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ApiError::invalid(describe(&e.body_text())))
             }
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::invalid(describe(&e.body_text()))),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
                 ErrorCode::UnsupportedMediaType,
                 "send the body as application/json",
             )),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
-                ApiError::new(ErrorCode::PayloadTooLarge, "the body is larger than the configured limit"),
-            ),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "the body is larger than the configured limit",
+                ))
+            }
             Err(_) => Err(ApiError::invalid("the body could not be read")),
         }
     }
@@ -66,7 +74,12 @@ where
 
 /// Keeps the part of a serde message that names a field, drops anything quoting a value.
 fn describe(serde_message: &str) -> String {
-    for marker in ["unknown field `", "missing field `", "unknown variant `", "duplicate field `"] {
+    for marker in [
+        "unknown field `",
+        "missing field `",
+        "unknown variant `",
+        "duplicate field `",
+    ] {
         if let Some(start) = serde_message.find(marker) {
             let rest = &serde_message[start + marker.len()..];
             let name: String = rest
@@ -91,8 +104,12 @@ mod tests {
             describe("Failed to deserialize: unknown field `pasword`, expected one of `password`"),
             "unknown field `pasword`"
         );
-        assert_eq!(describe("missing field `code` at line 1"), "missing field `code`");
-        let m = describe("invalid type: string \"hunter2-secret\", expected u64 at line 1 column 30");
+        assert_eq!(
+            describe("missing field `code` at line 1"),
+            "missing field `code`"
+        );
+        let m =
+            describe("invalid type: string \"hunter2-secret\", expected u64 at line 1 column 30");
         assert!(!m.contains("hunter2"), "{m}");
     }
 }

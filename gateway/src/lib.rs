@@ -65,12 +65,24 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/auth/mfa", post(api::auth::step_up))
         .route("/v1/audit/events", get(api::audit::events))
         .route("/v1/audit/verify", get(api::audit::verify))
-        .route("/v1/policy", get(api::admin::get_policy).put(api::admin::put_policy))
-        .route("/v1/users", get(api::admin::list).post(api::admin::create_user))
+        .route(
+            "/v1/policy",
+            get(api::admin::get_policy).put(api::admin::put_policy),
+        )
+        .route(
+            "/v1/users",
+            get(api::admin::list).post(api::admin::create_user),
+        )
         .route("/v1/users/{id}/disable", post(api::admin::disable))
         .route("/v1/users/{id}/enable", post(api::admin::enable))
-        .route("/v1/service-accounts", post(api::admin::create_service_account))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::enforce));
+        .route(
+            "/v1/service-accounts",
+            post(api::admin::create_service_account),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::enforce,
+        ));
     protected
         .fallback(|| async { ApiError::not_found() })
         .layer(
@@ -117,9 +129,12 @@ pub async fn serve(
         }
     });
     info!(addr = %listener.local_addr()?, "warden listening");
-    let result = axum::serve(listener, app(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(
+        listener,
+        app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     sync.abort();
     state.shutdown().await;
     info!("warden stopped; audit log flushed");

@@ -15,7 +15,11 @@ use warden_gateway::{cli, state};
 use warden_sdk::VerifyReport;
 
 #[derive(Parser)]
-#[command(name = "warden", version, about = "Data-governance gateway for GDPR and PCI DSS")]
+#[command(
+    name = "warden",
+    version,
+    about = "Data-governance gateway for GDPR and PCI DSS"
+)]
 struct Args {
     /// Configuration file (TOML); without one Warden runs on embedded defaults.
     #[arg(long, short, global = true, env = "WARDEN_CONFIG")]
@@ -75,7 +79,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -101,7 +108,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Verify { export, public_key, json } } => {
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    export,
+                    public_key,
+                    json,
+                },
+        } => {
             let report = match export {
                 Some(path) => {
                     let mut keys = CheckpointKeys::new();
@@ -109,18 +123,22 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         let (kid, key) = cli::parse_public_key(k)?;
                         keys.insert(kid, key);
                     }
-                    let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+                    let file = std::fs::File::open(&path)
+                        .with_context(|| format!("cannot open {}", path.display()))?;
                     cli::verify_export(std::io::BufReader::new(file), keys)?
                 }
                 None => cli::verify_db(&config).await?,
             };
             Ok(print_report(&report, json))
         }
-        Command::Audit { command: AuditCommand::Export { out } } => {
+        Command::Audit {
+            command: AuditCommand::Export { out },
+        } => {
             let n = match out {
                 Some(path) => {
                     let mut file = std::io::BufWriter::new(
-                        std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?,
+                        std::fs::File::create(&path)
+                            .with_context(|| format!("cannot create {}", path.display()))?,
                     );
                     cli::export(&config, &mut file).await?
                 }
@@ -129,7 +147,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("exported {n} audit events");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::PublicKey } => {
+        Command::Audit {
+            command: AuditCommand::PublicKey,
+        } => {
             let (_, keys) = cli::checkpoint_keys(&config).await?;
             for (kid, hex) in keys {
                 println!("{kid} {hex}");
@@ -141,7 +161,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn print_report(report: &VerifyReport, json: bool) -> ExitCode {
     if json {
-        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
     } else if report.ok {
         println!(
             "audit log intact: {} entries, {} signed checkpoints, head at {}",
@@ -161,33 +184,52 @@ fn print_report(report: &VerifyReport, json: bool) -> ExitCode {
     }
 }
 
-async fn serve(mut config: Config, listen: Option<SocketAddr>, env: &HashMap<String, String>) -> anyhow::Result<ExitCode> {
+async fn serve(
+    mut config: Config,
+    listen: Option<SocketAddr>,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
     if let Some(addr) = listen {
         config.listen = addr;
     }
     let addr = config.listen;
-    let (state, first_start) = state::start(config, env, Arc::new(warden_policy::SystemClock)).await?;
+    let (state, first_start) =
+        state::start(config, env, Arc::new(warden_policy::SystemClock)).await?;
     if let Some(first) = first_start {
         // Shown once, on the terminal only: never logged.
         let mut out = std::io::stdout().lock();
-        writeln!(out, "Warden initialised. The admin account (shown this once):")?;
+        writeln!(
+            out,
+            "Warden initialised. The admin account (shown this once):"
+        )?;
         writeln!(out, "  username: {}", first.admin_username)?;
         match &first.admin_password {
             Some(p) => writeln!(out, "  one-time password: {}", p.as_str())?,
             None => writeln!(out, "  password: from WARDEN_ADMIN_PASSWORD")?,
         }
-        writeln!(out, "  TOTP enrolment URI (add it to an authenticator app): {}", first.totp_uri)?;
-        writeln!(out, "Change the password after the first login: POST /v1/auth/password")?;
+        writeln!(
+            out,
+            "  TOTP enrolment URI (add it to an authenticator app): {}",
+            first.totp_uri
+        )?;
+        writeln!(
+            out,
+            "Change the password after the first login: POST /v1/auth/password"
+        )?;
         out.flush()?;
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     warden_gateway::serve(state, listener, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let term = async {

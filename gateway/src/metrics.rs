@@ -48,22 +48,45 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
-        let http_duration = Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let http_duration =
+            Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram as fn() -> Histogram,
+            );
         let decisions = Family::<DecisionLabels, Counter>::default();
         let audit_appends = Counter::default();
         let audit_batches = Counter::default();
         let audit_failures = Counter::default();
         let audit_batch_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
-        registry.register("warden_http_requests", "HTTP requests by route, method and status", http_requests.clone());
+        registry.register(
+            "warden_http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
         registry.register(
             "warden_http_request_duration_seconds",
             "HTTP request latency by route, method and status",
             http_duration.clone(),
         );
-        registry.register("warden_decisions", "Access decisions by outcome", decisions.clone());
-        registry.register("warden_audit_appends", "Audit events committed", audit_appends.clone());
-        registry.register("warden_audit_batches", "Audit transactions committed (group commit)", audit_batches.clone());
-        registry.register("warden_audit_append_failures", "Audit events that could not be committed", audit_failures.clone());
+        registry.register(
+            "warden_decisions",
+            "Access decisions by outcome",
+            decisions.clone(),
+        );
+        registry.register(
+            "warden_audit_appends",
+            "Audit events committed",
+            audit_appends.clone(),
+        );
+        registry.register(
+            "warden_audit_batches",
+            "Audit transactions committed (group commit)",
+            audit_batches.clone(),
+        );
+        registry.register(
+            "warden_audit_append_failures",
+            "Audit events that could not be committed",
+            audit_failures.clone(),
+        );
         registry.register(
             "warden_audit_batch_duration_seconds",
             "Time to commit one audit batch",
@@ -91,7 +114,11 @@ impl Metrics {
     }
 
     pub fn decision(&self, outcome: warden_sdk::Decision) {
-        self.decisions.get_or_create(&DecisionLabels { outcome: outcome.as_str().to_owned() }).inc();
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                outcome: outcome.as_str().to_owned(),
+            })
+            .inc();
     }
 }
 

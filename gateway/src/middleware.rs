@@ -43,15 +43,26 @@ impl AuditNote {
 }
 
 fn request_id(req: &Request) -> String {
-    req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
 }
 
 /// Drops a client-sent request id that is not a short token, so nothing arbitrary reaches
 /// the logs and the audit log through it; one is then generated.
 pub async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
-    let ok = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    });
+    let ok = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
     if !ok {
         req.headers_mut().remove(REQUEST_ID);
     }
@@ -67,9 +78,16 @@ pub async fn record_metrics(State(app): State<AppState>, req: Request, next: Nex
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let method = req.method().as_str().to_owned();
     let res = next.run(req).await;
-    let labels = HttpLabels { route, method, status: res.status().as_u16() };
+    let labels = HttpLabels {
+        route,
+        method,
+        status: res.status().as_u16(),
+    };
     app.metrics.http_requests.get_or_create(&labels).inc();
-    app.metrics.http_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    app.metrics
+        .http_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
     res
 }
 
@@ -95,11 +113,19 @@ pub async fn render_errors(req: Request, next: Next) -> Response {
         }
         None => return res,
     };
-    let body = ErrorBody { error: ErrorDetail { code: error.code, message: error.message.clone(), request_id } };
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: error.code,
+            message: error.message.clone(),
+            request_id,
+        },
+    };
     let (mut parts, _) = res.into_parts();
     parts.status = error.status();
     parts.headers.remove(CONTENT_LENGTH);
-    parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let json = serde_json::to_vec(&body).unwrap_or_default();
     Response::from_parts(parts, axum::body::Body::from(json))
 }
@@ -120,13 +146,22 @@ fn default_message(code: ErrorCode) -> &'static str {
 /// The policy-enforcing layer around every matched route.
 pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
     let rid = request_id(&req);
     let client = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
-    let ctx = Ctx { app: &app, method: &method, route: &route, request_id: &rid };
+    let ctx = Ctx {
+        app: &app,
+        method: &method,
+        route: &route,
+        request_id: &rid,
+    };
 
     let Some(spec) = routes::lookup(method.as_str(), &route) else {
         if routes::ROUTES.iter().any(|r| r.path == route) {
@@ -136,16 +171,28 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
         error!(%method, route, "route has no entry in the route table; denied");
         return ctx.deny(None, "unknown", ApiError::forbidden()).await;
     };
-    let Access::Protected { resource, action, mfa } = spec.access else {
+    let Access::Protected {
+        resource,
+        action,
+        mfa,
+    } = spec.access
+    else {
         // Public routes: rate-limited per client address; audited when the handler says who.
         if !app.limiter.check(&format!("ip:{client}")) {
-            return ctx.deny(None, "rate_limit", ApiError::new(ErrorCode::RateLimited, "too many requests; slow down")).await;
+            return ctx
+                .deny(
+                    None,
+                    "rate_limit",
+                    ApiError::new(ErrorCode::RateLimited, "too many requests; slow down"),
+                )
+                .await;
         }
         let res = next.run(req).await;
         return match res.extensions().get::<AuditNote>().cloned() {
             Some(note) => {
                 let action = note.action.clone().unwrap_or_else(|| "public".to_owned());
-                ctx.finish(res, None, &action, note, method != Method::GET).await
+                ctx.finish(res, None, &action, note, method != Method::GET)
+                    .await
             }
             None => res,
         };
@@ -156,37 +203,63 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
         Ok(p) => p,
         Err(reason) => {
             debug!(reason, route, "authentication failed");
-            return ctx.deny(None, &action_name, ApiError::unauthenticated()).await;
+            return ctx
+                .deny(None, &action_name, ApiError::unauthenticated())
+                .await;
         }
     };
     if !app.limiter.check(&principal.id) {
         return ctx
-            .deny(Some(&principal), &action_name, ApiError::new(ErrorCode::RateLimited, "too many requests; slow down"))
+            .deny(
+                Some(&principal),
+                &action_name,
+                ApiError::new(ErrorCode::RateLimited, "too many requests; slow down"),
+            )
             .await;
     }
     match app.authz.allows(&principal.roles, resource, action) {
         Ok(true) => {}
-        Ok(false) => return ctx.deny(Some(&principal), &action_name, ApiError::forbidden()).await,
+        Ok(false) => {
+            return ctx
+                .deny(Some(&principal), &action_name, ApiError::forbidden())
+                .await
+        }
         Err(e) => {
             error!(error = %e, "policy evaluation failed; denied");
-            return ctx.deny(Some(&principal), &action_name, ApiError::forbidden()).await;
+            return ctx
+                .deny(Some(&principal), &action_name, ApiError::forbidden())
+                .await;
         }
     }
     if mfa && !principal.mfa_fresh(app.clock.now_secs(), app.config.auth.mfa_window) {
-        return ctx.deny(Some(&principal), &action_name, ApiError::mfa_required()).await;
+        return ctx
+            .deny(Some(&principal), &action_name, ApiError::mfa_required())
+            .await;
     }
     req.extensions_mut().insert(principal.clone());
     let res = next.run(req).await;
-    let note = res.extensions().get::<AuditNote>().cloned().unwrap_or_default();
+    let note = res
+        .extensions()
+        .get::<AuditNote>()
+        .cloned()
+        .unwrap_or_default();
     // Writes and sensitive reads are acknowledged only once their audit event is durable.
     let durable = method != Method::GET || mfa;
-    ctx.finish(res, Some(&principal), &action_name, note, durable).await
+    ctx.finish(res, Some(&principal), &action_name, note, durable)
+        .await
 }
 
 /// Verifies the bearer token and that a local principal still exists and is enabled.
-async fn authenticate(app: &AppState, headers: &axum::http::HeaderMap) -> Result<Principal, &'static str> {
-    let header = headers.get(AUTHORIZATION).ok_or("no authorization header")?;
-    let value = header.to_str().map_err(|_| "authorization header is not text")?;
+async fn authenticate(
+    app: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Principal, &'static str> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .ok_or("no authorization header")?;
+    let value = header
+        .to_str()
+        .map_err(|_| "authorization header is not text")?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
@@ -221,7 +294,14 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn event(&self, principal: Option<&Principal>, action: &str, decision: Decision, note: &AuditNote, status: u16) -> NewEvent {
+    fn event(
+        &self,
+        principal: Option<&Principal>,
+        action: &str,
+        decision: Decision,
+        note: &AuditNote,
+        status: u16,
+    ) -> NewEvent {
         let (actor, kind) = match (principal, &note.actor) {
             (Some(p), _) => (p.id.clone(), p.kind.as_str().to_owned()),
             (None, Some((id, kind))) => (id.clone(), kind.clone()),
@@ -230,17 +310,30 @@ impl Ctx<'_> {
         let mut details = note.details.clone();
         details.insert("method".to_owned(), json!(self.method.as_str()));
         details.insert("status".to_owned(), json!(status));
-        NewEvent::new(self.app.clock.now_micros(), actor, kind, action, self.route.to_owned(), decision)
-            .request_id(Some(self.request_id.to_owned()).filter(|r| r != "-"))
-            .subject_ref(note.subject_ref.clone())
-            .details(&Value::Object(details))
+        NewEvent::new(
+            self.app.clock.now_micros(),
+            actor,
+            kind,
+            action,
+            self.route.to_owned(),
+            decision,
+        )
+        .request_id(Some(self.request_id.to_owned()).filter(|r| r != "-"))
+        .subject_ref(note.subject_ref.clone())
+        .details(&Value::Object(details))
     }
 
     /// Refuses the request and records the denial.
     async fn deny(&self, principal: Option<&Principal>, action: &str, error: ApiError) -> Response {
         self.app.metrics.decision(Decision::Deny);
         let note = AuditNote::default().detail("reason", error.code.as_str());
-        let event = self.event(principal, action, Decision::Deny, &note, error.status().as_u16());
+        let event = self.event(
+            principal,
+            action,
+            Decision::Deny,
+            &note,
+            error.status().as_u16(),
+        );
         if let Err(e) = self.app.audit.record(event).await {
             error!(error = %e, "cannot record a denial in the audit log");
         }
@@ -248,7 +341,14 @@ impl Ctx<'_> {
     }
 
     /// Records the outcome of a request that reached its handler.
-    async fn finish(&self, res: Response, principal: Option<&Principal>, action: &str, note: AuditNote, durable: bool) -> Response {
+    async fn finish(
+        &self,
+        res: Response,
+        principal: Option<&Principal>,
+        action: &str,
+        note: AuditNote,
+        durable: bool,
+    ) -> Response {
         let status = res.status();
         let decision = if status.is_success() || status.is_redirection() {
             Decision::Allow
@@ -262,7 +362,11 @@ impl Ctx<'_> {
         if durable {
             if let Err(e) = self.app.audit.append(event).await {
                 error!(error = %e, route = self.route, "audit append failed; response withheld");
-                return ApiError::new(ErrorCode::AuditUnavailable, "the audit log cannot record this request").into_response();
+                return ApiError::new(
+                    ErrorCode::AuditUnavailable,
+                    "the audit log cannot record this request",
+                )
+                .into_response();
             }
         } else if let Err(e) = self.app.audit.record(event).await {
             warn!(error = %e, "cannot queue an audit event");

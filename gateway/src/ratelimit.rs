@@ -42,7 +42,10 @@ impl RateLimiter {
                 buckets.clear();
             }
         }
-        let b = buckets.entry(key.to_owned()).or_insert(Bucket { tokens: self.burst, at: now });
+        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
         b.at = now;
         if b.tokens >= 1.0 {

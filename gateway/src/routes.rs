@@ -11,7 +11,11 @@ pub enum Access {
     Public,
     /// A valid token whose roles the policy allows `action` on `resource`; `mfa` demands a
     /// second factor younger than the configured window.
-    Protected { resource: &'static str, action: &'static str, mfa: bool },
+    Protected {
+        resource: &'static str,
+        action: &'static str,
+        mfa: bool,
+    },
 }
 
 /// One route.
@@ -23,11 +27,29 @@ pub struct RouteSpec {
 }
 
 const fn public(method: &'static str, path: &'static str) -> RouteSpec {
-    RouteSpec { method, path, access: Access::Public }
+    RouteSpec {
+        method,
+        path,
+        access: Access::Public,
+    }
 }
 
-const fn guarded(method: &'static str, path: &'static str, resource: &'static str, action: &'static str, mfa: bool) -> RouteSpec {
-    RouteSpec { method, path, access: Access::Protected { resource, action, mfa } }
+const fn guarded(
+    method: &'static str,
+    path: &'static str,
+    resource: &'static str,
+    action: &'static str,
+    mfa: bool,
+) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        access: Access::Protected {
+            resource,
+            action,
+            mfa,
+        },
+    }
 }
 
 /// Every route. Sensitive actions (audit read, policy change, user administration) need MFA.

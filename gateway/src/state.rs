@@ -10,7 +10,9 @@ use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use rand::distributions::{Alphanumeric, DistString};
 use tracing::info;
-use warden_audit::{AuditStore, CheckpointKeys, CheckpointSigner, Db, Sequencer, SequencerConfig, SqlAuditStore};
+use warden_audit::{
+    AuditStore, CheckpointKeys, CheckpointSigner, Db, Sequencer, SequencerConfig, SqlAuditStore,
+};
 use warden_policy::authz::{parse_policy_csv, Authorizer, DEFAULT_MODEL, DEFAULT_POLICY};
 use warden_policy::keys::{KeyProvider, LocalKeyFile};
 use warden_policy::Clock;
@@ -22,7 +24,9 @@ use crate::auth::{passwords, totp};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
-use crate::store::{Bootstrap, MfaRecord, PrincipalRecord, SigningKeyRecord, SqlStateStore, StateStore};
+use crate::store::{
+    Bootstrap, MfaRecord, PrincipalRecord, SigningKeyRecord, SqlStateStore, StateStore,
+};
 
 /// Shared state of all requests; cheap to clone.
 #[derive(Clone, Debug)]
@@ -65,7 +69,9 @@ pub struct FirstStart {
 
 impl std::fmt::Debug for FirstStart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FirstStart").field("admin_username", &self.admin_username).finish_non_exhaustive()
+        f.debug_struct("FirstStart")
+            .field("admin_username", &self.admin_username)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,18 +99,29 @@ pub async fn open_databases(config: &Config) -> anyhow::Result<(Db, Db)> {
     for url in [&state_url, &config.audit_url()] {
         create_private_sqlite_file(url)?;
     }
-    let state_db = Db::connect(&state_url)
+    let state_db = Db::connect(&state_url).await.with_context(|| {
+        format!(
+            "cannot open state database {}",
+            warden_audit::db::redact_url(&state_url)
+        )
+    })?;
+    state_db
+        .migrate()
         .await
-        .with_context(|| format!("cannot open state database {}", warden_audit::db::redact_url(&state_url)))?;
-    state_db.migrate().await.context("state database migration failed")?;
+        .context("state database migration failed")?;
     let audit_url = config.audit_url();
     let audit_db = if audit_url == state_url {
         state_db.clone()
     } else {
-        let db = Db::connect(&audit_url)
+        let db = Db::connect(&audit_url).await.with_context(|| {
+            format!(
+                "cannot open audit database {}",
+                warden_audit::db::redact_url(&audit_url)
+            )
+        })?;
+        db.migrate()
             .await
-            .with_context(|| format!("cannot open audit database {}", warden_audit::db::redact_url(&audit_url)))?;
-        db.migrate().await.context("audit database migration failed")?;
+            .context("audit database migration failed")?;
         db
     };
     Ok((state_db, audit_db))
@@ -113,7 +130,10 @@ pub async fn open_databases(config: &Config) -> anyhow::Result<(Db, Db)> {
 /// Creates a SQLite database file readable by its owner only (SQLite gives its WAL and
 /// shared-memory files the same mode); it holds password hashes and wrapped keys.
 fn create_private_sqlite_file(url: &str) -> anyhow::Result<()> {
-    let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) else {
+    let Some(path) = url
+        .strip_prefix("sqlite://")
+        .map(|p| p.split('?').next().unwrap_or(p))
+    else {
         return Ok(());
     };
     let path = std::path::Path::new(path);
@@ -124,7 +144,9 @@ fn create_private_sqlite_file(url: &str) -> anyhow::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
     Ok(())
 }
 
@@ -136,7 +158,9 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).with_context(|| format!("cannot create data directory {}", dir.display()))
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))
 }
 
 /// The local key-encryption key as configured.
@@ -175,8 +199,14 @@ pub async fn start(
     };
 
     let jwt = load_signing_keys(store.as_ref(), kek.as_ref(), "jwt").await?;
-    let (_, active) = jwt.first().context("no JWT signing key in the state store")?;
-    let older: Vec<[u8; 32]> = jwt.iter().skip(1).map(|(_, k)| k.verifying_key().to_bytes()).collect();
+    let (_, active) = jwt
+        .first()
+        .context("no JWT signing key in the state store")?;
+    let older: Vec<[u8; 32]> = jwt
+        .iter()
+        .skip(1)
+        .map(|(_, k)| k.verifying_key().to_bytes())
+        .collect();
     let tokens = TokenService::new(&config.auth, active, &older, clock.clone())?;
 
     let checkpoint = load_signing_keys(store.as_ref(), kek.as_ref(), "checkpoint").await?;
@@ -184,14 +214,20 @@ pub async fn start(
     for (kid, key) in &checkpoint {
         checkpoint_keys.insert(kid.clone(), key.verifying_key());
     }
-    let (cp_kid, cp_key) = checkpoint.into_iter().next().context("no checkpoint signing key in the state store")?;
+    let (cp_kid, cp_key) = checkpoint
+        .into_iter()
+        .next()
+        .context("no checkpoint signing key in the state store")?;
 
     let model = match &config.policy.model {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read casbin model {}", p.display()))?,
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read casbin model {}", p.display()))?,
         None => DEFAULT_MODEL.to_owned(),
     };
     let (policy_version, rules) = store.policy().await?;
-    let authz = Authorizer::new(&model, &rules).await.context("invalid policy")?;
+    let authz = Authorizer::new(&model, &rules)
+        .await
+        .context("invalid policy")?;
 
     let metrics = Arc::new(Metrics::new());
     let audit_store: Arc<dyn AuditStore> = Arc::new(SqlAuditStore::new(audit_db.clone()));
@@ -264,8 +300,16 @@ async fn load_signing_keys(
         let secret = kek
             .unwrap(&rec.private_wrapped, &signing_key_aad(purpose, &rec.kid))
             .await
-            .with_context(|| format!("cannot unwrap signing key {}: is this the right key-encryption key?", rec.kid))?;
-        let bytes: [u8; 32] = secret.expose().try_into().context("signing key is not 32 bytes")?;
+            .with_context(|| {
+                format!(
+                    "cannot unwrap signing key {}: is this the right key-encryption key?",
+                    rec.kid
+                )
+            })?;
+        let bytes: [u8; 32] = secret
+            .expose()
+            .try_into()
+            .context("signing key is not 32 bytes")?;
         let key = SigningKey::from_bytes(&bytes);
         if key.verifying_key().to_bytes().as_slice() != rec.public_key.as_slice() {
             anyhow::bail!("signing key {} does not match its public key", rec.kid);
@@ -275,11 +319,17 @@ async fn load_signing_keys(
     Ok(out)
 }
 
-async fn new_signing_key(kek: &dyn KeyProvider, purpose: &str, now: i64) -> anyhow::Result<SigningKeyRecord> {
+async fn new_signing_key(
+    kek: &dyn KeyProvider,
+    purpose: &str,
+    now: i64,
+) -> anyhow::Result<SigningKeyRecord> {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let public = key.verifying_key().to_bytes();
     let kid = key_id(purpose, &public);
-    let private_wrapped = kek.wrap(key.as_bytes(), &signing_key_aad(purpose, &kid)).await?;
+    let private_wrapped = kek
+        .wrap(key.as_bytes(), &signing_key_aad(purpose, &kid))
+        .await?;
     Ok(SigningKeyRecord {
         kid,
         purpose: purpose.to_owned(),
@@ -303,16 +353,23 @@ async fn initialize(
             passwords::check_new_password(p).context("WARDEN_ADMIN_PASSWORD")?;
             (Zeroizing::new(p.clone()), false)
         }
-        None => (Zeroizing::new(Alphanumeric.sample_string(&mut rand::rngs::OsRng, 24)), true),
+        None => (
+            Zeroizing::new(Alphanumeric.sample_string(&mut rand::rngs::OsRng, 24)),
+            true,
+        ),
     };
     let admin_id = uuid::Uuid::new_v4().to_string();
     let seed = Zeroizing::new(totp::new_seed());
     let policy_text = match &config.policy.initial_policy {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read policy {}", p.display()))?,
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read policy {}", p.display()))?,
         None => DEFAULT_POLICY.to_owned(),
     };
     let init = Bootstrap {
-        keys: vec![new_signing_key(kek, "jwt", now).await?, new_signing_key(kek, "checkpoint", now).await?],
+        keys: vec![
+            new_signing_key(kek, "jwt", now).await?,
+            new_signing_key(kek, "checkpoint", now).await?,
+        ],
         admin: PrincipalRecord {
             id: admin_id.clone(),
             kind: PrincipalKind::User,

@@ -99,7 +99,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     /// failure count); false means the code was already used.
     async fn accept_mfa_step(&self, principal_id: &str, step: i64) -> Result<bool>;
     /// Counts a failed code; at `max_failures` locks until `lock_until` and resets the count.
-    async fn mfa_failed(&self, principal_id: &str, max_failures: u32, lock_until: i64) -> Result<()>;
+    async fn mfa_failed(
+        &self,
+        principal_id: &str,
+        max_failures: u32,
+        lock_until: i64,
+    ) -> Result<()>;
 
     async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()>;
     /// Keys of one purpose, newest first.
@@ -124,8 +129,10 @@ impl SqlStateStore {
     }
 }
 
-const PRINCIPAL_COLUMNS: &str = "id, kind, name, secret_hash, roles, disabled, failed_logins, locked_until, created_at";
-const MFA_COLUMNS: &str = "principal_id, secret_wrapped, confirmed, last_step, failures, locked_until";
+const PRINCIPAL_COLUMNS: &str =
+    "id, kind, name, secret_hash, roles, disabled, failed_logins, locked_until, created_at";
+const MFA_COLUMNS: &str =
+    "principal_id, secret_wrapped, confirmed, last_step, failures, locked_until";
 const KEY_COLUMNS: &str = "kid, purpose, public_key, private_wrapped, active, created_at";
 
 fn principal(r: &AnyRow) -> Result<PrincipalRecord> {
@@ -133,10 +140,15 @@ fn principal(r: &AnyRow) -> Result<PrincipalRecord> {
     let roles: String = r.try_get("roles")?;
     Ok(PrincipalRecord {
         id: r.try_get("id")?,
-        kind: PrincipalKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("principal kind {kind:?}")))?,
+        kind: PrincipalKind::parse(&kind)
+            .ok_or_else(|| Error::Corrupt(format!("principal kind {kind:?}")))?,
         name: r.try_get("name")?,
         secret_hash: r.try_get("secret_hash")?,
-        roles: roles.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        roles: roles
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
         disabled: r.try_get::<i64, _>("disabled")? != 0,
         failed_logins: r.try_get("failed_logins")?,
         locked_until: r.try_get("locked_until")?,
@@ -191,14 +203,16 @@ macro_rules! insert_principal {
 
 macro_rules! insert_key {
     ($exec:expr, $k:expr) => {
-        sqlx::query(&format!("INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"))
-            .bind($k.kid.clone())
-            .bind($k.purpose.clone())
-            .bind($k.public_key.clone())
-            .bind($k.private_wrapped.clone())
-            .bind(i64::from($k.active))
-            .bind($k.created_at)
-            .execute($exec)
+        sqlx::query(&format!(
+            "INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind($k.kid.clone())
+        .bind($k.purpose.clone())
+        .bind($k.public_key.clone())
+        .bind($k.private_wrapped.clone())
+        .bind(i64::from($k.active))
+        .bind($k.created_at)
+        .execute($exec)
     };
 }
 
@@ -235,54 +249,66 @@ impl StateStore for SqlStateStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("UPDATE policy_version SET version = 1 WHERE id = 1").execute(&mut *tx).await?;
+        sqlx::query("UPDATE policy_version SET version = 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }
 
     async fn is_initialized(&self) -> Result<bool> {
-        Ok(sqlx::query("SELECT value FROM meta WHERE key = 'initialized'")
-            .fetch_optional(self.db.pool())
-            .await?
-            .is_some())
+        Ok(
+            sqlx::query("SELECT value FROM meta WHERE key = 'initialized'")
+                .fetch_optional(self.db.pool())
+                .await?
+                .is_some(),
+        )
     }
 
     async fn create_principal(&self, p: &PrincipalRecord) -> Result<()> {
         match insert_principal!(self.db.pool(), p).await {
             Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(Error::Conflict("that name is taken".to_owned())),
+            Err(e) if is_unique_violation(&e) => {
+                Err(Error::Conflict("that name is taken".to_owned()))
+            }
             Err(e) => Err(e.into()),
         }
     }
 
     async fn principal_by_name(&self, name: &str) -> Result<Option<PrincipalRecord>> {
-        sqlx::query(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE name = $1"))
-            .bind(name.to_owned())
-            .fetch_optional(self.db.pool())
-            .await?
-            .as_ref()
-            .map(principal)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE name = $1"
+        ))
+        .bind(name.to_owned())
+        .fetch_optional(self.db.pool())
+        .await?
+        .as_ref()
+        .map(principal)
+        .transpose()
     }
 
     async fn principal_by_id(&self, id: &str) -> Result<Option<PrincipalRecord>> {
-        sqlx::query(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE id = $1"))
-            .bind(id.to_owned())
-            .fetch_optional(self.db.pool())
-            .await?
-            .as_ref()
-            .map(principal)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE id = $1"
+        ))
+        .bind(id.to_owned())
+        .fetch_optional(self.db.pool())
+        .await?
+        .as_ref()
+        .map(principal)
+        .transpose()
     }
 
     async fn list_principals(&self, limit: u32) -> Result<Vec<PrincipalRecord>> {
-        sqlx::query(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principals ORDER BY name LIMIT $1"))
-            .bind(i64::from(limit))
-            .fetch_all(self.db.pool())
-            .await?
-            .iter()
-            .map(principal)
-            .collect()
+        sqlx::query(&format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals ORDER BY name LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(principal)
+        .collect()
     }
 
     async fn set_secret_hash(&self, id: &str, hash: &str) -> Result<()> {
@@ -344,20 +370,24 @@ impl StateStore for SqlStateStore {
         .await?
         .rows_affected();
         if inserted == 0 {
-            return Err(Error::Conflict("a confirmed second factor is already enrolled".to_owned()));
+            return Err(Error::Conflict(
+                "a confirmed second factor is already enrolled".to_owned(),
+            ));
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn mfa(&self, principal_id: &str) -> Result<Option<MfaRecord>> {
-        sqlx::query(&format!("SELECT {MFA_COLUMNS} FROM mfa_factors WHERE principal_id = $1"))
-            .bind(principal_id.to_owned())
-            .fetch_optional(self.db.pool())
-            .await?
-            .as_ref()
-            .map(mfa)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {MFA_COLUMNS} FROM mfa_factors WHERE principal_id = $1"
+        ))
+        .bind(principal_id.to_owned())
+        .fetch_optional(self.db.pool())
+        .await?
+        .as_ref()
+        .map(mfa)
+        .transpose()
     }
 
     async fn confirm_mfa(&self, principal_id: &str) -> Result<()> {
@@ -380,7 +410,12 @@ impl StateStore for SqlStateStore {
         Ok(n == 1)
     }
 
-    async fn mfa_failed(&self, principal_id: &str, max_failures: u32, lock_until: i64) -> Result<()> {
+    async fn mfa_failed(
+        &self,
+        principal_id: &str,
+        max_failures: u32,
+        lock_until: i64,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE mfa_factors SET \
                locked_until = CASE WHEN failures + 1 >= $1 THEN $2 ELSE locked_until END, \
@@ -432,15 +467,21 @@ impl StateStore for SqlStateStore {
 
     async fn replace_policy(&self, expected_version: i64, rules: &[PolicyRule]) -> Result<i64> {
         let mut tx = self.db.pool().begin().await?;
-        let bumped = sqlx::query("UPDATE policy_version SET version = version + 1 WHERE id = 1 AND version = $1")
-            .bind(expected_version)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let bumped = sqlx::query(
+            "UPDATE policy_version SET version = version + 1 WHERE id = 1 AND version = $1",
+        )
+        .bind(expected_version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if bumped == 0 {
-            return Err(Error::Conflict("the policy changed since it was read; read it again".to_owned()));
+            return Err(Error::Conflict(
+                "the policy changed since it was read; read it again".to_owned(),
+            ));
         }
-        sqlx::query("DELETE FROM policy_rules").execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM policy_rules")
+            .execute(&mut *tx)
+            .await?;
         for r in rules {
             sqlx::query("INSERT INTO policy_rules (ptype, rule) VALUES ($1, $2) ON CONFLICT (ptype, rule) DO NOTHING")
                 .bind(r.ptype.clone())

@@ -37,7 +37,10 @@ pub fn parse_policy_csv(text: &str) -> Result<Vec<PolicyRule>> {
         }
         let mut parts = line.split(',').map(str::trim);
         let ptype = parts.next().unwrap_or_default().to_owned();
-        let rule = PolicyRule { ptype, values: parts.map(str::to_owned).collect() };
+        let rule = PolicyRule {
+            ptype,
+            values: parts.map(str::to_owned).collect(),
+        };
         validate_rule(&rule).map_err(|e| Error::InvalidRule(format!("line {}: {e}", n + 1)))?;
         rules.push(rule);
     }
@@ -53,7 +56,11 @@ pub fn validate_rule(rule: &PolicyRule) -> Result<()> {
     let arity = match rule.ptype.as_str() {
         "p" => 3,
         "g" => 2,
-        other => return Err(Error::InvalidRule(format!("unknown rule type {other:?} (expected p or g)"))),
+        other => {
+            return Err(Error::InvalidRule(format!(
+                "unknown rule type {other:?} (expected p or g)"
+            )))
+        }
     };
     if rule.values.len() != arity {
         return Err(Error::InvalidRule(format!(
@@ -65,7 +72,8 @@ pub fn validate_rule(rule: &PolicyRule) -> Result<()> {
     for v in &rule.values {
         let ok = !v.is_empty()
             && v.len() <= MAX_VALUE
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:/*".contains(c));
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.:/*".contains(c));
         if !ok {
             return Err(Error::InvalidRule(format!(
                 "value {v:?} must be 1 to {MAX_VALUE} letters, digits or _-.:/*"
@@ -101,7 +109,11 @@ async fn build(model: &str, rules: &[PolicyRule]) -> Result<Enforcer> {
     let mut g = Vec::new();
     for r in rules {
         validate_rule(r)?;
-        if r.ptype == "p" { p.push(r.values.clone()) } else { g.push(r.values.clone()) }
+        if r.ptype == "p" {
+            p.push(r.values.clone())
+        } else {
+            g.push(r.values.clone())
+        }
     }
     if !p.is_empty() {
         enforcer.add_policies(p).await?;
@@ -120,7 +132,10 @@ impl Authorizer {
     pub async fn new(model: &str, rules: &[PolicyRule]) -> Result<Self> {
         let enforcer = build(model, rules).await?;
         Ok(Self {
-            inner: RwLock::new(Inner { enforcer, rules: rules.to_vec() }),
+            inner: RwLock::new(Inner {
+                enforcer,
+                rules: rules.to_vec(),
+            }),
             cache: RwLock::new(HashMap::new()),
             model: model.to_owned(),
         })
@@ -141,7 +156,12 @@ impl Authorizer {
 
     fn allows_role(&self, role: &str, resource: &str, action: &str) -> Result<bool> {
         let key = (role.to_owned(), resource.to_owned(), action.to_owned());
-        if let Some(hit) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(hit) = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(*hit);
         }
         let decision = self
@@ -163,7 +183,12 @@ impl Authorizer {
     /// # Errors
     /// As [`allows`](Self::allows).
     pub fn allows_uncached(&self, role: &str, resource: &str, action: &str) -> Result<bool> {
-        Ok(self.inner.read().unwrap_or_else(|p| p.into_inner()).enforcer.enforce((role, resource, action))?)
+        Ok(self
+            .inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .enforcer
+            .enforce((role, resource, action))?)
     }
 
     /// Replaces the whole rule set; decisions made after this call see the new rules.
@@ -174,15 +199,25 @@ impl Authorizer {
         let enforcer = build(&self.model, rules).await?;
         {
             let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-            *inner = Inner { enforcer, rules: rules.to_vec() };
+            *inner = Inner {
+                enforcer,
+                rules: rules.to_vec(),
+            };
         }
-        self.cache.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(())
     }
 
     /// The rules in force.
     pub fn rules(&self) -> Vec<PolicyRule> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).rules.clone()
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .rules
+            .clone()
     }
 }
 
@@ -203,23 +238,41 @@ mod tests {
         let a = Authorizer::new(DEFAULT_MODEL, &rules).await.unwrap();
         assert!(a.allows(&roles(&["admin"]), "users", "write").unwrap());
         assert!(!a.allows(&roles(&["admin"]), "audit", "read").unwrap());
-        assert!(a.allows(&roles(&["dpo"]), "audit", "read").unwrap(), "dpo inherits auditor");
-        assert!(a.allows(&roles(&["stage"]), "datasets:payments", "write").unwrap());
-        assert!(!a.allows(&roles(&["stage"]), "datasets:payments", "read").unwrap());
+        assert!(
+            a.allows(&roles(&["dpo"]), "audit", "read").unwrap(),
+            "dpo inherits auditor"
+        );
+        assert!(a
+            .allows(&roles(&["stage"]), "datasets:payments", "write")
+            .unwrap());
+        assert!(!a
+            .allows(&roles(&["stage"]), "datasets:payments", "read")
+            .unwrap());
         assert!(!a.allows(&roles(&[]), "users", "read").unwrap());
         assert!(!a.allows(&roles(&["nobody"]), "users", "read").unwrap());
-        assert!(a.allows(&roles(&["nobody", "auditor"]), "audit", "read").unwrap());
+        assert!(a
+            .allows(&roles(&["nobody", "auditor"]), "audit", "read")
+            .unwrap());
     }
 
     #[tokio::test]
     async fn replace_takes_effect_and_clears_the_cache() {
-        let a = Authorizer::new(DEFAULT_MODEL, &parse_policy_csv("p, analyst, audit, read").unwrap())
-            .await
-            .unwrap();
+        let a = Authorizer::new(
+            DEFAULT_MODEL,
+            &parse_policy_csv("p, analyst, audit, read").unwrap(),
+        )
+        .await
+        .unwrap();
         assert!(a.allows(&roles(&["analyst"]), "audit", "read").unwrap());
         a.replace(&[]).await.unwrap();
         assert!(!a.allows(&roles(&["analyst"]), "audit", "read").unwrap());
-        assert!(a.replace(&[PolicyRule { ptype: "p".into(), values: vec!["x".into()] }]).await.is_err());
+        assert!(a
+            .replace(&[PolicyRule {
+                ptype: "p".into(),
+                values: vec!["x".into()]
+            }])
+            .await
+            .is_err());
     }
 
     #[test]

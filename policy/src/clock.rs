@@ -36,7 +36,9 @@ pub struct TestClock {
 impl TestClock {
     /// A clock stopped at `unix_secs`.
     pub fn at(unix_secs: i64) -> Self {
-        Self { micros: AtomicI64::new(unix_secs * 1_000_000) }
+        Self {
+            micros: AtomicI64::new(unix_secs * 1_000_000),
+        }
     }
 
     /// Moves the clock forward.

@@ -61,7 +61,9 @@ pub struct LocalKeyFile {
 
 impl std::fmt::Debug for LocalKeyFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalKeyFile").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("LocalKeyFile")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,9 +83,9 @@ impl LocalKeyFile {
                 options.write(true).create_new(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options
-                    .open(path)
-                    .map_err(|e| Error::KeyFile(format!("cannot create {}: {e}", path.display())))?;
+                let mut file = options.open(path).map_err(|e| {
+                    Error::KeyFile(format!("cannot create {}: {e}", path.display()))
+                })?;
                 file.write_all(key.as_ref())
                     .and_then(|()| file.sync_all())
                     .map_err(|e| Error::KeyFile(format!("cannot write {}: {e}", path.display())))?;
@@ -149,7 +151,13 @@ impl KeyProvider for LocalKeyFile {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| Error::Wrap)?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
         out.push(FORMAT_V1);
@@ -159,7 +167,9 @@ impl KeyProvider for LocalKeyFile {
     }
 
     async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<SecretBytes> {
-        let [FORMAT_V1, rest @ ..] = wrapped else { return Err(Error::Unwrap) };
+        let [FORMAT_V1, rest @ ..] = wrapped else {
+            return Err(Error::Unwrap);
+        };
         if rest.len() < NONCE_LEN + 16 {
             return Err(Error::Unwrap);
         }
@@ -185,7 +195,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let (k2, created) = LocalKeyFile::load_or_create(&path).unwrap();
         assert!(!created);
@@ -205,12 +218,18 @@ mod tests {
         assert!(err.to_string().contains("chmod 600"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, [1u8; 31]).unwrap();
-        assert!(LocalKeyFile::load(&path).unwrap_err().to_string().contains("32 bytes"));
+        assert!(LocalKeyFile::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("32 bytes"));
     }
 
     #[test]
     fn secrets_do_not_print() {
-        assert_eq!(format!("{:?}", SecretBytes::new(b"hunter2".to_vec())), "**redacted**");
+        assert_eq!(
+            format!("{:?}", SecretBytes::new(b"hunter2".to_vec())),
+            "**redacted**"
+        );
     }
 
     proptest! {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warden_audit::{
-    verify_store, AuditObserver, AuditStore, CheckpointKeys, Query, Sequencer, SequencerConfig, SqlAuditStore,
+    verify_store, AuditObserver, AuditStore, CheckpointKeys, Query, Sequencer, SequencerConfig,
+    SqlAuditStore,
 };
 use warden_sdk::Decision;
 
@@ -23,29 +24,49 @@ crate::on_both_backends!(
 async fn appends_are_contiguous_and_chained(kind: Kind) {
     let f = fixture(kind).await;
     assert_eq!(f.store.head().await.unwrap().0, 0);
-    let first = f.store.append((1..=3).map(|i| event(i).into_body().unwrap()).collect()).await.unwrap();
-    let second = f.store.append((4..=5).map(|i| event(i).into_body().unwrap()).collect()).await.unwrap();
+    let first = f
+        .store
+        .append((1..=3).map(|i| event(i).into_body().unwrap()).collect())
+        .await
+        .unwrap();
+    let second = f
+        .store
+        .append((4..=5).map(|i| event(i).into_body().unwrap()).collect())
+        .await
+        .unwrap();
     let seqs: Vec<u64> = first.iter().chain(&second).map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
     assert_eq!(second[0].prev_hash, first[2].hash);
     let (head, hash) = f.store.head().await.unwrap();
     assert_eq!((head, hash), (5, second[1].hash));
     let scanned = f.store.scan(2, 2).await.unwrap();
-    assert_eq!(scanned.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(
+        scanned.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
     assert_eq!(scanned[0], first[2], "stored events read back unchanged");
-    let report = verify_store(f.store.as_ref(), CheckpointKeys::new()).await.unwrap();
+    let report = verify_store(f.store.as_ref(), CheckpointKeys::new())
+        .await
+        .unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!((report.entries, report.head_seq), (5, 5));
 }
 
 async fn query_filters_and_cursor(kind: Kind) {
     let f = fixture(kind).await;
-    f.store.append((1..=40).map(|i| event(i).into_body().unwrap()).collect()).await.unwrap();
+    f.store
+        .append((1..=40).map(|i| event(i).into_body().unwrap()).collect())
+        .await
+        .unwrap();
     let all = |q: Query| {
         let store = f.store.clone();
         async move { store.query(&Query { limit: 1000, ..q }).await.unwrap() }
     };
-    let by_actor = all(Query { actor: Some("actor-1".into()), ..Query::default() }).await;
+    let by_actor = all(Query {
+        actor: Some("actor-1".into()),
+        ..Query::default()
+    })
+    .await;
     assert_eq!(by_actor.len(), 14);
     assert!(by_actor.iter().all(|e| e.body.actor == "actor-1"));
     let denied_reads = all(Query {
@@ -54,17 +75,43 @@ async fn query_filters_and_cursor(kind: Kind) {
         ..Query::default()
     })
     .await;
-    assert_eq!(denied_reads.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![10, 20, 30, 40]);
-    let subject = all(Query { subject_ref: Some("sr-4".into()), ..Query::default() }).await;
-    assert_eq!(subject.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 12, 20, 28, 36]);
+    assert_eq!(
+        denied_reads.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![10, 20, 30, 40]
+    );
+    let subject = all(Query {
+        subject_ref: Some("sr-4".into()),
+        ..Query::default()
+    })
+    .await;
+    assert_eq!(
+        subject.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![4, 12, 20, 28, 36]
+    );
     let base = 1_700_000_000_000_000;
-    let window = all(Query { from_ts: Some(base + 10), to_ts: Some(base + 13), ..Query::default() }).await;
-    assert_eq!(window.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![10, 11, 12]);
+    let window = all(Query {
+        from_ts: Some(base + 10),
+        to_ts: Some(base + 13),
+        ..Query::default()
+    })
+    .await;
+    assert_eq!(
+        window.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![10, 11, 12]
+    );
     // Cursor pagination walks everything exactly once.
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = f.store.query(&Query { after_seq: after, limit: 7, ..Query::default() }).await.unwrap();
+        let page = f
+            .store
+            .query(&Query {
+                after_seq: after,
+                limit: 7,
+                ..Query::default()
+            })
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -77,13 +124,33 @@ async fn query_filters_and_cursor(kind: Kind) {
 /// Two sequencers on one database stand for two gateway replicas.
 async fn concurrent_sequencers_never_share_a_seq(kind: Kind) {
     let f = fixture(kind).await;
-    let other = Arc::new(SqlAuditStore::new(warden_audit::Db::connect(&f.url).await.unwrap()));
-    let a = Sequencer::start(f.store.clone(), None, SequencerConfig { max_batch: 8, ..Default::default() }, None);
-    let b = Sequencer::start(other, None, SequencerConfig { max_batch: 8, ..Default::default() }, None);
+    let other = Arc::new(SqlAuditStore::new(
+        warden_audit::Db::connect(&f.url).await.unwrap(),
+    ));
+    let a = Sequencer::start(
+        f.store.clone(),
+        None,
+        SequencerConfig {
+            max_batch: 8,
+            ..Default::default()
+        },
+        None,
+    );
+    let b = Sequencer::start(
+        other,
+        None,
+        SequencerConfig {
+            max_batch: 8,
+            ..Default::default()
+        },
+        None,
+    );
     let mut tasks = Vec::new();
     for i in 0..200u64 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.push(tokio::spawn(async move { s.append(event(i)).await.unwrap() }));
+        tasks.push(tokio::spawn(
+            async move { s.append(event(i)).await.unwrap() },
+        ));
     }
     let mut seqs = Vec::new();
     for t in tasks {
@@ -93,12 +160,20 @@ async fn concurrent_sequencers_never_share_a_seq(kind: Kind) {
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
     a.shutdown().await;
     b.shutdown().await;
-    assert!(verify_store(f.store.as_ref(), CheckpointKeys::new()).await.unwrap().ok);
+    assert!(
+        verify_store(f.store.as_ref(), CheckpointKeys::new())
+            .await
+            .unwrap()
+            .ok
+    );
 }
 
 async fn updates_and_deletes_are_refused_by_the_database(kind: Kind) {
     let f = fixture(kind).await;
-    f.store.append(vec![event(1).into_body().unwrap()]).await.unwrap();
+    f.store
+        .append(vec![event(1).into_body().unwrap()])
+        .await
+        .unwrap();
     for sql in [
         "UPDATE audit_events SET actor = 'someone-else' WHERE seq = 1",
         "DELETE FROM audit_events WHERE seq = 1",
@@ -107,7 +182,10 @@ async fn updates_and_deletes_are_refused_by_the_database(kind: Kind) {
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
     if matches!(kind, Kind::Postgres) {
-        let err = sqlx::query("TRUNCATE audit_events").execute(f.db.pool()).await.unwrap_err();
+        let err = sqlx::query("TRUNCATE audit_events")
+            .execute(f.db.pool())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("append-only"), "{err}");
     }
     assert_eq!(f.store.scan(0, 10).await.unwrap().len(), 1);
@@ -130,45 +208,68 @@ impl AuditObserver for Counting {
 async fn group_commit_batches_and_shutdown_flushes(kind: Kind) {
     let f = fixture(kind).await;
     let counting = Arc::new(Counting::default());
-    let seq = Sequencer::start(f.store.clone(), None, SequencerConfig::default(), Some(counting.clone()));
+    let seq = Sequencer::start(
+        f.store.clone(),
+        None,
+        SequencerConfig::default(),
+        Some(counting.clone()),
+    );
     let mut tasks = Vec::new();
     for i in 0..500u64 {
         let s = seq.clone();
-        tasks.push(tokio::spawn(async move { s.append(event(i)).await.unwrap() }));
+        tasks.push(tokio::spawn(
+            async move { s.append(event(i)).await.unwrap() },
+        ));
     }
     for t in tasks {
         t.await.unwrap();
     }
     let batches = counting.batches.load(Ordering::SeqCst);
     assert_eq!(counting.events.load(Ordering::SeqCst), 500);
-    assert!(batches < 500, "500 concurrent appends committed in {batches} transactions: no grouping");
+    assert!(
+        batches < 500,
+        "500 concurrent appends committed in {batches} transactions: no grouping"
+    );
     // Fire-and-forget events queued before shutdown are committed by it.
     for i in 0..300u64 {
         seq.record(event(i)).await.unwrap();
     }
     seq.shutdown().await;
     assert_eq!(f.store.head().await.unwrap().0, 800);
-    assert!(matches!(seq.append(event(1)).await, Err(warden_audit::Error::Closed)));
+    assert!(matches!(
+        seq.append(event(1)).await,
+        Err(warden_audit::Error::Closed)
+    ));
 }
 
 async fn checkpoints_are_signed_and_verified(kind: Kind) {
     let f = fixture(kind).await;
     let (signer, keys) = signer();
-    let config = SequencerConfig { checkpoint_every: 10, checkpoint_interval: Duration::from_secs(3600), ..Default::default() };
+    let config = SequencerConfig {
+        checkpoint_every: 10,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..Default::default()
+    };
     let seq = Sequencer::start(f.store.clone(), Some(signer), config, None);
     for i in 0..25u64 {
         seq.append(event(i)).await.unwrap();
     }
     seq.shutdown().await;
     let cps = f.store.checkpoints().await.unwrap();
-    assert!(cps.len() >= 3, "checkpoints at 10, 20 and the final one at shutdown: {cps:?}");
+    assert!(
+        cps.len() >= 3,
+        "checkpoints at 10, 20 and the final one at shutdown: {cps:?}"
+    );
     assert_eq!(cps.last().unwrap().seq, 25);
     let report = verify_store(f.store.as_ref(), keys).await.unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!(report.checkpoints, cps.len() as u64);
     // A verifier that trusts another key rejects the checkpoints.
     let mut wrong = CheckpointKeys::new();
-    wrong.insert("cp-test", ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]).verifying_key());
+    wrong.insert(
+        "cp-test",
+        ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]).verifying_key(),
+    );
     let report = verify_store(f.store.as_ref(), wrong).await.unwrap();
     assert!(!report.ok);
     assert_eq!(report.first_bad_seq, Some(cps[0].seq));

@@ -1,5 +1,8 @@
 //! Integration tests of warden-audit against real SQLite files and a real PostgreSQL server.
 
+// Test helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
 mod contract;
 mod tamper;
 
@@ -30,7 +33,12 @@ pub(crate) async fn fixture(kind: Kind) -> Fixture {
         Kind::Sqlite => warden_audit::testkit::fresh_sqlite(dir.path()).await,
         Kind::Postgres => warden_audit::testkit::fresh_postgres().await,
     };
-    Fixture { store: Arc::new(SqlAuditStore::new(db.clone())), db, url, _dir: dir }
+    Fixture {
+        store: Arc::new(SqlAuditStore::new(db.clone())),
+        db,
+        url,
+        _dir: dir,
+    }
 }
 
 pub(crate) fn event(i: u64) -> NewEvent {
@@ -38,12 +46,24 @@ pub(crate) fn event(i: u64) -> NewEvent {
         1_700_000_000_000_000 + i as i64,
         format!("actor-{}", i % 3),
         "user",
-        if i % 2 == 0 { "audit.read" } else { "policy.write" },
+        if i % 2 == 0 {
+            "audit.read"
+        } else {
+            "policy.write"
+        },
         "audit",
-        if i % 5 == 0 { Decision::Deny } else { Decision::Allow },
+        if i % 5 == 0 {
+            Decision::Deny
+        } else {
+            Decision::Allow
+        },
     )
     .request_id(Some(format!("req-{i}")))
-    .subject_ref(if i % 4 == 0 { Some(format!("sr-{}", i % 8)) } else { None })
+    .subject_ref(if i % 4 == 0 {
+        Some(format!("sr-{}", i % 8))
+    } else {
+        None
+    })
     .details(&json!({"status": 200, "i": i}))
 }
 

@@ -32,24 +32,36 @@ async fn disable_guard(db: &Db) {
 }
 
 async fn exec(db: &Db, sql: &str) {
-    sqlx::query(sql).execute(db.pool()).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    sqlx::query(sql)
+        .execute(db.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 async fn loaded(kind: Kind, n: u64) -> crate::Fixture {
     let f = fixture(kind).await;
-    f.store.append((1..=n).map(|i| event(i).into_body().unwrap()).collect()).await.unwrap();
+    f.store
+        .append((1..=n).map(|i| event(i).into_body().unwrap()).collect())
+        .await
+        .unwrap();
     assert!(verify(&f).await.ok);
     disable_guard(&f.db).await;
     f
 }
 
 async fn verify(f: &crate::Fixture) -> VerifyReport {
-    verify_store(f.store.as_ref(), CheckpointKeys::new()).await.unwrap()
+    verify_store(f.store.as_ref(), CheckpointKeys::new())
+        .await
+        .unwrap()
 }
 
 async fn edited_entry_is_named(kind: Kind) {
     let f = loaded(kind, 10).await;
-    exec(&f.db, "UPDATE audit_events SET decision = 'allow', actor = 'actor-0' WHERE seq = 5").await;
+    exec(
+        &f.db,
+        "UPDATE audit_events SET decision = 'allow', actor = 'actor-0' WHERE seq = 5",
+    )
+    .await;
     let r = verify(&f).await;
     assert_eq!(r.first_bad_seq, Some(5), "{r:?}");
     assert!(!r.ok);
@@ -81,7 +93,11 @@ async fn reordered_entries_are_named(kind: Kind) {
 async fn inserted_entry_is_named(kind: Kind) {
     let f = loaded(kind, 10).await;
     // Make room at 6, then forge an entry there that links to entry 5.
-    exec(&f.db, "UPDATE audit_events SET seq = -seq - 1 WHERE seq >= 6").await;
+    exec(
+        &f.db,
+        "UPDATE audit_events SET seq = -seq - 1 WHERE seq >= 6",
+    )
+    .await;
     exec(&f.db, "UPDATE audit_events SET seq = -seq WHERE seq < 0").await;
     exec(
         &f.db,
@@ -101,7 +117,10 @@ async fn inserted_entry_is_named(kind: Kind) {
 async fn recomputed_chain_is_caught_by_checkpoint(kind: Kind) {
     let f = fixture(kind).await;
     let (signer, keys) = signer();
-    let config = SequencerConfig { checkpoint_every: 10, ..Default::default() };
+    let config = SequencerConfig {
+        checkpoint_every: 10,
+        ..Default::default()
+    };
     let seq = Sequencer::start(f.store.clone(), Some(signer), config, None);
     for i in 1..=25u64 {
         seq.append(event(i)).await.unwrap();
@@ -124,12 +143,18 @@ async fn recomputed_chain_is_caught_by_checkpoint(kind: Kind) {
             .await
             .unwrap();
     }
-    let unsigned = verify_store(f.store.as_ref(), CheckpointKeys::new()).await.unwrap();
+    let unsigned = verify_store(f.store.as_ref(), CheckpointKeys::new())
+        .await
+        .unwrap();
     let signed = verify_store(f.store.as_ref(), keys).await.unwrap();
     // Without keys the checkpoints cannot be trusted, so the first one fails its signature.
     assert_eq!(unsigned.first_bad_seq, Some(10), "{unsigned:?}");
     assert!(!signed.ok);
-    assert_eq!(signed.first_bad_seq, Some(11), "tampering lies after the checkpoint at 10: {signed:?}");
+    assert_eq!(
+        signed.first_bad_seq,
+        Some(11),
+        "tampering lies after the checkpoint at 10: {signed:?}"
+    );
     assert!(signed.reason.unwrap().contains("11..=20"));
 }
 

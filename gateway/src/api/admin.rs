@@ -13,8 +13,8 @@ use rand::RngCore;
 use serde::Deserialize;
 use warden_policy::authz::validate_rule;
 use warden_sdk::{
-    CreateServiceAccount, CreateUser, ErrorCode, PolicyRule, PolicyView, PrincipalKind, PrincipalView,
-    ServiceAccountCreated,
+    CreateServiceAccount, CreateUser, ErrorCode, PolicyRule, PolicyView, PrincipalKind,
+    PrincipalView, ServiceAccountCreated,
 };
 
 use super::noted;
@@ -32,22 +32,32 @@ const MAX_RULES: usize = 10_000;
 
 fn check_name(name: &str) -> Result<(), ApiError> {
     let ok = (3..=64).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid("names are 3 to 64 letters, digits or . _ @ -"))
+        Err(ApiError::invalid(
+            "names are 3 to 64 letters, digits or . _ @ -",
+        ))
     }
 }
 
 fn check_roles(roles: &[String]) -> Result<(), ApiError> {
     let ok = !roles.is_empty()
         && roles.len() <= 16
-        && roles.iter().all(|r| (1..=64).contains(&r.len()) && r.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)));
+        && roles.iter().all(|r| {
+            (1..=64).contains(&r.len())
+                && r.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        });
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid("roles: 1 to 16 names of letters, digits, _ or -"))
+        Err(ApiError::invalid(
+            "roles: 1 to 16 names of letters, digits, _ or -",
+        ))
     }
 }
 
@@ -56,12 +66,25 @@ pub async fn list(State(app): State<AppState>) -> Result<Json<Vec<PrincipalView>
     let mut out = Vec::new();
     for p in app.store.list_principals(MAX_LIST).await? {
         let mfa_enrolled = app.store.mfa(&p.id).await?.is_some_and(|m| m.confirmed);
-        out.push(PrincipalView { id: p.id, kind: p.kind, name: p.name, roles: p.roles, disabled: p.disabled, mfa_enrolled });
+        out.push(PrincipalView {
+            id: p.id,
+            kind: p.kind,
+            name: p.name,
+            roles: p.roles,
+            disabled: p.disabled,
+            mfa_enrolled,
+        });
     }
     Ok(Json(out))
 }
 
-fn new_record(kind: PrincipalKind, name: String, secret_hash: String, roles: Vec<String>, now: i64) -> PrincipalRecord {
+fn new_record(
+    kind: PrincipalKind,
+    name: String,
+    secret_hash: String,
+    roles: Vec<String>,
+    now: i64,
+) -> PrincipalRecord {
     PrincipalRecord {
         id: uuid::Uuid::new_v4().to_string(),
         kind,
@@ -76,30 +99,50 @@ fn new_record(kind: PrincipalKind, name: String, secret_hash: String, roles: Vec
 }
 
 /// `POST /v1/users`: a user or data subject with a password.
-pub async fn create_user(State(app): State<AppState>, ApiJson(body): ApiJson<CreateUser>) -> Response {
+pub async fn create_user(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<CreateUser>,
+) -> Response {
     let result = async {
         check_name(&body.username)?;
         check_roles(&body.roles)?;
         let kind = body.kind.unwrap_or(PrincipalKind::User);
         if kind == PrincipalKind::Service {
-            return Err(ApiError::invalid("create service accounts at POST /v1/service-accounts"));
+            return Err(ApiError::invalid(
+                "create service accounts at POST /v1/service-accounts",
+            ));
         }
         passwords::check_new_password(&body.password)?;
         let hash = passwords::hash(body.password).await?;
-        let record = new_record(kind, body.username, hash, body.roles, app.clock.now_micros());
+        let record = new_record(
+            kind,
+            body.username,
+            hash,
+            body.roles,
+            app.clock.now_micros(),
+        );
         app.store.create_principal(&record).await?;
         Ok(record)
     }
     .await;
     let note = match &result {
-        Ok(r) => AuditNote::default().detail("principal_id", r.id.clone()).detail("roles", r.roles.join(",")),
+        Ok(r) => AuditNote::default()
+            .detail("principal_id", r.id.clone())
+            .detail("roles", r.roles.join(",")),
         Err(_) => AuditNote::default(),
     };
     noted(note, result.map(|r| (StatusCode::CREATED, Json(view(r)))))
 }
 
 fn view(p: PrincipalRecord) -> PrincipalView {
-    PrincipalView { id: p.id, kind: p.kind, name: p.name, roles: p.roles, disabled: p.disabled, mfa_enrolled: false }
+    PrincipalView {
+        id: p.id,
+        kind: p.kind,
+        name: p.name,
+        roles: p.roles,
+        disabled: p.disabled,
+        mfa_enrolled: false,
+    }
 }
 
 /// `POST /v1/service-accounts`: client credentials for a pipeline stage; the secret is
@@ -115,9 +158,19 @@ pub async fn create_service_account(
         rand::rngs::OsRng.fill_bytes(&mut secret);
         let client_secret = URL_SAFE_NO_PAD.encode(secret);
         let hash = passwords::hash(client_secret.clone()).await?;
-        let record = new_record(PrincipalKind::Service, body.name, hash, body.roles, app.clock.now_micros());
+        let record = new_record(
+            PrincipalKind::Service,
+            body.name,
+            hash,
+            body.roles,
+            app.clock.now_micros(),
+        );
         app.store.create_principal(&record).await?;
-        Ok(ServiceAccountCreated { id: record.id, client_id: record.name, client_secret })
+        Ok(ServiceAccountCreated {
+            id: record.id,
+            client_id: record.name,
+            client_secret,
+        })
     }
     .await;
     let note = match &result {
@@ -130,7 +183,10 @@ pub async fn create_service_account(
 async fn set_disabled(app: &AppState, caller: &Principal, id: &str, disabled: bool) -> Response {
     let result = async {
         if disabled && caller.id == id {
-            return Err(ApiError::new(ErrorCode::Conflict, "you cannot disable your own account"));
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "you cannot disable your own account",
+            ));
         }
         if app.store.set_disabled(id, disabled).await? {
             Ok(StatusCode::NO_CONTENT)
@@ -144,12 +200,20 @@ async fn set_disabled(app: &AppState, caller: &Principal, id: &str, disabled: bo
 }
 
 /// `POST /v1/users/{id}/disable`: takes effect at once, for tokens already issued too.
-pub async fn disable(State(app): State<AppState>, Extension(p): Extension<Principal>, Path(id): Path<String>) -> Response {
+pub async fn disable(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
     set_disabled(&app, &p, &id, true).await
 }
 
 /// `POST /v1/users/{id}/enable`.
-pub async fn enable(State(app): State<AppState>, Extension(p): Extension<Principal>, Path(id): Path<String>) -> Response {
+pub async fn enable(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
     set_disabled(&app, &p, &id, false).await
 }
 
@@ -167,7 +231,10 @@ pub struct PolicyUpdate {
     rules: Vec<PolicyRule>,
 }
 
-pub async fn put_policy(State(app): State<AppState>, ApiJson(body): ApiJson<PolicyUpdate>) -> Response {
+pub async fn put_policy(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<PolicyUpdate>,
+) -> Response {
     let (old_version, old_rules) = match app.store.policy().await {
         Ok(p) => p,
         Err(e) => return noted(AuditNote::default(), Err::<(), _>(ApiError::from(e))),
@@ -187,15 +254,23 @@ pub async fn put_policy(State(app): State<AppState>, ApiJson(body): ApiJson<Poli
         }
         // Refuse a policy that nobody could ever change again.
         let can_write = body.rules.iter().any(|r| {
-            r.ptype == "p" && (r.values[1] == "policy" || r.values[1] == "*") && (r.values[2] == "write" || r.values[2] == "*")
+            r.ptype == "p"
+                && (r.values[1] == "policy" || r.values[1] == "*")
+                && (r.values[2] == "write" || r.values[2] == "*")
         });
         if !can_write {
-            return Err(ApiError::invalid("the policy must let some role write the policy"));
+            return Err(ApiError::invalid(
+                "the policy must let some role write the policy",
+            ));
         }
         let version = app.store.replace_policy(body.version, &body.rules).await?;
         app.authz.replace(&body.rules).await.map_err(Error::from)?;
-        app.policy_version.store(version, std::sync::atomic::Ordering::SeqCst);
-        Ok(Json(PolicyView { version, rules: body.rules }))
+        app.policy_version
+            .store(version, std::sync::atomic::Ordering::SeqCst);
+        Ok(Json(PolicyView {
+            version,
+            rules: body.rules,
+        }))
     }
     .await;
     noted(note, result)

@@ -35,19 +35,25 @@ pub struct EventsQuery {
 
 fn parse_time(name: &str, v: Option<&String>) -> Result<Option<i64>, ApiError> {
     v.map(|s| {
-        let t = humantime::parse_rfc3339_weak(s)
-            .map_err(|_| ApiError::invalid(format!("{name} must be an RFC 3339 time like 2026-01-31T12:00:00Z")))?;
+        let t = humantime::parse_rfc3339_weak(s).map_err(|_| {
+            ApiError::invalid(format!(
+                "{name} must be an RFC 3339 time like 2026-01-31T12:00:00Z"
+            ))
+        })?;
         let d = t
             .duration_since(std::time::UNIX_EPOCH)
             .map_err(|_| ApiError::invalid(format!("{name} is before 1970")))?;
-        i64::try_from(d.as_micros()).map_err(|_| ApiError::invalid(format!("{name} is out of range")))
+        i64::try_from(d.as_micros())
+            .map_err(|_| ApiError::invalid(format!("{name} is out of range")))
     })
     .transpose()
 }
 
 fn bounded(name: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
     match v {
-        Some(s) if s.len() > 256 => Err(ApiError::invalid(format!("{name} is longer than 256 bytes"))),
+        Some(s) if s.len() > 256 => Err(ApiError::invalid(format!(
+            "{name} is longer than 256 bytes"
+        ))),
         other => Ok(other),
     }
 }
@@ -66,15 +72,23 @@ fn decode_cursor(c: &str) -> Result<u64, ApiError> {
 }
 
 /// `GET /v1/audit/events`: filtered, in sequence order, cursor-paginated.
-pub async fn events(State(app): State<AppState>, ApiQuery(q): ApiQuery<EventsQuery>) -> Result<Json<AuditPage>, ApiError> {
+pub async fn events(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_LIMIT}")));
+        return Err(ApiError::invalid(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
     }
     let decision = q
         .decision
         .as_deref()
-        .map(|d| Decision::parse(d).ok_or_else(|| ApiError::invalid("decision must be allow, deny or error")))
+        .map(|d| {
+            Decision::parse(d)
+                .ok_or_else(|| ApiError::invalid("decision must be allow, deny or error"))
+        })
         .transpose()?;
     let query = Query {
         from_ts: parse_time("from", q.from.as_ref())?,
@@ -88,13 +102,23 @@ pub async fn events(State(app): State<AppState>, ApiQuery(q): ApiQuery<EventsQue
         limit,
     };
     let events = app.audit_store.query(&query).await.map_err(Error::from)?;
-    let next_cursor = (events.len() == limit as usize).then(|| events.last().map(|e| encode_cursor(e.seq))).flatten();
-    Ok(Json(AuditPage { events: events.iter().map(warden_audit::StoredEvent::to_view).collect(), next_cursor }))
+    let next_cursor = (events.len() == limit as usize)
+        .then(|| events.last().map(|e| encode_cursor(e.seq)))
+        .flatten();
+    Ok(Json(AuditPage {
+        events: events
+            .iter()
+            .map(warden_audit::StoredEvent::to_view)
+            .collect(),
+        next_cursor,
+    }))
 }
 
 /// `GET /v1/audit/verify`: recomputes the whole chain and checks every signed checkpoint.
 pub async fn verify(State(app): State<AppState>) -> Result<Json<VerifyReport>, ApiError> {
-    let report = verify_store(app.audit_store.as_ref(), app.checkpoint_keys.clone()).await.map_err(Error::from)?;
+    let report = verify_store(app.audit_store.as_ref(), app.checkpoint_keys.clone())
+        .await
+        .map_err(Error::from)?;
     if !report.ok {
         tracing::error!(first_bad_seq = ?report.first_bad_seq, reason = ?report.reason, "audit log verification failed");
     }

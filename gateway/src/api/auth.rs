@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
 use warden_sdk::{
-    ErrorCode, MfaEnrollment, OtpRequest, PasswordChange, PrincipalKind, TokenRequest, TokenResponse, WhoAmI,
+    ErrorCode, MfaEnrollment, OtpRequest, PasswordChange, PrincipalKind, TokenRequest,
+    TokenResponse, WhoAmI,
 };
 
 use super::noted;
@@ -21,7 +22,10 @@ fn invalid_grant() -> ApiError {
 }
 
 fn locked() -> ApiError {
-    ApiError::new(ErrorCode::Locked, "too many failed attempts; try again later")
+    ApiError::new(
+        ErrorCode::Locked,
+        "too many failed attempts; try again later",
+    )
 }
 
 fn micros(d: std::time::Duration) -> i64 {
@@ -29,19 +33,34 @@ fn micros(d: std::time::Duration) -> i64 {
 }
 
 /// `POST /v1/auth/token`.
-pub async fn token(State(app): State<AppState>, body: Result<crate::extract::ApiJson<TokenRequest>, ApiError>) -> Response {
-    let mut note = AuditNote { action: Some("auth.token".to_owned()), ..AuditNote::default() };
+pub async fn token(
+    State(app): State<AppState>,
+    body: Result<crate::extract::ApiJson<TokenRequest>, ApiError>,
+) -> Response {
+    let mut note = AuditNote {
+        action: Some("auth.token".to_owned()),
+        ..AuditNote::default()
+    };
     let request = match body {
         Ok(crate::extract::ApiJson(r)) => r,
         Err(e) => return noted(note.detail("reason", e.code.as_str()), Err::<(), _>(e)),
     };
     let (grant, name, secret, kinds): (&str, String, String, &[PrincipalKind]) = match request {
-        TokenRequest::Password { username, password } => {
-            ("password", username, password, &[PrincipalKind::User, PrincipalKind::Subject])
-        }
-        TokenRequest::ClientCredentials { client_id, client_secret } => {
-            ("client_credentials", client_id, client_secret, &[PrincipalKind::Service])
-        }
+        TokenRequest::Password { username, password } => (
+            "password",
+            username,
+            password,
+            &[PrincipalKind::User, PrincipalKind::Subject],
+        ),
+        TokenRequest::ClientCredentials {
+            client_id,
+            client_secret,
+        } => (
+            "client_credentials",
+            client_id,
+            client_secret,
+            &[PrincipalKind::Service],
+        ),
     };
     note = note.detail("grant_type", grant);
     let result = login(&app, &name, secret, kinds, &mut note).await;
@@ -59,7 +78,11 @@ async fn login(
         return Err(invalid_grant());
     }
     let now = app.clock.now_micros();
-    let principal = app.store.principal_by_name(name).await?.filter(|p| kinds.contains(&p.kind));
+    let principal = app
+        .store
+        .principal_by_name(name)
+        .await?
+        .filter(|p| kinds.contains(&p.kind));
     if let Some(p) = &principal {
         note.actor = Some((p.id.clone(), p.kind.as_str().to_owned()));
         if p.locked_until > now {
@@ -73,7 +96,9 @@ async fn login(
         other => {
             if let Some(p) = other {
                 let until = now + micros(app.config.auth.login_lockout);
-                app.store.login_failed(&p.id, app.config.auth.login_max_failures, until).await?;
+                app.store
+                    .login_failed(&p.id, app.config.auth.login_max_failures, until)
+                    .await?;
             }
             *note = std::mem::take(note).detail("reason", "wrong_credentials");
             return Err(invalid_grant());
@@ -84,14 +109,28 @@ async fn login(
         return Err(invalid_grant());
     }
     app.store.login_succeeded(&p.id).await?;
-    let amr: &[&str] = if p.kind == PrincipalKind::Service { &["client_secret"] } else { &["pwd"] };
+    let amr: &[&str] = if p.kind == PrincipalKind::Service {
+        &["client_secret"]
+    } else {
+        &["pwd"]
+    };
     let access_token = app.tokens.issue(&p.id, p.kind, &p.roles, amr, None)?;
-    Ok(Json(TokenResponse { access_token, token_type: "Bearer".to_owned(), expires_in: app.tokens.ttl_secs() }))
+    Ok(Json(TokenResponse {
+        access_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: app.tokens.ttl_secs(),
+    }))
 }
 
 /// `GET /v1/auth/me`.
 pub async fn me(Extension(p): Extension<Principal>) -> Json<WhoAmI> {
-    Json(WhoAmI { id: p.id, kind: p.kind, roles: p.roles, amr: p.amr, mfa_at: p.mfa_at })
+    Json(WhoAmI {
+        id: p.id,
+        kind: p.kind,
+        roles: p.roles,
+        amr: p.amr,
+        mfa_at: p.mfa_at,
+    })
 }
 
 /// The stored account of a principal that may hold a second factor (local users and
@@ -100,16 +139,26 @@ async fn mfa_account(app: &AppState, p: &Principal) -> Result<PrincipalRecord, A
     if !p.local || p.kind == PrincipalKind::Service {
         return Err(ApiError::invalid("second factors are managed by your identity provider or not available to service accounts"));
     }
-    app.store.principal_by_id(&p.id).await?.ok_or_else(ApiError::unauthenticated)
+    app.store
+        .principal_by_id(&p.id)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)
 }
 
 /// `POST /v1/auth/mfa/enroll`: a new, unconfirmed TOTP factor.
-pub async fn enroll(State(app): State<AppState>, Extension(p): Extension<Principal>) -> Result<Json<MfaEnrollment>, ApiError> {
+pub async fn enroll(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<MfaEnrollment>, ApiError> {
     let account = mfa_account(&app, &p).await?;
     let seed = zeroize::Zeroizing::new(totp::new_seed());
     let record = MfaRecord {
         principal_id: account.id.clone(),
-        secret_wrapped: app.kek.wrap(&seed, &totp_aad(&account.id)).await.map_err(Error::from)?,
+        secret_wrapped: app
+            .kek
+            .wrap(&seed, &totp_aad(&account.id))
+            .await
+            .map_err(Error::from)?,
         confirmed: false,
         last_step: -1,
         failures: 0,
@@ -119,53 +168,98 @@ pub async fn enroll(State(app): State<AppState>, Extension(p): Extension<Princip
     let issuer = &app.config.auth.totp_issuer;
     Ok(Json(MfaEnrollment {
         otpauth_uri: totp::otpauth_uri(&seed, issuer, &account.name)?,
-        qr_png_base64: base64::engine::general_purpose::STANDARD.encode(totp::qr_png(&seed, issuer, &account.name)?),
+        qr_png_base64: base64::engine::general_purpose::STANDARD.encode(totp::qr_png(
+            &seed,
+            issuer,
+            &account.name,
+        )?),
     }))
 }
 
 /// `GET /v1/auth/mfa/qr.png`: the QR code of the pending (unconfirmed) enrolment. A confirmed
 /// seed is never shown again.
-pub async fn qr(State(app): State<AppState>, Extension(p): Extension<Principal>) -> Result<Response, ApiError> {
+pub async fn qr(
+    State(app): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> Result<Response, ApiError> {
     let account = mfa_account(&app, &p).await?;
-    let m = app.store.mfa(&account.id).await?.filter(|m| !m.confirmed).ok_or_else(ApiError::not_found)?;
-    let seed = app.kek.unwrap(&m.secret_wrapped, &totp_aad(&account.id)).await.map_err(Error::from)?;
+    let m = app
+        .store
+        .mfa(&account.id)
+        .await?
+        .filter(|m| !m.confirmed)
+        .ok_or_else(ApiError::not_found)?;
+    let seed = app
+        .kek
+        .unwrap(&m.secret_wrapped, &totp_aad(&account.id))
+        .await
+        .map_err(Error::from)?;
     let png = totp::qr_png(seed.expose(), &app.config.auth.totp_issuer, &account.name)?;
-    Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "no-store")], png).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        png,
+    )
+        .into_response())
 }
 
 /// Checks a one-time code against the principal's factor: right code, not replayed, not
 /// locked. Counts failures and locks after too many.
-async fn check_code(app: &AppState, account: &PrincipalRecord, code: &str, confirmed: bool) -> Result<(), ApiError> {
+async fn check_code(
+    app: &AppState,
+    account: &PrincipalRecord,
+    code: &str,
+    confirmed: bool,
+) -> Result<(), ApiError> {
     let now = app.clock.now_micros();
     let m = app
         .store
         .mfa(&account.id)
         .await?
         .filter(|m| m.confirmed == confirmed)
-        .ok_or_else(|| ApiError::new(ErrorCode::InvalidOtp, if confirmed {
-            "no confirmed second factor: enroll at POST /v1/auth/mfa/enroll"
-        } else {
-            "no pending enrolment: start one at POST /v1/auth/mfa/enroll"
-        }))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidOtp,
+                if confirmed {
+                    "no confirmed second factor: enroll at POST /v1/auth/mfa/enroll"
+                } else {
+                    "no pending enrolment: start one at POST /v1/auth/mfa/enroll"
+                },
+            )
+        })?;
     if m.locked_until > now {
         return Err(locked());
     }
-    let seed = app.kek.unwrap(&m.secret_wrapped, &totp_aad(&account.id)).await.map_err(Error::from)?;
+    let seed = app
+        .kek
+        .unwrap(&m.secret_wrapped, &totp_aad(&account.id))
+        .await
+        .map_err(Error::from)?;
     let accepted = match totp::matching_step(seed.expose(), code, app.clock.now_secs()) {
         Some(step) => app.store.accept_mfa_step(&account.id, step).await?,
         None => false,
     };
     if !accepted {
         let until = now + micros(app.config.auth.mfa_lockout);
-        app.store.mfa_failed(&account.id, app.config.auth.mfa_max_failures, until).await?;
-        return Err(ApiError::new(ErrorCode::InvalidOtp, "wrong or already used code"));
+        app.store
+            .mfa_failed(&account.id, app.config.auth.mfa_max_failures, until)
+            .await?;
+        return Err(ApiError::new(
+            ErrorCode::InvalidOtp,
+            "wrong or already used code",
+        ));
     }
     Ok(())
 }
 
 fn bounded_code(body: &OtpRequest) -> Result<&str, ApiError> {
     if body.code.len() > 16 {
-        return Err(ApiError::new(ErrorCode::InvalidOtp, "wrong or already used code"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidOtp,
+            "wrong or already used code",
+        ));
     }
     Ok(body.code.trim())
 }
@@ -190,11 +284,26 @@ pub async fn step_up(
 ) -> Result<Json<TokenResponse>, ApiError> {
     let account = mfa_account(&app, &p).await?;
     check_code(&app, &account, bounded_code(&body)?, true).await?;
-    let mut amr: Vec<&str> = p.amr.iter().map(String::as_str).filter(|m| *m != "otp").collect();
+    let mut amr: Vec<&str> = p
+        .amr
+        .iter()
+        .map(String::as_str)
+        .filter(|m| *m != "otp")
+        .collect();
     amr.push("otp");
     // Roles come from the account, not the old token: a change since login applies now.
-    let access_token = app.tokens.issue(&account.id, account.kind, &account.roles, &amr, Some(app.clock.now_secs()))?;
-    Ok(Json(TokenResponse { access_token, token_type: "Bearer".to_owned(), expires_in: app.tokens.ttl_secs() }))
+    let access_token = app.tokens.issue(
+        &account.id,
+        account.kind,
+        &account.roles,
+        &amr,
+        Some(app.clock.now_secs()),
+    )?;
+    Ok(Json(TokenResponse {
+        access_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: app.tokens.ttl_secs(),
+    }))
 }
 
 /// `POST /v1/auth/password`: changes the caller's own password.

@@ -19,7 +19,10 @@ pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     for db in &app.dbs {
         if let Err(e) = sqlx::query("SELECT 1").execute(db.pool()).await {
             warn!(error = %e, "readiness check failed");
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable"})));
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable"})),
+            );
         }
     }
     (StatusCode::OK, Json(json!({"status": "ready"})))
@@ -28,7 +31,10 @@ pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
 /// `GET /metrics`: Prometheus (OpenMetrics text).
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         app.metrics.encode(),
     )
 }

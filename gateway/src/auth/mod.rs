@@ -28,6 +28,7 @@ impl Principal {
     /// True when a second factor was checked within `window` of `now` (Unix seconds).
     pub fn mfa_fresh(&self, now: i64, window: Duration) -> bool {
         let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
-        self.mfa_at.is_some_and(|at| at <= now + 5 && now - at <= window)
+        self.mfa_at
+            .is_some_and(|at| at <= now + 5 && now - at <= window)
     }
 }

@@ -1,7 +1,9 @@
 //! Password and client-secret hashing: argon2id with the crate's defaults (the OWASP
 //! minimum, m=19 MiB, t=2, p=1), run off the async workers.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 use crate::error::{Error, Result};
@@ -63,7 +65,11 @@ pub async fn verify(secret: String, phc: Option<String>) -> bool {
                 .clone()
         });
         let ok = PasswordHash::new(&phc)
-            .map(|parsed| Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(secret.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false);
         ok && known
     })

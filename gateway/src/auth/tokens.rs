@@ -15,7 +15,9 @@ use base64::Engine;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::SigningKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
-use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::{Mutex, RwLock};
@@ -85,14 +87,19 @@ pub struct TokenService {
 
 impl std::fmt::Debug for TokenService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenService").field("active_kid", &self.active_kid).finish_non_exhaustive()
+        f.debug_struct("TokenService")
+            .field("active_kid", &self.active_kid)
+            .finish_non_exhaustive()
     }
 }
 
 /// The key id of an Ed25519 public key: a prefix of its SHA-256 (stable, not secret).
 pub fn key_id(purpose: &str, public: &[u8; 32]) -> String {
     use sha2::Digest;
-    format!("{purpose}-{}", hex::encode(&sha2::Sha256::digest(public)[..8]))
+    format!(
+        "{purpose}-{}",
+        hex::encode(&sha2::Sha256::digest(public)[..8])
+    )
 }
 
 impl TokenService {
@@ -106,13 +113,16 @@ impl TokenService {
         verify_only: &[[u8; 32]],
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        let der = active.to_pkcs8_der().map_err(|e| Error::Crypto(format!("pkcs8: {e}")))?;
+        let der = active
+            .to_pkcs8_der()
+            .map_err(|e| Error::Crypto(format!("pkcs8: {e}")))?;
         let public = active.verifying_key().to_bytes();
         let active_kid = key_id("jwt", &public);
         let mut keys = HashMap::new();
         for pk in std::iter::once(&public).chain(verify_only) {
             let x = URL_SAFE_NO_PAD.encode(pk);
-            let decoding = DecodingKey::from_ed_components(&x).map_err(|e| Error::Crypto(format!("jwk: {e}")))?;
+            let decoding = DecodingKey::from_ed_components(&x)
+                .map_err(|e| Error::Crypto(format!("jwk: {e}")))?;
             keys.insert(key_id("jwt", pk), LocalKey { decoding, x });
         }
         Ok(Self {
@@ -196,7 +206,13 @@ impl TokenService {
             if header.alg != Algorithm::EdDSA {
                 return Err(Rejection::Algorithm);
             }
-            let claims: Claims = validate(token, &key.decoding, Algorithm::EdDSA, &self.issuer, &self.audience)?;
+            let claims: Claims = validate(
+                token,
+                &key.decoding,
+                Algorithm::EdDSA,
+                &self.issuer,
+                &self.audience,
+            )?;
             self.check_times(claims.exp, Some(claims.nbf), Some(claims.iat))?;
             return Ok(Principal {
                 id: claims.sub,
@@ -207,14 +223,21 @@ impl TokenService {
                 local: true,
             });
         }
-        let Some(oidc) = &self.oidc else { return Err(Rejection::UnknownKid) };
+        let Some(oidc) = &self.oidc else {
+            return Err(Rejection::UnknownKid);
+        };
         let (key, alg) = oidc.key(kid).await.ok_or(Rejection::UnknownKid)?;
         if header.alg != alg {
             return Err(Rejection::Algorithm);
         }
-        let claims: Map<String, Value> = validate(token, &key, alg, &oidc.config.issuer, &oidc.config.audience)?;
+        let claims: Map<String, Value> =
+            validate(token, &key, alg, &oidc.config.issuer, &oidc.config.audience)?;
         let int = |name: &str| claims.get(name).and_then(Value::as_i64);
-        self.check_times(int("exp").ok_or(Rejection::Expired)?, int("nbf"), int("iat"))?;
+        self.check_times(
+            int("exp").ok_or(Rejection::Expired)?,
+            int("nbf"),
+            int("iat"),
+        )?;
         oidc.principal(&claims)
     }
 
@@ -223,7 +246,9 @@ impl TokenService {
         if now > exp + LEEWAY_SECS {
             return Err(Rejection::Expired);
         }
-        if nbf.is_some_and(|nbf| now + LEEWAY_SECS < nbf) || iat.is_some_and(|iat| now + LEEWAY_SECS < iat) {
+        if nbf.is_some_and(|nbf| now + LEEWAY_SECS < nbf)
+            || iat.is_some_and(|iat| now + LEEWAY_SECS < iat)
+        {
             return Err(Rejection::NotYetValid);
         }
         Ok(())
@@ -269,7 +294,12 @@ impl Oidc {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Self { config, client, keys: RwLock::new(HashMap::new()), fetched: Mutex::new(None) }
+        Self {
+            config,
+            client,
+            keys: RwLock::new(HashMap::new()),
+            fetched: Mutex::new(None),
+        }
     }
 
     async fn key(&self, kid: &str) -> Option<(DecodingKey, Algorithm)> {
@@ -291,7 +321,12 @@ impl Oidc {
     }
 
     async fn fetch(&self) -> anyhow::Result<HashMap<String, (DecodingKey, Algorithm)>> {
-        let mut resp = self.client.get(&self.config.jwks_url).send().await?.error_for_status()?;
+        let mut resp = self
+            .client
+            .get(&self.config.jwks_url)
+            .send()
+            .await?
+            .error_for_status()?;
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await? {
             if body.len() + chunk.len() > MAX_JWKS {
@@ -302,7 +337,9 @@ impl Oidc {
         let set: JwkSet = serde_json::from_slice(&body)?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
-            let Some(kid) = jwk.common.key_id.clone() else { continue };
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
             let alg = match &jwk.algorithm {
                 AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
                 AlgorithmParameters::RSA(_) => Algorithm::RS256,
@@ -321,17 +358,33 @@ impl Oidc {
     }
 
     fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, Rejection> {
-        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default();
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         // The id lands in the audit log, so it must be an opaque identifier (OIDC Core §2
         // asks issuers for exactly that), never an e-mail address or a name.
-        if sub.is_empty() || sub.len() > 128 || !sub.chars().all(|c| c.is_ascii_alphanumeric() || "-_.|".contains(c)) {
-            return Err(Rejection::Invalid("sub is not an opaque identifier".to_owned()));
+        if sub.is_empty()
+            || sub.len() > 128
+            || !sub
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.|".contains(c))
+        {
+            return Err(Rejection::Invalid(
+                "sub is not an opaque identifier".to_owned(),
+            ));
         }
         let strings = |name: &str| -> Vec<String> {
             claims
                 .get(name)
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).take(32).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .take(32)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let amr = strings("amr");

@@ -44,7 +44,9 @@ pub fn otpauth_uri(seed: &[u8], issuer: &str, account: &str) -> Result<String> {
 /// # Errors
 /// As [`otpauth_uri`], or a failure to render.
 pub fn qr_png(seed: &[u8], issuer: &str, account: &str) -> Result<Vec<u8>> {
-    totp(seed, issuer, account)?.get_qr_png().map_err(|e| Error::Crypto(format!("qr code: {e}")))
+    totp(seed, issuer, account)?
+        .get_qr_png()
+        .map_err(|e| Error::Crypto(format!("qr code: {e}")))
 }
 
 /// The code for the step containing `unix_secs` (used by tests and the CLI walkthrough).
@@ -100,7 +102,10 @@ mod tests {
     fn enrolment_uri_and_qr() {
         let seed = new_seed();
         let uri = otpauth_uri(&seed, "Warden", "alice").unwrap();
-        assert!(uri.starts_with("otpauth://totp/Warden:alice?secret="), "{uri}");
+        assert!(
+            uri.starts_with("otpauth://totp/Warden:alice?secret="),
+            "{uri}"
+        );
         let png = qr_png(&seed, "Warden", "alice").unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     }

@@ -6,7 +6,10 @@ use warden_sdk::PrincipalKind;
 
 use crate::support::{assert_error, gateway, Backend};
 
-crate::on_both_backends!(every_decision_is_recorded_and_searchable, verify_names_tampered_entry);
+crate::on_both_backends!(
+    every_decision_is_recorded_and_searchable,
+    verify_names_tampered_entry
+);
 
 async fn events(g: &crate::support::Gateway, token: &str, query: &str) -> Vec<Value> {
     let r = g.get(&format!("/v1/audit/events?{query}"), token).await;
@@ -17,16 +20,30 @@ async fn events(g: &crate::support::Gateway, token: &str, query: &str) -> Vec<Va
 async fn every_decision_is_recorded_and_searchable(backend: Backend) {
     let g = gateway(backend).await;
     let admin = g.admin().await;
-    let (analyst_id, analyst) = g.principal_token(PrincipalKind::User, &["analyst"], true).await;
+    let (analyst_id, analyst) = g
+        .principal_token(PrincipalKind::User, &["analyst"], true)
+        .await;
     // deny (forbidden), deny (no token), allow, error (bad input after authorization).
-    assert_eq!(g.get("/v1/users", &analyst).await.status, StatusCode::FORBIDDEN);
-    assert_eq!(g.call(Method::GET, "/v1/users", None, None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        g.get("/v1/users", &analyst).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        g.call(Method::GET, "/v1/users", None, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let created = g
         .post("/v1/users", Some(&admin), json!({"username": "eve.example", "password": "secret passphrase 1", "roles": ["analyst"]}))
         .await;
     assert_eq!(created.status, StatusCode::CREATED);
     let new_id = created.json["id"].as_str().unwrap().to_owned();
-    let bad = g.post("/v1/users", Some(&admin), json!({"username": "x", "password": "short", "roles": ["analyst"]})).await;
+    let bad = g
+        .post(
+            "/v1/users",
+            Some(&admin),
+            json!({"username": "x", "password": "short", "roles": ["analyst"]}),
+        )
+        .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     g.audit_settled().await;
 
@@ -40,18 +57,32 @@ async fn every_decision_is_recorded_and_searchable(backend: Backend) {
     let writes = events(&g, &admin, "action=users.write").await;
     let outcomes: Vec<(&str, u64)> = writes
         .iter()
-        .map(|e| (e["decision"].as_str().unwrap(), e["details"]["status"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["decision"].as_str().unwrap(),
+                e["details"]["status"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(outcomes, vec![("allow", 201), ("error", 400)]);
     assert_eq!(writes[0]["details"]["principal_id"], new_id.as_str());
-    assert!(writes.iter().all(|e| e["request_id"].as_str().is_some_and(|r| r.len() == 36)));
+    assert!(writes
+        .iter()
+        .all(|e| e["request_id"].as_str().is_some_and(|r| r.len() == 36)));
     let logins = events(&g, &admin, "action=auth.token").await;
-    assert!(logins.iter().all(|e| e["details"]["grant_type"] == "password"));
+    assert!(logins
+        .iter()
+        .all(|e| e["details"]["grant_type"] == "password"));
 
     // The log holds no clear personal data or secret: not the new user's name or password.
     let all = events(&g, &admin, "limit=1000").await;
     let text = serde_json::to_string(&all).unwrap();
-    for needle in ["eve.example", "secret passphrase 1", &g.admin_password, "correct horse"] {
+    for needle in [
+        "eve.example",
+        "secret passphrase 1",
+        &g.admin_password,
+        "correct horse",
+    ] {
         assert!(!text.contains(needle), "{needle} found in the audit log");
     }
 
@@ -59,23 +90,59 @@ async fn every_decision_is_recorded_and_searchable(backend: Backend) {
     let mut seqs = Vec::new();
     let mut cursor = String::new();
     loop {
-        let r = g.get(&format!("/v1/audit/events?limit=3{cursor}"), &admin).await;
-        seqs.extend(r.json["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()));
+        let r = g
+            .get(&format!("/v1/audit/events?limit=3{cursor}"), &admin)
+            .await;
+        seqs.extend(
+            r.json["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["seq"].as_u64().unwrap()),
+        );
         match r.json["next_cursor"].as_str() {
             Some(c) => cursor = format!("&cursor={c}"),
             None => break,
         }
     }
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1) && seqs[0] == 1, "{seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1) && seqs[0] == 1,
+        "{seqs:?}"
+    );
 
     // Time range and bad filters.
-    let r = g.get("/v1/audit/events?from=2000-01-01T00:00:00Z&to=2001-01-01T00:00:00Z", &admin).await;
+    let r = g
+        .get(
+            "/v1/audit/events?from=2000-01-01T00:00:00Z&to=2001-01-01T00:00:00Z",
+            &admin,
+        )
+        .await;
     assert_eq!(r.json["events"], json!([]));
-    assert_error(&g.get("/v1/audit/events?from=yesterday", &admin).await, StatusCode::BAD_REQUEST, "invalid_request");
-    assert_error(&g.get("/v1/audit/events?decision=maybe", &admin).await, StatusCode::BAD_REQUEST, "invalid_request");
-    assert_error(&g.get("/v1/audit/events?limit=100000", &admin).await, StatusCode::BAD_REQUEST, "invalid_request");
-    assert_error(&g.get("/v1/audit/events?cursor=abc", &admin).await, StatusCode::BAD_REQUEST, "invalid_request");
-    assert_error(&g.get("/v1/audit/events?colour=red", &admin).await, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_error(
+        &g.get("/v1/audit/events?from=yesterday", &admin).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    assert_error(
+        &g.get("/v1/audit/events?decision=maybe", &admin).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    assert_error(
+        &g.get("/v1/audit/events?limit=100000", &admin).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    assert_error(
+        &g.get("/v1/audit/events?cursor=abc", &admin).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    assert_error(
+        &g.get("/v1/audit/events?colour=red", &admin).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
 
     let report = g.get("/v1/audit/verify", &admin).await;
     assert_eq!(report.json["ok"], true, "{report:?}");
@@ -95,7 +162,10 @@ async fn verify_names_tampered_entry(backend: Backend) {
         warden_audit::Backend::Postgres => "ALTER TABLE audit_events DISABLE TRIGGER USER",
     };
     sqlx::query(disable).execute(db.pool()).await.unwrap();
-    sqlx::query("UPDATE audit_events SET decision = 'deny' WHERE seq = 3").execute(db.pool()).await.unwrap();
+    sqlx::query("UPDATE audit_events SET decision = 'deny' WHERE seq = 3")
+        .execute(db.pool())
+        .await
+        .unwrap();
     let report = g.get("/v1/audit/verify", &admin).await;
     assert_eq!(report.status, StatusCode::OK);
     assert_eq!(report.json["ok"], false, "{report:?}");

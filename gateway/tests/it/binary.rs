@@ -16,7 +16,11 @@ struct Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
@@ -31,15 +35,24 @@ impl Server {
             .stdout(std::fs::File::create(dir.join("stdout.txt")).unwrap())
             .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap());
         let child = cmd.spawn().unwrap();
-        let base = format!("http://127.0.0.1:{port}");
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            dir: dir.to_path_buf(),
+        };
         let client = reqwest::Client::new();
         for _ in 0..200 {
-            if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
-                return Self { child, base, dir: dir.to_path_buf() };
+            let health = client.get(format!("{}/healthz", server.base)).send().await;
+            if health.is_ok_and(|r| r.status().is_success()) {
+                return server;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("warden did not start: {}", std::fs::read_to_string(dir.join("stderr.txt")).unwrap());
+        drop(server);
+        panic!(
+            "warden did not start: {}",
+            std::fs::read_to_string(dir.join("stderr.txt")).unwrap()
+        );
     }
 
     fn stdout(&self) -> String {
@@ -48,7 +61,10 @@ impl Server {
 
     /// SIGTERM, then waits for a clean exit.
     fn stop(mut self) -> String {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -57,13 +73,27 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
         panic!("warden did not stop on SIGTERM");
     }
 }
 
+/// A server left running by a failed test is killed.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+    }
+}
+
 fn warden(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN).current_dir(dir).args(args).stdin(Stdio::null()).output().unwrap()
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -71,7 +101,9 @@ fn text(b: &[u8]) -> String {
 }
 
 async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-    let mut req = reqwest::Client::new().post(format!("{base}{path}")).json(&body);
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -80,7 +112,12 @@ async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16,
 }
 
 async fn get(base: &str, path: &str, token: &str) -> (u16, String) {
-    let r = reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
@@ -96,20 +133,37 @@ async fn first_start_walkthrough_shutdown_and_audit_commands() {
     let dir = tmp.path();
     let server = Server::start(dir, &[], &[]).await;
     let out = server.stdout();
-    let password = out.lines().find_map(|l| l.trim().strip_prefix("one-time password: ")).expect("password shown").to_owned();
-    let uri = out.lines().find_map(|l| l.split("URI (add it to an authenticator app): ").nth(1)).expect("totp uri shown").to_owned();
+    let password = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("one-time password: "))
+        .expect("password shown")
+        .to_owned();
+    let uri = out
+        .lines()
+        .find_map(|l| l.split("URI (add it to an authenticator app): ").nth(1))
+        .expect("totp uri shown")
+        .to_owned();
     let seed = crate::support::seed_from_uri(&uri);
     assert_eq!(mode(&dir.join("warden-data/kek.key")), 0o600);
     assert_eq!(mode(&dir.join("warden-data/warden.db")), 0o600);
     assert_eq!(mode(&dir.join("warden-data")), 0o700);
 
     let base = server.base.clone();
-    let (status, body) = post(&base, "/v1/auth/token", None, json!({"grant_type": "password", "username": "admin", "password": password})).await;
+    let (status, body) = post(
+        &base,
+        "/v1/auth/token",
+        None,
+        json!({"grant_type": "password", "username": "admin", "password": password}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let token = body["access_token"].as_str().unwrap().to_owned();
     let (status, _) = get(&base, "/v1/audit/events", &token).await;
     assert_eq!(status, 401, "needs a second factor");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let code = warden_gateway::auth::totp::code_at(&seed, now).unwrap();
     let (status, body) = post(&base, "/v1/auth/mfa", Some(&token), json!({"code": code})).await;
     assert_eq!(status, 200, "{body}");
@@ -118,9 +172,20 @@ async fn first_start_walkthrough_shutdown_and_audit_commands() {
     assert_eq!(status, 200, "{events}");
     let (status, metrics) = get(&base, "/metrics", "").await;
     assert_eq!(status, 200);
-    assert!(metrics.contains("warden_http_requests_total{route=\"/v1/auth/token\",method=\"POST\",status=\"200\"} 1"), "{metrics}");
-    assert!(metrics.contains("warden_http_request_duration_seconds_bucket{"), "{metrics}");
-    assert!(metrics.contains("warden_decisions_total{outcome=\"deny\"}"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "warden_http_requests_total{route=\"/v1/auth/token\",method=\"POST\",status=\"200\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_http_request_duration_seconds_bucket{"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_decisions_total{outcome=\"deny\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("warden_audit_appends_total"), "{metrics}");
     let (status, ready) = get(&base, "/readyz", "").await;
     assert_eq!((status, ready.contains("ready")), (200, true));
@@ -129,50 +194,153 @@ async fn first_start_walkthrough_shutdown_and_audit_commands() {
     let (status, _) = get(&base, "/v1/audit/verify", &stepped).await;
     assert_eq!(status, 200);
     let logs = server.stop();
-    for secret in [password.as_str(), &token, &stepped, uri.split("secret=").nth(1).unwrap().split('&').next().unwrap()] {
+    for secret in [
+        password.as_str(),
+        &token,
+        &stepped,
+        uri.split("secret=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap(),
+    ] {
         assert!(!logs.contains(secret), "a secret reached the log");
     }
     assert!(logs.contains("audit log flushed"), "{logs}");
 
     let verify = warden(dir, &["audit", "verify"]);
-    assert_eq!(verify.status.code(), Some(0), "{}{}", text(&verify.stdout), text(&verify.stderr));
-    let report: Value = serde_json::from_slice(&warden(dir, &["audit", "verify", "--json"]).stdout).unwrap();
-    assert!(report["checkpoints"].as_u64().unwrap() >= 1, "a final checkpoint is signed at shutdown: {report}");
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}{}",
+        text(&verify.stdout),
+        text(&verify.stderr)
+    );
+    let report: Value =
+        serde_json::from_slice(&warden(dir, &["audit", "verify", "--json"]).stdout).unwrap();
+    assert!(
+        report["checkpoints"].as_u64().unwrap() >= 1,
+        "a final checkpoint is signed at shutdown: {report}"
+    );
     // token, the denied read, step-up, the read, verify: the last one answered just before
     // SIGTERM is there too.
-    assert_eq!(report["entries"], 5, "every audited request is in the log: {report}");
+    assert_eq!(
+        report["entries"], 5,
+        "every audited request is in the log: {report}"
+    );
 
     // A restart does not initialize again, and the data stays.
     let again = Server::start(dir, &[], &[]).await;
-    assert!(!again.stdout().contains("password"), "credentials are shown only once");
-    let (status, _) = post(&again.base, "/v1/auth/token", None, json!({"grant_type": "password", "username": "admin", "password": password})).await;
+    assert!(
+        !again.stdout().contains("password"),
+        "credentials are shown only once"
+    );
+    let (status, _) = post(
+        &again.base,
+        "/v1/auth/token",
+        None,
+        json!({"grant_type": "password", "username": "admin", "password": password}),
+    )
+    .await;
     assert_eq!(status, 200);
     again.stop();
 
     // Export and verify offline with the public key alone.
     let export = dir.join("audit.ndjson");
-    assert!(warden(dir, &["audit", "export", "--out", export.to_str().unwrap()]).status.success());
+    assert!(
+        warden(dir, &["audit", "export", "--out", export.to_str().unwrap()])
+            .status
+            .success()
+    );
     let keys = text(&warden(dir, &["audit", "public-key"]).stdout);
     let public = keys.split_whitespace().nth(1).unwrap().to_owned();
-    let offline = warden(dir, &["audit", "verify", "--export", export.to_str().unwrap(), "--public-key", &public]);
-    assert_eq!(offline.status.code(), Some(0), "{}{}", text(&offline.stdout), text(&offline.stderr));
-    let wrong_key = hex::encode(ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key().to_bytes());
-    let w = warden(dir, &["audit", "verify", "--export", export.to_str().unwrap(), "--public-key", &wrong_key]);
-    assert_eq!(w.status.code(), Some(1), "checkpoints signed by another key are refused");
-    let edited = std::fs::read_to_string(&export).unwrap().replacen("\"decision\":\"deny\"", "\"decision\":\"allow\"", 1);
+    let offline = warden(
+        dir,
+        &[
+            "audit",
+            "verify",
+            "--export",
+            export.to_str().unwrap(),
+            "--public-key",
+            &public,
+        ],
+    );
+    assert_eq!(
+        offline.status.code(),
+        Some(0),
+        "{}{}",
+        text(&offline.stdout),
+        text(&offline.stderr)
+    );
+    let wrong_key = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
+            .verifying_key()
+            .to_bytes(),
+    );
+    let w = warden(
+        dir,
+        &[
+            "audit",
+            "verify",
+            "--export",
+            export.to_str().unwrap(),
+            "--public-key",
+            &wrong_key,
+        ],
+    );
+    assert_eq!(
+        w.status.code(),
+        Some(1),
+        "checkpoints signed by another key are refused"
+    );
+    let edited = std::fs::read_to_string(&export).unwrap().replacen(
+        "\"decision\":\"deny\"",
+        "\"decision\":\"allow\"",
+        1,
+    );
     std::fs::write(&export, edited).unwrap();
-    let tampered = warden(dir, &["audit", "verify", "--export", export.to_str().unwrap(), "--public-key", &public]);
+    let tampered = warden(
+        dir,
+        &[
+            "audit",
+            "verify",
+            "--export",
+            export.to_str().unwrap(),
+            "--public-key",
+            &public,
+        ],
+    );
     assert_eq!(tampered.status.code(), Some(1));
-    assert!(text(&tampered.stdout).contains("does NOT verify: first bad entry"), "{}", text(&tampered.stdout));
+    assert!(
+        text(&tampered.stdout).contains("does NOT verify: first bad entry"),
+        "{}",
+        text(&tampered.stdout)
+    );
 
     // Tampering with the database itself: verify exits 1 naming the entry.
-    let db = warden_audit::Db::connect(&format!("sqlite://{}", dir.join("warden-data/warden.db").display())).await.unwrap();
-    sqlx::query("DROP TRIGGER audit_events_no_update").execute(db.pool()).await.unwrap();
-    sqlx::query("UPDATE audit_events SET actor = 'someone' WHERE seq = 2").execute(db.pool()).await.unwrap();
+    let db = warden_audit::Db::connect(&format!(
+        "sqlite://{}",
+        dir.join("warden-data/warden.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("DROP TRIGGER audit_events_no_update")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET actor = 'someone' WHERE seq = 2")
+        .execute(db.pool())
+        .await
+        .unwrap();
     db.close().await;
     let bad = warden(dir, &["audit", "verify"]);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(text(&bad.stdout).contains("first bad entry 2"), "{}", text(&bad.stdout));
+    assert!(
+        text(&bad.stdout).contains("first bad entry 2"),
+        "{}",
+        text(&bad.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,14 +348,39 @@ async fn admin_password_from_environment_and_postgres_by_config() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (_, url) = warden_audit::testkit::fresh_postgres().await;
-    std::fs::write(dir.join("warden.toml"), format!("[state]\nurl = \"{url}\"\n[keys]\nkek = \"file://{}/kek.key\"\n", dir.display())).unwrap();
+    std::fs::write(
+        dir.join("warden.toml"),
+        format!(
+            "[state]\nurl = \"{url}\"\n[keys]\nkek = \"file://{}/kek.key\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
     let migrate = warden(dir, &["--config", "warden.toml", "migrate"]);
     assert!(migrate.status.success(), "{}", text(&migrate.stderr));
-    let server = Server::start(dir, &["--config", "warden.toml"], &[("WARDEN_ADMIN_PASSWORD", "from the environment")]).await;
+    let server = Server::start(
+        dir,
+        &["--config", "warden.toml"],
+        &[("WARDEN_ADMIN_PASSWORD", "from the environment")],
+    )
+    .await;
     let out = server.stdout();
-    assert!(out.contains("password: from WARDEN_ADMIN_PASSWORD") && !out.contains("from the environment"), "{out}");
-    assert!(!dir.join("warden-data").exists(), "nothing embedded when PostgreSQL is configured");
-    let (status, body) = post(&server.base, "/v1/auth/token", None, json!({"grant_type": "password", "username": "admin", "password": "from the environment"})).await;
+    assert!(
+        out.contains("password: from WARDEN_ADMIN_PASSWORD")
+            && !out.contains("from the environment"),
+        "{out}"
+    );
+    assert!(
+        !dir.join("warden-data").exists(),
+        "nothing embedded when PostgreSQL is configured"
+    );
+    let (status, body) = post(
+        &server.base,
+        "/v1/auth/token",
+        None,
+        json!({"grant_type": "password", "username": "admin", "password": "from the environment"}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     server.stop();
     let verify = warden(dir, &["--config", "warden.toml", "audit", "verify"]);

@@ -1,6 +1,9 @@
 //! Integration tests of the gateway: the router through `tower::ServiceExt::oneshot` on
 //! SQLite and PostgreSQL, and the real `warden` binary on a real port.
 
+// Test helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
 mod admin;
 mod audit_api;
 mod bad_input;

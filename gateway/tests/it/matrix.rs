@@ -14,9 +14,15 @@ const ROLES: &[&str] = &["admin", "dpo", "auditor", "analyst", "stage", "subject
 
 /// `(role, resource, action)` triples and `(role, parent)` pairs of the policy file.
 fn shipped_policy() -> (Vec<[String; 3]>, Vec<[String; 2]>) {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/policy.csv")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/policy.csv"))
+            .unwrap();
     let (mut p, mut g) = (Vec::new(), Vec::new());
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let f: Vec<String> = line.split(',').map(|s| s.trim().to_owned()).collect();
         match f[0].as_str() {
             "p" => p.push([f[1].clone(), f[2].clone(), f[3].clone()]),
@@ -27,7 +33,13 @@ fn shipped_policy() -> (Vec<[String; 3]>, Vec<[String; 2]>) {
     (p, g)
 }
 
-fn expected(role: &str, resource: &str, action: &str, p: &[[String; 3]], g: &[[String; 2]]) -> bool {
+fn expected(
+    role: &str,
+    resource: &str,
+    action: &str,
+    p: &[[String; 3]],
+    g: &[[String; 2]],
+) -> bool {
     let mut roles = vec![role.to_owned()];
     let mut i = 0;
     while i < roles.len() {
@@ -39,7 +51,10 @@ fn expected(role: &str, resource: &str, action: &str, p: &[[String; 3]], g: &[[S
         i += 1;
     }
     p.iter().any(|[r, res, act]| {
-        let res_ok = res == resource || res.strip_suffix('*').is_some_and(|pre| resource.starts_with(pre));
+        let res_ok = res == resource
+            || res
+                .strip_suffix('*')
+                .is_some_and(|pre| resource.starts_with(pre));
         roles.contains(r) && res_ok && (act == action || act == "*")
     })
 }
@@ -61,16 +76,29 @@ async fn every_role_and_route_matches_the_shipped_policy(backend: Backend) {
         let (_, fresh) = g.principal_token(kind(role), &[role], true).await;
         let (_, stale) = g.principal_token(kind(role), &[role], false).await;
         for route in ROUTES {
-            let Access::Protected { resource, action, mfa } = route.access else { continue };
-            let path = route.path.replace("{id}", &uuid::Uuid::new_v4().to_string());
+            let Access::Protected {
+                resource,
+                action,
+                mfa,
+            } = route.access
+            else {
+                continue;
+            };
+            let path = route
+                .path
+                .replace("{id}", &uuid::Uuid::new_v4().to_string());
             let method = Method::from_bytes(route.method.as_bytes()).unwrap();
             let body = (method != Method::GET).then(|| json!({}));
-            let r = g.call(method.clone(), &path, Some(&fresh), body.clone()).await;
+            let r = g
+                .call(method.clone(), &path, Some(&fresh), body.clone())
+                .await;
             cells += 1;
             if expected(role, resource, action, &p, &inherit) {
                 allowed_cells += 1;
                 assert!(
-                    r.status != StatusCode::FORBIDDEN && r.status != StatusCode::UNAUTHORIZED && r.status != StatusCode::NOT_FOUND
+                    r.status != StatusCode::FORBIDDEN
+                        && r.status != StatusCode::UNAUTHORIZED
+                        && r.status != StatusCode::NOT_FOUND
                         || r.json["error"]["code"] == "not_found" && path.contains("/users/"),
                     "{role} may {action} {resource} ({} {}) but got {r:?}",
                     route.method,
@@ -85,6 +113,12 @@ async fn every_role_and_route_matches_the_shipped_policy(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, ROLES.len() * ROUTES.iter().filter(|r| r.access != Access::Public).count());
-    assert!(allowed_cells > 0 && allowed_cells < cells, "the matrix has both allowed and denied cells");
+    assert_eq!(
+        cells,
+        ROLES.len() * ROUTES.iter().filter(|r| r.access != Access::Public).count()
+    );
+    assert!(
+        allowed_cells > 0 && allowed_cells < cells,
+        "the matrix has both allowed and denied cells"
+    );
 }

@@ -53,11 +53,20 @@ async fn external_issuer_tokens() {
     assert_eq!(me.status, StatusCode::OK, "{me:?}");
     assert_eq!(me.json["id"], "oidc:00u1a2b3c");
     assert_eq!(me.json["roles"], json!(["auditor"]));
-    assert_eq!(g.get("/v1/audit/events", &t).await.status, StatusCode::OK, "MFA at the issuer counts");
+    assert_eq!(
+        g.get("/v1/audit/events", &t).await.status,
+        StatusCode::OK,
+        "MFA at the issuer counts"
+    );
 
     let mut no_mfa = claims.clone();
     no_mfa["amr"] = json!(["pwd"]);
-    assert_error(&g.get("/v1/audit/events", &token(&key, "ext-1", &no_mfa)).await, StatusCode::UNAUTHORIZED, "mfa_required");
+    assert_error(
+        &g.get("/v1/audit/events", &token(&key, "ext-1", &no_mfa))
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "mfa_required",
+    );
 
     for (field, value) in [
         ("iss", json!("https://evil.example")),
@@ -67,15 +76,31 @@ async fn external_issuer_tokens() {
     ] {
         let mut c = claims.clone();
         c[field] = value;
-        assert_error(&g.get("/v1/auth/me", &token(&key, "ext-1", &c)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+        assert_error(
+            &g.get("/v1/auth/me", &token(&key, "ext-1", &c)).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        );
     }
     let other = SigningKey::from_bytes(&[43u8; 32]);
-    assert_error(&g.get("/v1/auth/me", &token(&other, "ext-1", &claims)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
-    assert_error(&g.get("/v1/auth/me", &token(&key, "ext-2", &claims)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_error(
+        &g.get("/v1/auth/me", &token(&other, "ext-1", &claims)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    assert_error(
+        &g.get("/v1/auth/me", &token(&key, "ext-2", &claims)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
     // A symmetric token naming the external key id is refused.
     let mut hs = Header::new(Algorithm::HS256);
     hs.kid = Some("ext-1".to_owned());
     let hs = encode(&hs, &claims, &EncodingKey::from_secret(x.as_bytes())).unwrap();
-    assert_error(&g.get("/v1/auth/me", &hs).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_error(
+        &g.get("/v1/auth/me", &hs).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
     idp.abort();
 }

@@ -1,12 +1,19 @@
 //! The StateStore contract suite, run on SQLite and PostgreSQL.
 
 use warden_gateway::error::Error;
-use warden_gateway::store::{Bootstrap, MfaRecord, PrincipalRecord, SigningKeyRecord, SqlStateStore, StateStore};
+use warden_gateway::store::{
+    Bootstrap, MfaRecord, PrincipalRecord, SigningKeyRecord, SqlStateStore, StateStore,
+};
 use warden_sdk::{PolicyRule, PrincipalKind};
 
 use crate::support::Backend;
 
-crate::on_both_backends!(principals, mfa_replay_and_lockout, policy_compare_and_set, initialize_once);
+crate::on_both_backends!(
+    principals,
+    mfa_replay_and_lockout,
+    policy_compare_and_set,
+    initialize_once
+);
 
 async fn store(backend: Backend) -> (SqlStateStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -35,20 +42,45 @@ async fn principals(backend: Backend) {
     let (s, _dir) = store(backend).await;
     let alice = principal("alice", PrincipalKind::User);
     s.create_principal(&alice).await.unwrap();
-    assert!(matches!(s.create_principal(&principal("alice", PrincipalKind::Service)).await, Err(Error::Conflict(_))));
+    assert!(matches!(
+        s.create_principal(&principal("alice", PrincipalKind::Service))
+            .await,
+        Err(Error::Conflict(_))
+    ));
     assert_eq!(s.principal_by_name("alice").await.unwrap().unwrap(), alice);
     assert_eq!(s.principal_by_id(&alice.id).await.unwrap().unwrap(), alice);
     assert!(s.principal_by_name("bob").await.unwrap().is_none());
-    s.create_principal(&principal("bob", PrincipalKind::Subject)).await.unwrap();
-    let names: Vec<String> = s.list_principals(10).await.unwrap().into_iter().map(|p| p.name).collect();
+    s.create_principal(&principal("bob", PrincipalKind::Subject))
+        .await
+        .unwrap();
+    let names: Vec<String> = s
+        .list_principals(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
     assert_eq!(names, vec!["alice", "bob"]);
     assert_eq!(s.list_principals(1).await.unwrap().len(), 1);
 
     assert!(s.set_disabled(&alice.id, true).await.unwrap());
-    assert!(s.principal_by_id(&alice.id).await.unwrap().unwrap().disabled);
+    assert!(
+        s.principal_by_id(&alice.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled
+    );
     assert!(!s.set_disabled("no-such-id", true).await.unwrap());
     s.set_secret_hash(&alice.id, "$argon2id$new").await.unwrap();
-    assert_eq!(s.principal_by_id(&alice.id).await.unwrap().unwrap().secret_hash, "$argon2id$new");
+    assert_eq!(
+        s.principal_by_id(&alice.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .secret_hash,
+        "$argon2id$new"
+    );
 
     // Three failures lock at the third and reset the count.
     for _ in 0..2 {
@@ -61,7 +93,14 @@ async fn principals(backend: Backend) {
     assert_eq!((a.failed_logins, a.locked_until), (0, 1_000));
     s.login_failed(&alice.id, 3, 2_000).await.unwrap();
     s.login_succeeded(&alice.id).await.unwrap();
-    assert_eq!(s.principal_by_id(&alice.id).await.unwrap().unwrap().failed_logins, 0);
+    assert_eq!(
+        s.principal_by_id(&alice.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .failed_logins,
+        0
+    );
 }
 
 async fn mfa_replay_and_lockout(backend: Backend) {
@@ -78,15 +117,35 @@ async fn mfa_replay_and_lockout(backend: Backend) {
     };
     s.begin_mfa(&pending, 1).await.unwrap();
     // A second enrolment replaces the pending one.
-    s.begin_mfa(&MfaRecord { secret_wrapped: vec![4, 5], ..pending.clone() }, 2).await.unwrap();
-    assert_eq!(s.mfa(&alice.id).await.unwrap().unwrap().secret_wrapped, vec![4, 5]);
+    s.begin_mfa(
+        &MfaRecord {
+            secret_wrapped: vec![4, 5],
+            ..pending.clone()
+        },
+        2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.mfa(&alice.id).await.unwrap().unwrap().secret_wrapped,
+        vec![4, 5]
+    );
     s.confirm_mfa(&alice.id).await.unwrap();
     assert!(s.mfa(&alice.id).await.unwrap().unwrap().confirmed);
-    assert!(matches!(s.begin_mfa(&pending, 3).await, Err(Error::Conflict(_))));
+    assert!(matches!(
+        s.begin_mfa(&pending, 3).await,
+        Err(Error::Conflict(_))
+    ));
 
     assert!(s.accept_mfa_step(&alice.id, 100).await.unwrap());
-    assert!(!s.accept_mfa_step(&alice.id, 100).await.unwrap(), "same step twice is a replay");
-    assert!(!s.accept_mfa_step(&alice.id, 99).await.unwrap(), "an older step is a replay");
+    assert!(
+        !s.accept_mfa_step(&alice.id, 100).await.unwrap(),
+        "same step twice is a replay"
+    );
+    assert!(
+        !s.accept_mfa_step(&alice.id, 99).await.unwrap(),
+        "an older step is a replay"
+    );
     assert!(s.accept_mfa_step(&alice.id, 101).await.unwrap());
 
     s.mfa_failed(&alice.id, 2, 500).await.unwrap();
@@ -96,23 +155,40 @@ async fn mfa_replay_and_lockout(backend: Backend) {
     assert_eq!((m.failures, m.locked_until), (0, 500));
     s.mfa_failed(&alice.id, 5, 900).await.unwrap();
     assert!(s.accept_mfa_step(&alice.id, 102).await.unwrap());
-    assert_eq!(s.mfa(&alice.id).await.unwrap().unwrap().failures, 0, "success resets failures");
+    assert_eq!(
+        s.mfa(&alice.id).await.unwrap().unwrap().failures,
+        0,
+        "success resets failures"
+    );
 }
 
 fn rule(ptype: &str, values: &[&str]) -> PolicyRule {
-    PolicyRule { ptype: ptype.to_owned(), values: values.iter().map(|v| (*v).to_owned()).collect() }
+    PolicyRule {
+        ptype: ptype.to_owned(),
+        values: values.iter().map(|v| (*v).to_owned()).collect(),
+    }
 }
 
 async fn policy_compare_and_set(backend: Backend) {
     let (s, _dir) = store(backend).await;
     assert_eq!(s.policy().await.unwrap(), (0, vec![]));
-    let rules = vec![rule("p", &["admin", "policy", "*"]), rule("g", &["dpo", "auditor"])];
+    let rules = vec![
+        rule("p", &["admin", "policy", "*"]),
+        rule("g", &["dpo", "auditor"]),
+    ];
     assert_eq!(s.replace_policy(0, &rules).await.unwrap(), 1);
     let (v, stored) = s.policy().await.unwrap();
     assert_eq!(v, 1);
     assert_eq!(stored, rules);
-    assert!(matches!(s.replace_policy(0, &[]).await, Err(Error::Conflict(_))), "stale version refused");
-    assert_eq!(s.policy().await.unwrap().1, rules, "nothing changed by the refused write");
+    assert!(
+        matches!(s.replace_policy(0, &[]).await, Err(Error::Conflict(_))),
+        "stale version refused"
+    );
+    assert_eq!(
+        s.policy().await.unwrap().1,
+        rules,
+        "nothing changed by the refused write"
+    );
 }
 
 async fn initialize_once(backend: Backend) {
@@ -141,7 +217,10 @@ async fn initialize_once(backend: Backend) {
     };
     assert!(s.initialize(&init).await.unwrap());
     assert!(s.is_initialized().await.unwrap());
-    assert!(!s.initialize(&init).await.unwrap(), "a second initialization is a no-op");
+    assert!(
+        !s.initialize(&init).await.unwrap(),
+        "a second initialization is a no-op"
+    );
     assert_eq!(s.signing_keys("jwt").await.unwrap(), init.keys);
     assert!(s.signing_keys("checkpoint").await.unwrap().is_empty());
     assert_eq!(s.policy().await.unwrap(), (1, init.policy.clone()));

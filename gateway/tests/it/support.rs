@@ -75,10 +75,18 @@ pub(crate) async fn gateway_with(backend: Backend, tweak: impl FnOnce(&mut Confi
     let mut config = test_config(dir.path(), &state_url);
     tweak(&mut config);
     let clock = Arc::new(TestClock::at(START));
-    let env = HashMap::from([("WARDEN_ADMIN_PASSWORD".to_owned(), "correct horse battery".to_owned())]);
-    let (state, first) = warden_gateway::state::start(config, &env, clock.clone()).await.unwrap();
+    let env = HashMap::from([(
+        "WARDEN_ADMIN_PASSWORD".to_owned(),
+        "correct horse battery".to_owned(),
+    )]);
+    let (state, first) = warden_gateway::state::start(config, &env, clock.clone())
+        .await
+        .unwrap();
     let first: FirstStart = first.expect("a fresh database initializes");
-    assert!(first.admin_password.is_none(), "the password came from the environment");
+    assert!(
+        first.admin_password.is_none(),
+        "the password came from the environment"
+    );
     Gateway {
         router: warden_gateway::app(state.clone()),
         state,
@@ -92,18 +100,34 @@ pub(crate) async fn gateway_with(backend: Backend, tweak: impl FnOnce(&mut Confi
 
 /// The TOTP seed in an `otpauth://` URI.
 pub(crate) fn seed_from_uri(uri: &str) -> Vec<u8> {
-    let secret = uri.split("secret=").nth(1).unwrap().split('&').next().unwrap();
-    totp_rs::Secret::Encoded(secret.to_owned()).to_bytes().unwrap()
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    totp_rs::Secret::Encoded(secret.to_owned())
+        .to_bytes()
+        .unwrap()
 }
 
 impl Gateway {
-    pub(crate) async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let req = match body {
-            Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())),
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
             None => req.body(Body::empty()),
         }
         .unwrap();
@@ -116,7 +140,12 @@ impl Gateway {
         let headers = res.headers().clone();
         let bytes = res.into_body().collect().await.unwrap().to_bytes().to_vec();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, json, headers, bytes }
+        Reply {
+            status,
+            json,
+            headers,
+            bytes,
+        }
     }
 
     pub(crate) async fn get(&self, path: &str, token: &str) -> Reply {
@@ -139,7 +168,13 @@ impl Gateway {
     pub(crate) async fn step_up(&self, token: &str, seed: &[u8]) -> String {
         self.clock.tick(Duration::from_secs(30));
         let code = warden_gateway::auth::totp::code_at(seed, self.clock_secs()).unwrap();
-        let r = self.post("/v1/auth/mfa", Some(token), serde_json::json!({"code": code})).await;
+        let r = self
+            .post(
+                "/v1/auth/mfa",
+                Some(token),
+                serde_json::json!({"code": code}),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::OK, "step-up: {r:?}");
         r.json["access_token"].as_str().unwrap().to_owned()
     }
@@ -156,7 +191,12 @@ impl Gateway {
     }
 
     /// A principal with `roles` stored directly, and a token for it (`mfa` sets `mfa_at` now).
-    pub(crate) async fn principal_token(&self, kind: PrincipalKind, roles: &[&str], mfa: bool) -> (String, String) {
+    pub(crate) async fn principal_token(
+        &self,
+        kind: PrincipalKind,
+        roles: &[&str],
+        mfa: bool,
+    ) -> (String, String) {
         let id = uuid::Uuid::new_v4().to_string();
         let record = PrincipalRecord {
             id: id.clone(),
@@ -199,9 +239,18 @@ impl Gateway {
 pub(crate) fn assert_error(r: &Reply, status: StatusCode, code: &str) {
     assert_eq!(r.status, status, "{r:?}");
     assert_eq!(r.json["error"]["code"], code, "{r:?}");
-    assert!(r.json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{r:?}");
+    assert!(
+        r.json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{r:?}"
+    );
     let rid = r.json["error"]["request_id"].as_str().unwrap();
     assert!(!rid.is_empty() && rid != "-", "request id in body: {r:?}");
-    assert_eq!(r.headers.get("x-request-id").unwrap().to_str().unwrap(), rid, "same id in header and body");
+    assert_eq!(
+        r.headers.get("x-request-id").unwrap().to_str().unwrap(),
+        rid,
+        "same id in header and body"
+    );
     assert_eq!(r.headers.get("content-type").unwrap(), "application/json");
 }

@@ -10,7 +10,10 @@ use warden_gateway::auth::tokens::Claims;
 
 use crate::support::{assert_error, gateway, Backend, Gateway};
 
-crate::on_both_backends!(issued_tokens_work_and_forged_ones_do_not, client_credentials_and_lockout);
+crate::on_both_backends!(
+    issued_tokens_work_and_forged_ones_do_not,
+    client_credentials_and_lockout
+);
 
 fn b64(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(v.to_string())
@@ -34,13 +37,22 @@ async fn issued_tokens_work_and_forged_ones_do_not(backend: Backend) {
     let token = g.login("admin", &g.admin_password).await;
     let (header, payload, sig) = parts(&token);
     assert_eq!(header["alg"], "EdDSA");
-    for claim in ["iss", "aud", "exp", "iat", "jti", "sub", "roles", "amr", "mfa_at"] {
+    for claim in [
+        "iss", "aud", "exp", "iat", "jti", "sub", "roles", "amr", "mfa_at",
+    ] {
         assert!(payload.get(claim).is_some(), "claim {claim} in {payload}");
     }
     assert_eq!(payload["amr"], json!(["pwd"]));
     assert_eq!(payload["mfa_at"], Value::Null);
     let kid = header["kid"].as_str().unwrap();
-    let jwks = g.call(axum::http::Method::GET, "/.well-known/jwks.json", None, None).await;
+    let jwks = g
+        .call(
+            axum::http::Method::GET,
+            "/.well-known/jwks.json",
+            None,
+            None,
+        )
+        .await;
     assert_eq!(jwks.json["keys"][0]["kid"], kid);
     assert_eq!(jwks.json["keys"][0]["kty"], "OKP");
     let me = g.get("/v1/auth/me", &token).await;
@@ -48,7 +60,11 @@ async fn issued_tokens_work_and_forged_ones_do_not(backend: Backend) {
     assert_eq!(me.json["roles"], json!(["admin"]));
 
     // alg: none, no signature.
-    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT", "kid": kid})), b64(&payload));
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT", "kid": kid})),
+        b64(&payload)
+    );
     refused(&g, &none, "alg none").await;
     // HS256 "signed" with the public key as the HMAC secret (the classic key-confusion attack).
     let x = jwks.json["keys"][0]["x"].as_str().unwrap();
@@ -63,11 +79,21 @@ async fn issued_tokens_work_and_forged_ones_do_not(backend: Backend) {
     // Unknown kid.
     let mut h = header.clone();
     h["kid"] = json!("jwt-0000000000000000");
-    refused(&g, &format!("{}.{}.{sig}", b64(&h), b64(&payload)), "unknown kid").await;
+    refused(
+        &g,
+        &format!("{}.{}.{sig}", b64(&h), b64(&payload)),
+        "unknown kid",
+    )
+    .await;
     // Tampered payload: roles changed, signature kept.
     let mut p = payload.clone();
     p["roles"] = json!(["admin", "auditor"]);
-    refused(&g, &format!("{}.{}.{sig}", b64(&header), b64(&p)), "tampered payload").await;
+    refused(
+        &g,
+        &format!("{}.{}.{sig}", b64(&header), b64(&p)),
+        "tampered payload",
+    )
+    .await;
     // Garbage.
     refused(&g, "not.a.token", "garbage").await;
     refused(&g, "", "empty").await;
@@ -75,18 +101,48 @@ async fn issued_tokens_work_and_forged_ones_do_not(backend: Backend) {
     // Properly signed but with wrong claims.
     let good: Claims = serde_json::from_value(payload.clone()).unwrap();
     let signed = |c: Claims| g.state.tokens.sign(&c).unwrap();
-    refused(&g, &signed(Claims { iss: "someone-else".into(), ..good.clone() }), "wrong iss").await;
-    refused(&g, &signed(Claims { aud: "other-api".into(), ..good.clone() }), "wrong aud").await;
+    refused(
+        &g,
+        &signed(Claims {
+            iss: "someone-else".into(),
+            ..good.clone()
+        }),
+        "wrong iss",
+    )
+    .await;
+    refused(
+        &g,
+        &signed(Claims {
+            aud: "other-api".into(),
+            ..good.clone()
+        }),
+        "wrong aud",
+    )
+    .await;
     let now = g.clock_secs();
-    refused(&g, &signed(Claims { nbf: now + 600, iat: now, ..good.clone() }), "not yet valid").await;
-    assert_eq!(g.get("/v1/auth/me", &signed(good.clone())).await.status, StatusCode::OK);
+    refused(
+        &g,
+        &signed(Claims {
+            nbf: now + 600,
+            iat: now,
+            ..good.clone()
+        }),
+        "not yet valid",
+    )
+    .await;
+    assert_eq!(
+        g.get("/v1/auth/me", &signed(good.clone())).await.status,
+        StatusCode::OK
+    );
 
     // Expiry follows the injected clock.
     g.clock.tick(Duration::from_secs(15 * 60 + 6));
     refused(&g, &token, "expired").await;
 
     // Without a header at all.
-    let r = g.call(axum::http::Method::GET, "/v1/auth/me", None, None).await;
+    let r = g
+        .call(axum::http::Method::GET, "/v1/auth/me", None, None)
+        .await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "unauthenticated");
 }
 
@@ -94,7 +150,11 @@ async fn client_credentials_and_lockout(backend: Backend) {
     let g = gateway(backend).await;
     let admin = g.admin().await;
     let created = g
-        .post("/v1/service-accounts", Some(&admin), json!({"name": "ingest-stage", "roles": ["stage"]}))
+        .post(
+            "/v1/service-accounts",
+            Some(&admin),
+            json!({"name": "ingest-stage", "roles": ["stage"]}),
+        )
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
     let secret = created.json["client_secret"].as_str().unwrap().to_owned();
@@ -108,7 +168,11 @@ async fn client_credentials_and_lockout(backend: Backend) {
     assert_eq!(me.json["amr"], json!(["client_secret"]));
     // A service account cannot log in with the password grant, nor a user with client credentials.
     let wrong_grant = g
-        .post("/v1/auth/token", None, json!({"grant_type": "password", "username": "ingest-stage", "password": secret}))
+        .post(
+            "/v1/auth/token",
+            None,
+            json!({"grant_type": "password", "username": "ingest-stage", "password": secret}),
+        )
         .await;
     assert_error(&wrong_grant, StatusCode::UNAUTHORIZED, "invalid_grant");
 
@@ -120,7 +184,14 @@ async fn client_credentials_and_lockout(backend: Backend) {
         assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_grant");
     }
     let body = json!({"grant_type": "client_credentials", "client_id": "ingest-stage", "client_secret": secret});
-    assert_error(&g.post("/v1/auth/token", None, body.clone()).await, StatusCode::TOO_MANY_REQUESTS, "locked");
+    assert_error(
+        &g.post("/v1/auth/token", None, body.clone()).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked",
+    );
     g.clock.tick(Duration::from_secs(15 * 60 + 1));
-    assert_eq!(g.post("/v1/auth/token", None, body).await.status, StatusCode::OK);
+    assert_eq!(
+        g.post("/v1/auth/token", None, body).await.status,
+        StatusCode::OK
+    );
 }

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Installs (when missing) and starts, on loopback only, the real services Warden's tests use,
+# then prints the environment the tests read as `export NAME=value` lines:
+#
+#   eval "$(scripts/dev-services.sh)"      # start, and set up this shell
+#   scripts/dev-services.sh --stop         # stop what an earlier run started (by PID)
+#
+# Services so far: PostgreSQL (state store and audit log). Installs go to Debian's packages;
+# state (the PID file) lives in $WARDEN_CACHE (default ~/.cache/warden), outside the checkout.
+set -euo pipefail
+
+CACHE="${WARDEN_CACHE:-$HOME/.cache/warden}"
+PIDS="$CACHE/services.pids"
+mkdir -p "$CACHE"
+log() { echo "dev-services: $*" >&2; }
+
+apt_install() {
+  if [ -z "${APT_UPDATED:-}" ]; then
+    apt-get update -qq >&2
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+stop_all() {
+  [ -f "$PIDS" ] || return 0
+  while read -r name pid; do
+    [ -n "$pid" ] || continue
+    if kill -0 "$pid" 2>/dev/null; then
+      log "stopping $name (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  done < "$PIDS"
+  rm -f "$PIDS"
+}
+
+if [ "${1:-}" = "--stop" ]; then
+  stop_all
+  exit 0
+fi
+
+# --- PostgreSQL -------------------------------------------------------------------------
+PG_HOST=127.0.0.1
+PG_PORT=5432
+if ! command -v pg_isready >/dev/null 2>&1; then
+  log "installing postgresql"
+  apt_install postgresql postgresql-client
+fi
+if ! pg_isready -q -h "$PG_HOST" -p "$PG_PORT"; then
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  log "starting postgresql $version"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2
+  for _ in $(seq 1 100); do pg_isready -q -h "$PG_HOST" -p "$PG_PORT" && break; sleep 0.1; done
+  pg_isready -q -h "$PG_HOST" -p "$PG_PORT" || { log "postgresql did not start"; exit 1; }
+  pidfile="/var/run/postgresql/$version-main.pid"
+  [ -f "$pidfile" ] && echo "postgresql $(head -n 1 "$pidfile")" >> "$PIDS"
+fi
+# Trust auth on loopback (as on these machines); otherwise set a known password over the
+# local socket and use it.
+PG_URL="postgres://postgres@$PG_HOST:$PG_PORT/postgres"
+if ! psql "$PG_URL" -qtAc 'SELECT 1' >/dev/null 2>&1; then
+  log "setting a password for the postgres role (loopback is not trusted)"
+  su postgres -c "psql -qc \"ALTER ROLE postgres PASSWORD 'postgres'\"" >&2
+  PG_URL="postgres://postgres:postgres@$PG_HOST:$PG_PORT/postgres"
+  psql "$PG_URL" -qtAc 'SELECT 1' >/dev/null
+fi
+# Databases left by earlier test runs (each test creates its own warden_t_* database).
+for db in $(psql "$PG_URL" -qtAc "SELECT datname FROM pg_database WHERE datname LIKE 'warden\_t\_%'"); do
+  psql "$PG_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
+done
+log "postgresql ready at $PG_HOST:$PG_PORT"
+
+echo "export WARDEN_TEST_POSTGRES_URL=$PG_URL"
