@@ -306,7 +306,10 @@ mod tests {
 
     #[test]
     fn shipped_example_is_valid() {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/warden.example.toml"));
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/warden.example.toml"
+        ));
         let c = Config::load(Some(path), &HashMap::new()).unwrap();
         assert_eq!(c.audit.checkpoint_every, 1000);
         assert!(c.auth.oidc.is_none());
