@@ -40,7 +40,7 @@ pub use checkpoint::{Checkpoint, CheckpointKeys, CheckpointSigner};
 pub use db::{Backend, Db};
 pub use event::{EventBody, Hash, NewEvent, StoredEvent};
 pub use sequencer::{AuditObserver, Sequencer, SequencerConfig};
-pub use store::{AuditStore, Query, SqlAuditStore};
+pub use store::{AuditStore, CorruptRow, Query, Scanned, SqlAuditStore};
 pub use verify::{verify_store, ChainVerifier};
 
 /// Errors of the audit log.

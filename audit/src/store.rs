@@ -13,6 +13,16 @@ use crate::{Error, Result};
 /// Most events returned by one [`AuditStore::query`] or [`AuditStore::scan`] call.
 pub const MAX_PAGE: u32 = 10_000;
 
+/// A stored row that cannot be read back as an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptRow {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// One row read back: the event, or why it cannot be read.
+pub type Scanned = std::result::Result<StoredEvent, CorruptRow>;
+
 /// Filters for [`AuditStore::query`]; every set field must match.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
@@ -51,8 +61,19 @@ pub trait AuditStore: Send + Sync + std::fmt::Debug + 'static {
     /// The sequence number and hash of the last entry (`0` and the genesis hash when empty).
     async fn head(&self) -> Result<(u64, Hash)>;
 
-    /// Events with `seq > after_seq`, in order, at most `limit` (capped at [`MAX_PAGE`]).
-    async fn scan(&self, after_seq: u64, limit: u32) -> Result<Vec<StoredEvent>>;
+    /// Rows with `seq > after_seq`, in order, at most `limit` (capped at [`MAX_PAGE`]); a
+    /// row that cannot be read as an event (its content was tampered with) comes back as a
+    /// [`CorruptRow`] in its place, so a verifier can name it.
+    async fn scan_rows(&self, after_seq: u64, limit: u32) -> Result<Vec<Scanned>>;
+
+    /// As [`scan_rows`](Self::scan_rows), failing on the first unreadable row.
+    async fn scan(&self, after_seq: u64, limit: u32) -> Result<Vec<StoredEvent>> {
+        self.scan_rows(after_seq, limit)
+            .await?
+            .into_iter()
+            .map(|r| r.map_err(|c| Error::Corrupt(format!("entry {}: {}", c.seq, c.reason))))
+            .collect()
+    }
 
     /// Events matching `query`, in sequence order.
     async fn query(&self, query: &Query) -> Result<Vec<StoredEvent>>;
@@ -171,7 +192,7 @@ impl AuditStore for SqlAuditStore {
         ))
     }
 
-    async fn scan(&self, after_seq: u64, limit: u32) -> Result<Vec<StoredEvent>> {
+    async fn scan_rows(&self, after_seq: u64, limit: u32) -> Result<Vec<Scanned>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
         ))
@@ -179,7 +200,16 @@ impl AuditStore for SqlAuditStore {
         .bind(i64::from(limit.min(MAX_PAGE)))
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(decode_event).collect()
+        rows.iter()
+            .map(|r| {
+                // The primary key is always an integer; anything else in the row may be garbage.
+                let seq = to_u64(r.try_get::<i64, _>("seq")?)?;
+                Ok(decode_event(r).map_err(|e| CorruptRow {
+                    seq,
+                    reason: e.to_string(),
+                }))
+            })
+            .collect()
     }
 
     async fn query(&self, query: &Query) -> Result<Vec<StoredEvent>> {

@@ -93,6 +93,22 @@ impl ChainVerifier {
         true
     }
 
+    /// Records a row that could not be read as an event. Returns false (stop feeding).
+    pub fn corrupt(&mut self, seq: u64, reason: &str) -> bool {
+        if self.bad.is_none() {
+            let expected = self.seq + 1;
+            self.bad = Some(if seq > expected {
+                (
+                    expected,
+                    format!("entry {expected} is missing (next entry found is {seq})"),
+                )
+            } else {
+                (seq, format!("entry {seq} cannot be read: {reason}"))
+            });
+        }
+        false
+    }
+
     fn check_checkpoint(&mut self, cp: &Checkpoint) -> bool {
         if !self.keys.verify(cp) {
             self.bad = Some((
@@ -118,8 +134,20 @@ impl ChainVerifier {
         true
     }
 
-    /// The report. `expected_head`, when known (the store's tip), must have been reached.
-    pub fn finish(mut self, expected_head: Option<u64>) -> VerifyReport {
+    /// The report. `expected_head`, when known (the store's tip), must have been reached;
+    /// with `require_signed_head` the last entry must be covered by a signed checkpoint (an
+    /// export is, so nobody can cut its tail or strip its checkpoints unnoticed).
+    pub fn finish(mut self, expected_head: Option<u64>, require_signed_head: bool) -> VerifyReport {
+        if self.bad.is_none() && require_signed_head && self.last_checkpoint_seq < self.seq {
+            self.bad = Some((
+                self.last_checkpoint_seq + 1,
+                format!(
+                    "entries {}..={} are not covered by a signed checkpoint",
+                    self.last_checkpoint_seq + 1,
+                    self.seq
+                ),
+            ));
+        }
         if self.bad.is_none() {
             if let Some(cp) = self.pending.last() {
                 self.bad = Some((
@@ -148,6 +176,7 @@ impl ChainVerifier {
             entries: self.entries,
             checkpoints: self.checkpoints_checked,
             head_seq: self.seq,
+            signed_through: self.last_checkpoint_seq,
             first_bad_seq,
             reason,
         }
@@ -163,14 +192,21 @@ pub async fn verify_store(store: &dyn AuditStore, keys: CheckpointKeys) -> Resul
     let mut verifier = ChainVerifier::new(keys, store.checkpoints().await?);
     let mut after = 0;
     loop {
-        let page = store.scan(after, PAGE).await?;
+        let page = store.scan_rows(after, PAGE).await?;
         let Some(last) = page.last() else { break };
-        after = last.seq;
-        for e in &page {
-            if !verifier.push(e) {
-                return Ok(verifier.finish(Some(head)));
+        after = match last {
+            Ok(e) => e.seq,
+            Err(c) => c.seq,
+        };
+        for row in &page {
+            let go_on = match row {
+                Ok(e) => verifier.push(e),
+                Err(c) => verifier.corrupt(c.seq, &c.reason),
+            };
+            if !go_on {
+                return Ok(verifier.finish(Some(head), false));
             }
         }
     }
-    Ok(verifier.finish(Some(head)))
+    Ok(verifier.finish(Some(head), false))
 }

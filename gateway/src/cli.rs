@@ -6,7 +6,8 @@ use std::io::{BufRead, Write};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use warden_audit::{
-    verify_store, AuditStore, ChainVerifier, Checkpoint, CheckpointKeys, SqlAuditStore, StoredEvent,
+    verify_store, AuditStore, ChainVerifier, Checkpoint, CheckpointKeys, CheckpointSigner, Db,
+    SqlAuditStore, StoredEvent,
 };
 use warden_sdk::{AuditEventView, VerifyReport};
 
@@ -34,15 +35,14 @@ pub enum ExportLine {
     Event(AuditEventView),
 }
 
-/// The checkpoint public keys recorded in the state store.
+/// The checkpoint public keys recorded in the state store, as keys and as `(kid, hex)`.
 ///
 /// # Errors
 /// A database failure or a malformed key.
 pub async fn checkpoint_keys(
-    config: &Config,
+    state_db: &Db,
 ) -> anyhow::Result<(CheckpointKeys, Vec<(String, String)>)> {
-    let (state_db, _) = crate::state::open_databases(config).await?;
-    let store = SqlStateStore::new(state_db);
+    let store = SqlStateStore::new(state_db.clone());
     let mut keys = CheckpointKeys::new();
     let mut listed = Vec::new();
     for k in store.signing_keys("checkpoint").await? {
@@ -60,26 +60,77 @@ pub async fn checkpoint_keys(
     Ok((keys, listed))
 }
 
+/// The checkpoint public keys of the configured installation.
+///
+/// # Errors
+/// No installation, or a database failure.
+pub async fn public_keys(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
+    let (state_db, _) = crate::state::open_existing(config).await?;
+    Ok(checkpoint_keys(&state_db).await?.1)
+}
+
 /// Verifies the configured audit log.
 ///
 /// # Errors
-/// A failure to read the stores (a broken chain is a report, not an error).
+/// No installation, or a failure to read the stores (a broken chain is a report, not an
+/// error).
 pub async fn verify_db(config: &Config) -> anyhow::Result<VerifyReport> {
-    let (keys, _) = checkpoint_keys(config).await?;
-    let (_, audit_db) = crate::state::open_databases(config).await?;
+    let (state_db, audit_db) = crate::state::open_existing(config).await?;
+    let (keys, _) = checkpoint_keys(&state_db).await?;
     Ok(verify_store(&SqlAuditStore::new(audit_db), keys).await?)
 }
 
-/// Writes the whole audit log as NDJSON; returns the number of events.
+/// Signs a checkpoint at the log's current tip (unless one is there), so that an export
+/// ends on a signature and its tail cannot be cut unnoticed.
+async fn sign_head(config: &Config, state_db: &Db, store: &SqlAuditStore) -> anyhow::Result<()> {
+    let (head, hash) = store.head().await?;
+    if head == 0
+        || store
+            .checkpoints()
+            .await?
+            .last()
+            .is_some_and(|c| c.seq == head)
+    {
+        return Ok(());
+    }
+    let kek = crate::state::open_kek(config)?;
+    let keys = crate::state::load_signing_keys(
+        &SqlStateStore::new(state_db.clone()),
+        kek.as_ref(),
+        "checkpoint",
+    )
+    .await?;
+    let (kid, key) = keys
+        .into_iter()
+        .next()
+        .context("no checkpoint signing key")?;
+    let ts = store
+        .scan(head - 1, 1)
+        .await?
+        .first()
+        .map_or(0, |e| e.body.ts);
+    // A replica may have signed the same tip meanwhile; its checkpoint serves as well.
+    if let Err(e) = store
+        .put_checkpoint(&CheckpointSigner::new(kid, key).sign(head, ts, hash))
+        .await
+    {
+        tracing::debug!(error = %e, "checkpoint at the tip exists already");
+    }
+    Ok(())
+}
+
+/// Writes the whole audit log as NDJSON, ending on a signed checkpoint; returns the number
+/// of events.
 ///
 /// # Errors
-/// A failure to read the store or to write.
+/// No installation, or a failure to read the store or to write.
 pub async fn export(config: &Config, out: &mut dyn Write) -> anyhow::Result<u64> {
-    let (_, audit_db) = crate::state::open_databases(config).await?;
+    let (state_db, audit_db) = crate::state::open_existing(config).await?;
     let store = SqlAuditStore::new(audit_db);
+    sign_head(config, &state_db, &store).await?;
     // The checkpoints are read first: every one of them lies within the events read after.
     let checkpoints = store.checkpoints().await?;
-    let (head, _) = store.head().await?;
+    let head = checkpoints.last().map_or(0, |c| c.seq);
     let mut line = |l: &ExportLine| -> anyhow::Result<()> {
         serde_json::to_writer(&mut *out, l)?;
         out.write_all(b"\n")?;
@@ -133,6 +184,8 @@ pub fn parse_public_key(hex_key: &str) -> anyhow::Result<(String, ed25519_dalek:
 /// # Errors
 /// A malformed export (a broken chain is a report, not an error).
 pub fn verify_export(input: impl BufRead, keys: CheckpointKeys) -> anyhow::Result<VerifyReport> {
+    // An export ends on a signed checkpoint; with trusted keys, demand it.
+    let require_signed_head = !keys.is_empty();
     let mut lines = input.lines().enumerate();
     let head = match lines.next() {
         Some((_, l)) => match serde_json::from_str::<ExportLine>(&l?)? {
@@ -178,7 +231,11 @@ pub fn verify_export(input: impl BufRead, keys: CheckpointKeys) -> anyhow::Resul
                         std::mem::take(&mut checkpoints),
                     )
                 });
-                if !v.push(&StoredEvent::from_view(&view)?) {
+                let go_on = match StoredEvent::from_view(&view) {
+                    Ok(e) => v.push(&e),
+                    Err(e) => v.corrupt(view.seq, &e.to_string()),
+                };
+                if !go_on {
                     break;
                 }
             }
@@ -187,5 +244,5 @@ pub fn verify_export(input: impl BufRead, keys: CheckpointKeys) -> anyhow::Resul
     }
     let verifier = verifier
         .unwrap_or_else(|| ChainVerifier::new(keys.take().unwrap_or_default(), checkpoints));
-    Ok(verifier.finish(Some(head)))
+    Ok(verifier.finish(Some(head), require_signed_head))
 }

@@ -232,6 +232,20 @@ impl Config {
         {
             bail!("limits.max_body_bytes, limits.rate_per_second and limits.request_timeout must be positive");
         }
+        if let Some(oidc) = &self.auth.oidc {
+            // The JWKS decides whose tokens are accepted: fetch it over TLS (loopback excepted,
+            // for tests and sidecars).
+            let url = url::Url::parse(&oidc.jwks_url).context("auth.oidc.jwks_url is not a URL")?;
+            let loopback = match url.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            };
+            if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+                bail!("auth.oidc.jwks_url must be https (http only on loopback)");
+            }
+        }
         if self.audit.max_batch == 0 || self.audit.checkpoint_every == 0 {
             bail!("audit.max_batch and audit.checkpoint_every must be positive");
         }

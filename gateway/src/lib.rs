@@ -79,6 +79,13 @@ pub fn app(state: AppState) -> Router {
             "/v1/service-accounts",
             post(api::admin::create_service_account),
         )
+        // Inside the enforcing layer too, so a handler's panic or timeout is audited as an
+        // error like any other outcome (the outer copies guard the layers above).
+        .route_layer(CatchPanicLayer::new())
+        .route_layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::enforce,

@@ -150,7 +150,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::PublicKey,
         } => {
-            let (_, keys) = cli::checkpoint_keys(&config).await?;
+            let keys = cli::public_keys(&config).await?;
             for (kid, hex) in keys {
                 println!("{kid} {hex}");
             }

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
     pub decisions: Family<DecisionLabels, Counter>,
+    pub rate_limited: Counter,
     pub audit_appends: Counter,
     pub audit_batches: Counter,
     pub audit_failures: Counter,
@@ -53,6 +54,7 @@ impl Metrics {
                 duration_histogram as fn() -> Histogram,
             );
         let decisions = Family::<DecisionLabels, Counter>::default();
+        let rate_limited = Counter::default();
         let audit_appends = Counter::default();
         let audit_batches = Counter::default();
         let audit_failures = Counter::default();
@@ -71,6 +73,11 @@ impl Metrics {
             "warden_decisions",
             "Access decisions by outcome",
             decisions.clone(),
+        );
+        registry.register(
+            "warden_rate_limited_requests",
+            "Requests refused by the rate limiter (counted here, not audited one by one)",
+            rate_limited.clone(),
         );
         registry.register(
             "warden_audit_appends",
@@ -97,6 +104,7 @@ impl Metrics {
             http_requests,
             http_duration,
             decisions,
+            rate_limited,
             audit_appends,
             audit_batches,
             audit_failures,

@@ -76,7 +76,18 @@ pub async fn record_metrics(State(app): State<AppState>, req: Request, next: Nex
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    // Only the standard methods become label values: anything else could grow the series
+    // without bound.
+    let method = match *req.method() {
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::OPTIONS => req.method().as_str().to_owned(),
+        _ => "other".to_owned(),
+    };
     let res = next.run(req).await;
     let labels = HttpLabels {
         route,
@@ -163,14 +174,25 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
         request_id: &rid,
     };
 
-    let Some(spec) = routes::lookup(method.as_str(), &route) else {
+    // axum answers HEAD with the GET handler, so HEAD is guarded exactly as GET.
+    let policy_method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let Some(spec) = routes::lookup(policy_method, &route) else {
         if routes::ROUTES.iter().any(|r| r.path == route) {
-            // Another method of a known route: the router answers 405.
-            return next.run(req).await;
+            // No handler runs for a method the route table does not name.
+            return ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "this method is not allowed on this resource",
+            )
+            .into_response();
         }
         error!(%method, route, "route has no entry in the route table; denied");
-        return ctx.deny(None, "unknown", ApiError::forbidden()).await;
+        return ctx.deny(None, "unknown", ApiError::forbidden(), true).await;
     };
+    let is_read = method == Method::GET || method == Method::HEAD;
     let Access::Protected {
         resource,
         action,
@@ -179,61 +201,70 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
     else {
         // Public routes: rate-limited per client address; audited when the handler says who.
         if !app.limiter.check(&format!("ip:{client}")) {
-            return ctx
-                .deny(
-                    None,
-                    "rate_limit",
-                    ApiError::new(ErrorCode::RateLimited, "too many requests; slow down"),
-                )
-                .await;
+            return rate_limited(&app);
         }
         let res = next.run(req).await;
         return match res.extensions().get::<AuditNote>().cloned() {
             Some(note) => {
                 let action = note.action.clone().unwrap_or_else(|| "public".to_owned());
-                ctx.finish(res, None, &action, note, method != Method::GET)
-                    .await
+                ctx.finish(res, None, &action, note, !is_read).await
             }
             None => res,
         };
     };
     let action_name = format!("{resource}.{action}");
+    // Writes and sensitive reads are answered only once their audit event is durable.
+    let durable = !is_read || mfa;
 
     let principal = match authenticate(&app, req.headers()).await {
         Ok(p) => p,
         Err(reason) => {
             debug!(reason, route, "authentication failed");
+            // Failed authentication is limited per client address, so garbage tokens cannot
+            // flood the append-only log.
+            if !app.limiter.check(&format!("ip:{client}")) {
+                return rate_limited(&app);
+            }
             return ctx
-                .deny(None, &action_name, ApiError::unauthenticated())
+                .deny(None, &action_name, ApiError::unauthenticated(), durable)
                 .await;
         }
     };
     if !app.limiter.check(&principal.id) {
-        return ctx
-            .deny(
-                Some(&principal),
-                &action_name,
-                ApiError::new(ErrorCode::RateLimited, "too many requests; slow down"),
-            )
-            .await;
+        return rate_limited(&app);
     }
     match app.authz.allows(&principal.roles, resource, action) {
         Ok(true) => {}
         Ok(false) => {
             return ctx
-                .deny(Some(&principal), &action_name, ApiError::forbidden())
+                .deny(
+                    Some(&principal),
+                    &action_name,
+                    ApiError::forbidden(),
+                    durable,
+                )
                 .await
         }
         Err(e) => {
             error!(error = %e, "policy evaluation failed; denied");
             return ctx
-                .deny(Some(&principal), &action_name, ApiError::forbidden())
+                .deny(
+                    Some(&principal),
+                    &action_name,
+                    ApiError::forbidden(),
+                    durable,
+                )
                 .await;
         }
     }
     if mfa && !principal.mfa_fresh(app.clock.now_secs(), app.config.auth.mfa_window) {
         return ctx
-            .deny(Some(&principal), &action_name, ApiError::mfa_required())
+            .deny(
+                Some(&principal),
+                &action_name,
+                ApiError::mfa_required(),
+                durable,
+            )
             .await;
     }
     req.extensions_mut().insert(principal.clone());
@@ -243,10 +274,15 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
         .get::<AuditNote>()
         .cloned()
         .unwrap_or_default();
-    // Writes and sensitive reads are acknowledged only once their audit event is durable.
-    let durable = method != Method::GET || mfa;
     ctx.finish(res, Some(&principal), &action_name, note, durable)
         .await
+}
+
+/// Load shedding: counted, not audited one by one (the limiter exists so that a flood does
+/// not become a flood of audit rows too).
+fn rate_limited(app: &AppState) -> Response {
+    app.metrics.rate_limited.inc();
+    ApiError::new(ErrorCode::RateLimited, "too many requests; slow down").into_response()
 }
 
 /// Verifies the bearer token and that a local principal still exists and is enabled.
@@ -323,8 +359,14 @@ impl Ctx<'_> {
         .details(&Value::Object(details))
     }
 
-    /// Refuses the request and records the denial.
-    async fn deny(&self, principal: Option<&Principal>, action: &str, error: ApiError) -> Response {
+    /// Refuses the request and records the denial (durably for writes and sensitive reads).
+    async fn deny(
+        &self,
+        principal: Option<&Principal>,
+        action: &str,
+        error: ApiError,
+        durable: bool,
+    ) -> Response {
         self.app.metrics.decision(Decision::Deny);
         let note = AuditNote::default().detail("reason", error.code.as_str());
         let event = self.event(
@@ -334,8 +376,20 @@ impl Ctx<'_> {
             &note,
             error.status().as_u16(),
         );
-        if let Err(e) = self.app.audit.record(event).await {
+        let recorded = if durable {
+            self.app.audit.append(event).await.map(|_| ())
+        } else {
+            self.app.audit.record(event).await
+        };
+        if let Err(e) = recorded {
             error!(error = %e, "cannot record a denial in the audit log");
+            if durable {
+                return ApiError::new(
+                    ErrorCode::AuditUnavailable,
+                    "the audit log cannot record this request",
+                )
+                .into_response();
+            }
         }
         error.into_response()
     }

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -50,8 +49,8 @@ pub struct Inner {
     pub kek: Arc<dyn KeyProvider>,
     pub tokens: TokenService,
     pub authz: Authorizer,
-    /// Version of the policy the authorizer holds.
-    pub policy_version: AtomicI64,
+    /// Version of the policy the authorizer holds; locked while the rules are replaced.
+    pub policy_version: tokio::sync::Mutex<i64>,
     pub metrics: Arc<Metrics>,
     pub limiter: RateLimiter,
     pub checkpoint_keys: CheckpointKeys,
@@ -148,6 +147,41 @@ fn create_private_sqlite_file(url: &str) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     Ok(())
+}
+
+/// Opens the databases of an existing installation without creating or migrating anything
+/// (for the audit commands): a missing database is an error, never an empty log that
+/// "verifies".
+///
+/// # Errors
+/// No database, or one that was never initialized.
+pub async fn open_existing(config: &Config) -> anyhow::Result<(Db, Db)> {
+    async fn open(url: &str) -> anyhow::Result<Db> {
+        let url = match url.strip_prefix("sqlite://") {
+            Some(rest) => {
+                let path = rest.split('?').next().unwrap_or(rest);
+                if !std::path::Path::new(path).exists() {
+                    anyhow::bail!("no Warden database at {path}: is this the right configuration or directory?");
+                }
+                format!("sqlite://{path}?mode=rw")
+            }
+            None => url.to_owned(),
+        };
+        Db::connect(&url)
+            .await
+            .with_context(|| format!("cannot open {}", warden_audit::db::redact_url(&url)))
+    }
+    let state_db = open(&config.state_url()).await?;
+    let initialized = SqlStateStore::new(state_db.clone()).is_initialized().await;
+    if !initialized.unwrap_or(false) {
+        anyhow::bail!("the state database holds no initialized Warden installation");
+    }
+    let audit_db = if config.audit_url() == config.state_url() {
+        state_db.clone()
+    } else {
+        open(&config.audit_url()).await?
+    };
+    Ok((state_db, audit_db))
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
@@ -256,7 +290,7 @@ pub async fn start(
         kek,
         tokens,
         authz,
-        policy_version: AtomicI64::new(policy_version),
+        policy_version: tokio::sync::Mutex::new(policy_version),
         metrics,
         limiter,
         checkpoint_keys,
@@ -271,10 +305,11 @@ impl AppState {
     /// # Errors
     /// A database failure, or stored rules the authorizer refuses (the old rules stay).
     pub async fn refresh_policy(&self) -> crate::error::Result<()> {
+        let mut held = self.policy_version.lock().await;
         let (version, rules) = self.store.policy().await?;
-        if version != self.policy_version.load(Ordering::SeqCst) {
+        if version > *held {
             self.authz.replace(&rules).await?;
-            self.policy_version.store(version, Ordering::SeqCst);
+            *held = version;
             info!(version, rules = rules.len(), "policy reloaded");
         }
         Ok(())
@@ -290,7 +325,7 @@ impl AppState {
 }
 
 /// Decrypts the stored key pairs of one purpose, newest first.
-async fn load_signing_keys(
+pub(crate) async fn load_signing_keys(
     store: &dyn StateStore,
     kek: &dyn KeyProvider,
     purpose: &str,

@@ -86,25 +86,38 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     async fn set_secret_hash(&self, id: &str, hash: &str) -> Result<()>;
     /// Returns false when there is no such principal.
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool>;
-    /// Counts a failed login; at `max_failures` locks until `lock_until` and resets the count.
-    async fn login_failed(&self, id: &str, max_failures: u32, lock_until: i64) -> Result<()>;
+    /// Reserves one login attempt for the account: counts it as a failure in advance and, at
+    /// `max_failures`, locks the account until `lock_until` (resetting the count). Returns
+    /// false, reserving nothing, while the account is locked at `now`. One atomic statement,
+    /// so concurrent attempts can never exceed the budget.
+    async fn login_attempt(
+        &self,
+        id: &str,
+        now: i64,
+        max_failures: u32,
+        lock_until: i64,
+    ) -> Result<bool>;
+    /// The reserved attempt succeeded: clears the count and the lock it may have set.
     async fn login_succeeded(&self, id: &str) -> Result<()>;
 
     /// Sets a new, unconfirmed factor, replacing an unconfirmed one; [`Error::Conflict`] when
     /// a confirmed factor exists.
     async fn begin_mfa(&self, m: &MfaRecord, now: i64) -> Result<()>;
     async fn mfa(&self, principal_id: &str) -> Result<Option<MfaRecord>>;
-    async fn confirm_mfa(&self, principal_id: &str) -> Result<()>;
-    /// Accepts time step `step` if it is later than the last accepted one (and resets the
-    /// failure count); false means the code was already used.
+    /// Confirms the pending factor whose wrapped seed is `secret_wrapped` (the one whose code
+    /// was just checked); false when it was replaced or confirmed meanwhile.
+    async fn confirm_mfa(&self, principal_id: &str, secret_wrapped: &[u8]) -> Result<bool>;
+    /// Accepts time step `step` if it is later than the last accepted one, and clears the
+    /// failure count and lock; false means the code was already used.
     async fn accept_mfa_step(&self, principal_id: &str, step: i64) -> Result<bool>;
-    /// Counts a failed code; at `max_failures` locks until `lock_until` and resets the count.
-    async fn mfa_failed(
+    /// Reserves one code attempt, as [`login_attempt`](Self::login_attempt) does for logins.
+    async fn mfa_attempt(
         &self,
         principal_id: &str,
+        now: i64,
         max_failures: u32,
         lock_until: i64,
-    ) -> Result<()>;
+    ) -> Result<bool>;
 
     async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()>;
     /// Keys of one purpose, newest first.
@@ -330,23 +343,31 @@ impl StateStore for SqlStateStore {
         Ok(n == 1)
     }
 
-    async fn login_failed(&self, id: &str, max_failures: u32, lock_until: i64) -> Result<()> {
-        sqlx::query(
+    async fn login_attempt(
+        &self,
+        id: &str,
+        now: i64,
+        max_failures: u32,
+        lock_until: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(
             "UPDATE principals SET \
                locked_until = CASE WHEN failed_logins + 1 >= $1 THEN $2 ELSE locked_until END, \
                failed_logins = CASE WHEN failed_logins + 1 >= $1 THEN 0 ELSE failed_logins + 1 END \
-             WHERE id = $3",
+             WHERE id = $3 AND locked_until <= $4",
         )
         .bind(i64::from(max_failures))
         .bind(lock_until)
         .bind(id.to_owned())
+        .bind(now)
         .execute(self.db.pool())
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     async fn login_succeeded(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE principals SET failed_logins = 0 WHERE id = $1 AND failed_logins <> 0")
+        sqlx::query("UPDATE principals SET failed_logins = 0, locked_until = 0 WHERE id = $1")
             .bind(id.to_owned())
             .execute(self.db.pool())
             .await?;
@@ -390,17 +411,22 @@ impl StateStore for SqlStateStore {
         .transpose()
     }
 
-    async fn confirm_mfa(&self, principal_id: &str) -> Result<()> {
-        sqlx::query("UPDATE mfa_factors SET confirmed = 1 WHERE principal_id = $1")
-            .bind(principal_id.to_owned())
-            .execute(self.db.pool())
-            .await?;
-        Ok(())
+    async fn confirm_mfa(&self, principal_id: &str, secret_wrapped: &[u8]) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE mfa_factors SET confirmed = 1 WHERE principal_id = $1 AND confirmed = 0 AND secret_wrapped = $2",
+        )
+        .bind(principal_id.to_owned())
+        .bind(secret_wrapped.to_vec())
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     async fn accept_mfa_step(&self, principal_id: &str, step: i64) -> Result<bool> {
         let n = sqlx::query(
-            "UPDATE mfa_factors SET last_step = $1, failures = 0 WHERE principal_id = $2 AND last_step < $1",
+            "UPDATE mfa_factors SET last_step = $1, failures = 0, locked_until = 0 \
+             WHERE principal_id = $2 AND last_step < $1",
         )
         .bind(step)
         .bind(principal_id.to_owned())
@@ -410,24 +436,27 @@ impl StateStore for SqlStateStore {
         Ok(n == 1)
     }
 
-    async fn mfa_failed(
+    async fn mfa_attempt(
         &self,
         principal_id: &str,
+        now: i64,
         max_failures: u32,
         lock_until: i64,
-    ) -> Result<()> {
-        sqlx::query(
+    ) -> Result<bool> {
+        let n = sqlx::query(
             "UPDATE mfa_factors SET \
                locked_until = CASE WHEN failures + 1 >= $1 THEN $2 ELSE locked_until END, \
                failures = CASE WHEN failures + 1 >= $1 THEN 0 ELSE failures + 1 END \
-             WHERE principal_id = $3",
+             WHERE principal_id = $3 AND locked_until <= $4",
         )
         .bind(i64::from(max_failures))
         .bind(lock_until)
         .bind(principal_id.to_owned())
+        .bind(now)
         .execute(self.db.pool())
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()> {

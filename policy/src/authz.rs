@@ -6,6 +6,7 @@
 //! Nothing is allowed that no rule allows. Decisions are cached until the policy changes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter, MgmtApi};
@@ -91,6 +92,9 @@ struct Inner {
 /// The policy decision point.
 pub struct Authorizer {
     inner: RwLock<Inner>,
+    /// Bumped by every [`Authorizer::replace`]; a decision is cached only if no replace
+    /// happened while it was being made, so a revoked permission never lingers in the cache.
+    generation: AtomicU64,
     cache: RwLock<HashMap<(String, String, String), bool>>,
     model: String,
 }
@@ -136,6 +140,7 @@ impl Authorizer {
                 enforcer,
                 rules: rules.to_vec(),
             }),
+            generation: AtomicU64::new(0),
             cache: RwLock::new(HashMap::new()),
             model: model.to_owned(),
         })
@@ -164,17 +169,22 @@ impl Authorizer {
         {
             return Ok(*hit);
         }
-        let decision = self
-            .inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .enforcer
-            .enforce((role, resource, action))?;
+        let (decision, generation) = {
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            // Read under the rules' lock: a replace swaps the rules before it bumps this.
+            let generation = self.generation.load(Ordering::SeqCst);
+            (
+                inner.enforcer.enforce((role, resource, action))?,
+                generation,
+            )
+        };
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
+        if self.generation.load(Ordering::SeqCst) == generation {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(key, decision);
         }
-        cache.insert(key, decision);
         Ok(decision)
     }
 
@@ -204,10 +214,9 @@ impl Authorizer {
                 rules: rules.to_vec(),
             };
         }
-        self.cache
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        cache.clear();
         Ok(())
     }
 

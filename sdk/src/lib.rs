@@ -331,6 +331,9 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// The last sequence number checked.
     pub head_seq: u64,
+    /// The last entry covered by a valid signed checkpoint; entries after it are protected by
+    /// the hash chain alone until the next checkpoint is signed.
+    pub signed_through: u64,
     /// The first entry that does not verify.
     pub first_bad_seq: Option<u64>,
     /// Why it does not verify.

@@ -15,6 +15,8 @@ crate::on_both_backends!(
     reordered_entries_are_named,
     inserted_entry_is_named,
     recomputed_chain_is_caught_by_checkpoint,
+    unreadable_entry_is_named,
+    truncated_tail_below_a_checkpoint_is_named,
 );
 
 /// Removes the append-only guard, as a database superuser could.
@@ -158,11 +160,51 @@ async fn recomputed_chain_is_caught_by_checkpoint(kind: Kind) {
     assert!(signed.reason.unwrap().contains("11..=20"));
 }
 
+async fn unreadable_entry_is_named(kind: Kind) {
+    let f = loaded(kind, 10).await;
+    exec(
+        &f.db,
+        "UPDATE audit_events SET decision = 'maybe' WHERE seq = 6",
+    )
+    .await;
+    let r = verify(&f).await;
+    assert_eq!(r.first_bad_seq, Some(6), "{r:?}");
+    assert!(r.reason.unwrap().contains("cannot be read"));
+}
+
+/// Cutting the log's tail and moving the tip back is caught wherever a checkpoint was signed
+/// beyond the cut.
+async fn truncated_tail_below_a_checkpoint_is_named(kind: Kind) {
+    let f = fixture(kind).await;
+    let (signer, keys) = signer();
+    let config = SequencerConfig {
+        checkpoint_every: 10,
+        ..Default::default()
+    };
+    let seq = Sequencer::start(f.store.clone(), Some(signer), config, None);
+    for i in 1..=25u64 {
+        seq.append(event(i)).await.unwrap();
+    }
+    seq.shutdown().await;
+    disable_guard(&f.db).await;
+    exec(&f.db, "DELETE FROM audit_events WHERE seq > 15").await;
+    exec(&f.db, "UPDATE audit_head SET seq = 15").await;
+    let r = verify_store(f.store.as_ref(), keys).await.unwrap();
+    assert_eq!(r.first_bad_seq, Some(16), "{r:?}");
+    assert_eq!(r.signed_through, 10);
+    assert!(r
+        .reason
+        .unwrap()
+        .contains("checkpoint was signed at entry 20"));
+}
+
 #[derive(Debug, Clone)]
 enum Tamper {
     Edit(u64),
     Delete(u64),
     Swap(u64, u64),
+    Insert(u64),
+    Unreadable(u64),
 }
 
 fn scenario() -> impl Strategy<Value = (Vec<u64>, Option<Tamper>)> {
@@ -175,6 +217,8 @@ fn scenario() -> impl Strategy<Value = (Vec<u64>, Option<Tamper>)> {
             (1..=total, 1..=total)
                 .prop_filter("distinct", |(a, b)| a != b)
                 .prop_map(|(a, b)| Some(Tamper::Swap(a.min(b), a.max(b)))),
+            (1..=total).prop_map(|k| Some(Tamper::Insert(k))),
+            (1..=total).prop_map(|k| Some(Tamper::Unreadable(k))),
         ];
         (Just(batches), tamper)
     })
@@ -214,6 +258,27 @@ proptest! {
                     exec(&f.db, &format!("UPDATE audit_events SET seq = {a} WHERE seq = {b}")).await;
                     exec(&f.db, &format!("UPDATE audit_events SET seq = {b} WHERE seq = -1")).await;
                     a
+                }
+                Tamper::Insert(k) => {
+                    // Room at k, then a forged entry there linking to entry k - 1.
+                    exec(&f.db, &format!("UPDATE audit_events SET seq = -seq - 1 WHERE seq >= {k}")).await;
+                    exec(&f.db, "UPDATE audit_events SET seq = -seq WHERE seq < 0").await;
+                    exec(
+                        &f.db,
+                        &format!(
+                            "INSERT INTO audit_events (seq, ts, actor, actor_kind, action, resource, decision, \
+                             purpose, request_id, subject_ref, details, prev_hash, hash) \
+                             SELECT {k}, ts, 'forger', actor_kind, action, resource, decision, purpose, \
+                             request_id, subject_ref, details, prev_hash, hash FROM audit_events WHERE seq = {}",
+                            k + 1
+                        ),
+                    )
+                    .await;
+                    k
+                }
+                Tamper::Unreadable(k) => {
+                    exec(&f.db, &format!("UPDATE audit_events SET decision = 'maybe' WHERE seq = {k}")).await;
+                    k
                 }
             };
             let r = verify(&f).await;

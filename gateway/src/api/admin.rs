@@ -263,10 +263,12 @@ pub async fn put_policy(
                 "the policy must let some role write the policy",
             ));
         }
+        // Held across the store write and the swap, so concurrent changes and the background
+        // refresh apply in version order.
+        let mut held = app.policy_version.lock().await;
         let version = app.store.replace_policy(body.version, &body.rules).await?;
         app.authz.replace(&body.rules).await.map_err(Error::from)?;
-        app.policy_version
-            .store(version, std::sync::atomic::Ordering::SeqCst);
+        *held = version;
         Ok(Json(PolicyView {
             version,
             rules: body.rules,

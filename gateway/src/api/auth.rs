@@ -18,7 +18,10 @@ use crate::state::{totp_aad, AppState};
 use crate::store::{MfaRecord, PrincipalRecord};
 
 fn invalid_grant() -> ApiError {
-    ApiError::new(ErrorCode::InvalidGrant, "wrong credentials")
+    ApiError::new(
+        ErrorCode::InvalidGrant,
+        "wrong credentials, or too many failed attempts: try again later",
+    )
 }
 
 fn locked() -> ApiError {
@@ -78,36 +81,39 @@ async fn login(
         return Err(invalid_grant());
     }
     let now = app.clock.now_micros();
+    let until = now + micros(app.config.auth.login_lockout);
+    let max = app.config.auth.login_max_failures;
     let principal = app
         .store
         .principal_by_name(name)
         .await?
         .filter(|p| kinds.contains(&p.kind));
-    if let Some(p) = &principal {
-        note.actor = Some((p.id.clone(), p.kind.as_str().to_owned()));
-        if p.locked_until > now {
-            *note = std::mem::take(note).detail("reason", "locked");
-            return Err(locked());
+    // The attempt is reserved (and counted) before the secret is checked: concurrent guesses
+    // cannot exceed the budget.
+    let permitted = match &principal {
+        Some(p) => {
+            note.actor = Some((p.id.clone(), p.kind.as_str().to_owned()));
+            app.store.login_attempt(&p.id, now, max, until).await?
         }
-    }
-    let ok = passwords::verify(secret, principal.as_ref().map(|p| p.secret_hash.clone())).await;
-    let p = match principal {
-        Some(p) if ok => p,
-        other => {
-            if let Some(p) = other {
-                let until = now + micros(app.config.auth.login_lockout);
-                app.store
-                    .login_failed(&p.id, app.config.auth.login_max_failures, until)
-                    .await?;
-            }
-            *note = std::mem::take(note).detail("reason", "wrong_credentials");
-            return Err(invalid_grant());
-        }
+        None => false,
     };
-    if p.disabled {
-        *note = std::mem::take(note).detail("reason", "disabled");
+    // Unknown, locked and known accounts take the same time and get the same answer.
+    let hash = principal
+        .as_ref()
+        .filter(|_| permitted)
+        .map(|p| p.secret_hash.clone());
+    let ok = passwords::verify(secret, hash).await;
+    let reason = match &principal {
+        None => Some("unknown_account"),
+        Some(_) if !permitted => Some("locked"),
+        Some(_) if !ok => Some("wrong_credentials"),
+        Some(p) if p.disabled => Some("disabled"),
+        Some(_) => None,
+    };
+    let (Some(p), None) = (principal, reason) else {
+        *note = std::mem::take(note).detail("reason", reason.unwrap_or("wrong_credentials"));
         return Err(invalid_grant());
-    }
+    };
     app.store.login_succeeded(&p.id).await?;
     let amr: &[&str] = if p.kind == PrincipalKind::Service {
         &["client_secret"]
@@ -212,7 +218,7 @@ async fn check_code(
     account: &PrincipalRecord,
     code: &str,
     confirmed: bool,
-) -> Result<(), ApiError> {
+) -> Result<MfaRecord, ApiError> {
     let now = app.clock.now_micros();
     let m = app
         .store
@@ -229,7 +235,14 @@ async fn check_code(
                 },
             )
         })?;
-    if m.locked_until > now {
+    // Reserve the attempt first (it counts as a failure until the code proves right), so
+    // concurrent guesses cannot exceed the budget.
+    let until = now + micros(app.config.auth.mfa_lockout);
+    if !app
+        .store
+        .mfa_attempt(&account.id, now, app.config.auth.mfa_max_failures, until)
+        .await?
+    {
         return Err(locked());
     }
     let seed = app
@@ -242,16 +255,12 @@ async fn check_code(
         None => false,
     };
     if !accepted {
-        let until = now + micros(app.config.auth.mfa_lockout);
-        app.store
-            .mfa_failed(&account.id, app.config.auth.mfa_max_failures, until)
-            .await?;
         return Err(ApiError::new(
             ErrorCode::InvalidOtp,
             "wrong or already used code",
         ));
     }
-    Ok(())
+    Ok(m)
 }
 
 fn bounded_code(body: &OtpRequest) -> Result<&str, ApiError> {
@@ -271,8 +280,17 @@ pub async fn confirm(
     crate::extract::ApiJson(body): crate::extract::ApiJson<OtpRequest>,
 ) -> Result<StatusCode, ApiError> {
     let account = mfa_account(&app, &p).await?;
-    check_code(&app, &account, bounded_code(&body)?, false).await?;
-    app.store.confirm_mfa(&account.id).await?;
+    let pending = check_code(&app, &account, bounded_code(&body)?, false).await?;
+    if !app
+        .store
+        .confirm_mfa(&account.id, &pending.secret_wrapped)
+        .await?
+    {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "the enrolment changed meanwhile: enroll again",
+        ));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -294,6 +294,32 @@ async fn first_start_walkthrough_shutdown_and_audit_commands() {
         Some(1),
         "checkpoints signed by another key are refused"
     );
+    // Stripping the signatures (to rewrite the chain unnoticed) is caught.
+    let stripped_path = dir.join("stripped.ndjson");
+    let stripped: String = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("{\"checkpoint\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&stripped_path, stripped).unwrap();
+    let s = warden(
+        dir,
+        &[
+            "audit",
+            "verify",
+            "--export",
+            stripped_path.to_str().unwrap(),
+            "--public-key",
+            &public,
+        ],
+    );
+    assert_eq!(s.status.code(), Some(1), "{}", text(&s.stdout));
+    assert!(
+        text(&s.stdout).contains("not covered by a signed checkpoint"),
+        "{}",
+        text(&s.stdout)
+    );
     let edited = std::fs::read_to_string(&export).unwrap().replacen(
         "\"decision\":\"deny\"",
         "\"decision\":\"allow\"",
@@ -385,6 +411,16 @@ async fn admin_password_from_environment_and_postgres_by_config() {
     server.stop();
     let verify = warden(dir, &["--config", "warden.toml", "audit", "verify"]);
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stdout));
+    // Audit commands never create an installation to "verify".
+    let empty = tempfile::tempdir().unwrap();
+    let nothing = warden(empty.path(), &["audit", "verify"]);
+    assert_eq!(nothing.status.code(), Some(2));
+    assert!(
+        text(&nothing.stderr).contains("no Warden database"),
+        "{}",
+        text(&nothing.stderr)
+    );
+    assert!(!empty.path().join("warden-data/warden.db").exists());
     let bad = warden(dir, &["--config", "missing.toml", "migrate"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("missing.toml"));

@@ -160,11 +160,20 @@ async fn replay_lockout_and_freshness(backend: Backend) {
         StatusCode::OK
     );
 
-    // Service accounts have no second factor to step up with.
+    // Service accounts have no second factor, even where the policy would let them manage one.
     let (_, svc) = g
-        .principal_token(warden_sdk::PrincipalKind::Service, &["stage"], false)
+        .principal_token(warden_sdk::PrincipalKind::Service, &["subject"], false)
         .await;
-    let r = g
+    let enroll = g
+        .call(
+            Method::POST,
+            "/v1/auth/mfa/enroll",
+            Some(&svc),
+            Some(json!({})),
+        )
+        .await;
+    assert_error(&enroll, StatusCode::BAD_REQUEST, "invalid_request");
+    let step_up = g
         .call(
             Method::POST,
             "/v1/auth/mfa",
@@ -172,9 +181,5 @@ async fn replay_lockout_and_freshness(backend: Backend) {
             Some(json!({"code": "123456"})),
         )
         .await;
-    assert_eq!(
-        r.status,
-        StatusCode::FORBIDDEN,
-        "stage may not manage factors: {r:?}"
-    );
+    assert_error(&step_up, StatusCode::BAD_REQUEST, "invalid_request");
 }

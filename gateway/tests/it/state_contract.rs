@@ -10,6 +10,7 @@ use crate::support::Backend;
 
 crate::on_both_backends!(
     principals,
+    attempts_race,
     mfa_replay_and_lockout,
     policy_compare_and_set,
     initialize_once
@@ -82,25 +83,48 @@ async fn principals(backend: Backend) {
         "$argon2id$new"
     );
 
-    // Three failures lock at the third and reset the count.
+    // Attempts are reserved in advance: the third of three locks and resets the count.
     for _ in 0..2 {
-        s.login_failed(&alice.id, 3, 1_000).await.unwrap();
+        assert!(s.login_attempt(&alice.id, 10, 3, 1_000).await.unwrap());
     }
     let a = s.principal_by_id(&alice.id).await.unwrap().unwrap();
     assert_eq!((a.failed_logins, a.locked_until), (2, 0));
-    s.login_failed(&alice.id, 3, 1_000).await.unwrap();
+    assert!(
+        s.login_attempt(&alice.id, 10, 3, 1_000).await.unwrap(),
+        "the third attempt is still made"
+    );
     let a = s.principal_by_id(&alice.id).await.unwrap().unwrap();
     assert_eq!((a.failed_logins, a.locked_until), (0, 1_000));
-    s.login_failed(&alice.id, 3, 2_000).await.unwrap();
-    s.login_succeeded(&alice.id).await.unwrap();
-    assert_eq!(
-        s.principal_by_id(&alice.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .failed_logins,
-        0
+    assert!(
+        !s.login_attempt(&alice.id, 999, 3, 2_000).await.unwrap(),
+        "refused while locked"
     );
+    assert!(
+        s.login_attempt(&alice.id, 1_000, 3, 2_000).await.unwrap(),
+        "allowed once the lock ends"
+    );
+    s.login_succeeded(&alice.id).await.unwrap();
+    let a = s.principal_by_id(&alice.id).await.unwrap().unwrap();
+    assert_eq!((a.failed_logins, a.locked_until), (0, 0));
+}
+
+/// Concurrent attempts never exceed the budget: exactly `max` of many racing ones get through.
+async fn attempts_race(backend: Backend) {
+    let (s, _dir) = store(backend).await;
+    let alice = principal("alice", PrincipalKind::User);
+    s.create_principal(&alice).await.unwrap();
+    let s = std::sync::Arc::new(s);
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let (s, id) = (s.clone(), alice.id.clone());
+            tokio::spawn(async move { s.login_attempt(&id, 10, 5, 1_000).await.unwrap() })
+        })
+        .collect();
+    let mut permitted = 0;
+    for t in tasks {
+        permitted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(permitted, 5);
 }
 
 async fn mfa_replay_and_lockout(backend: Backend) {
@@ -130,7 +154,11 @@ async fn mfa_replay_and_lockout(backend: Backend) {
         s.mfa(&alice.id).await.unwrap().unwrap().secret_wrapped,
         vec![4, 5]
     );
-    s.confirm_mfa(&alice.id).await.unwrap();
+    assert!(
+        !s.confirm_mfa(&alice.id, &[1, 2, 3]).await.unwrap(),
+        "the replaced seed cannot be confirmed"
+    );
+    assert!(s.confirm_mfa(&alice.id, &[4, 5]).await.unwrap());
     assert!(s.mfa(&alice.id).await.unwrap().unwrap().confirmed);
     assert!(matches!(
         s.begin_mfa(&pending, 3).await,
@@ -148,17 +176,22 @@ async fn mfa_replay_and_lockout(backend: Backend) {
     );
     assert!(s.accept_mfa_step(&alice.id, 101).await.unwrap());
 
-    s.mfa_failed(&alice.id, 2, 500).await.unwrap();
+    assert!(s.mfa_attempt(&alice.id, 10, 2, 500).await.unwrap());
     assert_eq!(s.mfa(&alice.id).await.unwrap().unwrap().failures, 1);
-    s.mfa_failed(&alice.id, 2, 500).await.unwrap();
+    assert!(s.mfa_attempt(&alice.id, 10, 2, 500).await.unwrap());
     let m = s.mfa(&alice.id).await.unwrap().unwrap();
     assert_eq!((m.failures, m.locked_until), (0, 500));
-    s.mfa_failed(&alice.id, 5, 900).await.unwrap();
+    assert!(
+        !s.mfa_attempt(&alice.id, 499, 2, 900).await.unwrap(),
+        "refused while locked"
+    );
+    assert!(s.mfa_attempt(&alice.id, 500, 5, 900).await.unwrap());
     assert!(s.accept_mfa_step(&alice.id, 102).await.unwrap());
+    let m = s.mfa(&alice.id).await.unwrap().unwrap();
     assert_eq!(
-        s.mfa(&alice.id).await.unwrap().unwrap().failures,
-        0,
-        "success resets failures"
+        (m.failures, m.locked_until),
+        (0, 0),
+        "a right code clears the count"
     );
 }
 

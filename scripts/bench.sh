@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Prints Warden's benchmark figures (release build): authorization decisions/s, durable
+# audit appends/s on SQLite and PostgreSQL, audit verification events/s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/warden/target}"
+if command -v mold >/dev/null 2>&1 && [ -z "${RUSTFLAGS:-}" ]; then
+  export RUSTFLAGS="-C link-arg=-fuse-ld=mold"
+fi
+eval "$(scripts/dev-services.sh)"
+trap 'scripts/dev-services.sh --stop' EXIT
+cargo bench --locked -p warden-gateway --bench foundation
