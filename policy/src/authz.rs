@@ -85,7 +85,7 @@ pub fn validate_rule(rule: &PolicyRule) -> Result<()> {
 }
 
 struct Inner {
-    enforcer: Enforcer,
+    decider: Decider,
     rules: Vec<PolicyRule>,
 }
 
@@ -105,20 +105,35 @@ impl std::fmt::Debug for Authorizer {
     }
 }
 
-async fn build(model: &str, rules: &[PolicyRule]) -> Result<Enforcer> {
-    let model = DefaultModel::from_str(model).await?;
-    let mut enforcer = Enforcer::new(model, MemoryAdapter::default()).await?;
-    enforcer.enable_auto_save(false);
-    let mut p = Vec::new();
-    let mut g = Vec::new();
-    for r in rules {
-        validate_rule(r)?;
-        if r.ptype == "p" {
-            p.push(r.values.clone())
-        } else {
-            g.push(r.values.clone())
+/// The casbin enforcers behind the decisions.
+enum Decider {
+    /// With the shipped model a request for role R can only match rules of R and of the roles
+    /// R inherits, so each role gets an enforcer holding just those: a decision scans one
+    /// role's rules, not the whole policy (casbin matches rules one by one).
+    ByRole(HashMap<String, Enforcer>),
+    /// Any other model: one enforcer over every rule.
+    Whole(Enforcer),
+}
+
+impl Decider {
+    fn enforce(&self, role: &str, resource: &str, action: &str) -> Result<bool> {
+        match self {
+            Self::ByRole(roles) => match roles.get(role) {
+                Some(e) => Ok(e.enforce((role, resource, action))?),
+                None => Ok(false),
+            },
+            Self::Whole(e) => Ok(e.enforce((role, resource, action))?),
         }
     }
+}
+
+async fn enforcer(
+    model: DefaultModel,
+    p: Vec<Vec<String>>,
+    g: Vec<Vec<String>>,
+) -> Result<Enforcer> {
+    let mut enforcer = Enforcer::new(model, MemoryAdapter::default()).await?;
+    enforcer.enable_auto_save(false);
     if !p.is_empty() {
         enforcer.add_policies(p).await?;
     }
@@ -128,16 +143,76 @@ async fn build(model: &str, rules: &[PolicyRule]) -> Result<Enforcer> {
     Ok(enforcer)
 }
 
+async fn build(model_text: &str, rules: &[PolicyRule]) -> Result<Decider> {
+    let mut p = Vec::new();
+    let mut g = Vec::new();
+    for r in rules {
+        validate_rule(r)?;
+        if r.ptype == "p" {
+            p.push(r.values.clone());
+        } else {
+            g.push(r.values.clone());
+        }
+    }
+    let model = DefaultModel::from_str(model_text).await?;
+    if model_text.trim() != DEFAULT_MODEL.trim() {
+        return Ok(Decider::Whole(enforcer(model, p, g).await?));
+    }
+    let mut parents: HashMap<&str, Vec<&str>> = HashMap::new();
+    for edge in &g {
+        parents
+            .entry(edge[0].as_str())
+            .or_default()
+            .push(edge[1].as_str());
+    }
+    let mut roles: Vec<&str> = p
+        .iter()
+        .map(|r| r[0].as_str())
+        .chain(g.iter().map(|e| e[0].as_str()))
+        .collect();
+    roles.sort_unstable();
+    roles.dedup();
+    let mut by_role = HashMap::new();
+    for role in roles {
+        // The role and every role it inherits, transitively.
+        let mut closure = vec![role];
+        let mut i = 0;
+        while i < closure.len() {
+            for parent in parents.get(closure[i]).into_iter().flatten() {
+                if !closure.contains(parent) {
+                    closure.push(parent);
+                }
+            }
+            i += 1;
+        }
+        let own_p = p
+            .iter()
+            .filter(|r| closure.contains(&r[0].as_str()))
+            .cloned()
+            .collect();
+        let own_g = g
+            .iter()
+            .filter(|e| closure.contains(&e[0].as_str()))
+            .cloned()
+            .collect();
+        by_role.insert(
+            role.to_owned(),
+            enforcer(model.clone(), own_p, own_g).await?,
+        );
+    }
+    Ok(Decider::ByRole(by_role))
+}
+
 impl Authorizer {
     /// An authorizer over `model` (casbin model text) and `rules`.
     ///
     /// # Errors
     /// A malformed model or rule.
     pub async fn new(model: &str, rules: &[PolicyRule]) -> Result<Self> {
-        let enforcer = build(model, rules).await?;
+        let decider = build(model, rules).await?;
         Ok(Self {
             inner: RwLock::new(Inner {
-                enforcer,
+                decider,
                 rules: rules.to_vec(),
             }),
             generation: AtomicU64::new(0),
@@ -173,10 +248,7 @@ impl Authorizer {
             let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
             // Read under the rules' lock: a replace swaps the rules before it bumps this.
             let generation = self.generation.load(Ordering::SeqCst);
-            (
-                inner.enforcer.enforce((role, resource, action))?,
-                generation,
-            )
+            (inner.decider.enforce(role, resource, action)?, generation)
         };
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         if self.generation.load(Ordering::SeqCst) == generation {
@@ -197,8 +269,8 @@ impl Authorizer {
             .inner
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .enforcer
-            .enforce((role, resource, action))?)
+            .decider
+            .enforce(role, resource, action)?)
     }
 
     /// Replaces the whole rule set; decisions made after this call see the new rules.
@@ -206,11 +278,11 @@ impl Authorizer {
     /// # Errors
     /// A malformed rule; the old rules then stay in force.
     pub async fn replace(&self, rules: &[PolicyRule]) -> Result<()> {
-        let enforcer = build(&self.model, rules).await?;
+        let decider = build(&self.model, rules).await?;
         {
             let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
             *inner = Inner {
-                enforcer,
+                decider,
                 rules: rules.to_vec(),
             };
         }
@@ -262,6 +334,41 @@ mod tests {
         assert!(a
             .allows(&roles(&["nobody", "auditor"]), "audit", "read")
             .unwrap());
+    }
+
+    /// The per-role partition and a single enforcer (any other model) decide alike.
+    #[tokio::test]
+    async fn partitioned_and_whole_decide_alike() {
+        let rules = parse_policy_csv(
+            "p, a, x:*, read\np, b, y, *\np, c, z, write\ng, b, a\ng, c, b\ng, d, c\n",
+        )
+        .unwrap();
+        let partitioned = Authorizer::new(DEFAULT_MODEL, &rules).await.unwrap();
+        let custom_model = format!("{DEFAULT_MODEL}\n# same rules, another text: one enforcer\n");
+        let whole = Authorizer::new(&custom_model, &rules).await.unwrap();
+        for role in ["a", "b", "c", "d", "e"] {
+            for (res, act) in [
+                ("x:1", "read"),
+                ("y", "delete"),
+                ("z", "write"),
+                ("z", "read"),
+                ("x:1", "write"),
+            ] {
+                assert_eq!(
+                    partitioned.allows_uncached(role, res, act).unwrap(),
+                    whole.allows_uncached(role, res, act).unwrap(),
+                    "{role} {res} {act}"
+                );
+            }
+        }
+        assert!(
+            partitioned.allows_uncached("d", "x:1", "read").unwrap(),
+            "inherited through three levels"
+        );
+        assert!(
+            !partitioned.allows_uncached("a", "y", "read").unwrap(),
+            "parents do not inherit from children"
+        );
     }
 
     #[tokio::test]
