@@ -112,7 +112,7 @@ enum Decider {
     /// role's rules, not the whole policy (casbin matches rules one by one).
     ByRole(HashMap<String, Enforcer>),
     /// Any other model: one enforcer over every rule.
-    Whole(Enforcer),
+    Whole(Box<Enforcer>),
 }
 
 impl Decider {
@@ -156,7 +156,7 @@ async fn build(model_text: &str, rules: &[PolicyRule]) -> Result<Decider> {
     }
     let model = DefaultModel::from_str(model_text).await?;
     if model_text.trim() != DEFAULT_MODEL.trim() {
-        return Ok(Decider::Whole(enforcer(model, p, g).await?));
+        return Ok(Decider::Whole(Box::new(enforcer(model, p, g).await?)));
     }
     let mut parents: HashMap<&str, Vec<&str>> = HashMap::new();
     for edge in &g {
@@ -265,12 +265,11 @@ impl Authorizer {
     /// # Errors
     /// As [`allows`](Self::allows).
     pub fn allows_uncached(&self, role: &str, resource: &str, action: &str) -> Result<bool> {
-        Ok(self
-            .inner
+        self.inner
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .decider
-            .enforce(role, resource, action)?)
+            .enforce(role, resource, action)
     }
 
     /// Replaces the whole rule set; decisions made after this call see the new rules.
