@@ -44,7 +44,7 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         | ErrorCode::MfaRequired
         | ErrorCode::InvalidOtp => StatusCode::UNAUTHORIZED,
         ErrorCode::Locked | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden | ErrorCode::PasswordChangeRequired => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::Conflict => StatusCode::CONFLICT,

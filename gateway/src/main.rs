@@ -214,7 +214,7 @@ async fn serve(
         )?;
         writeln!(
             out,
-            "Change the password after the first login: POST /v1/auth/password"
+            "The password works once: change it first, at POST /v1/auth/password"
         )?;
         out.flush()?;
     }

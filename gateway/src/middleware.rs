@@ -216,7 +216,7 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
     // Writes and sensitive reads are answered only once their audit event is durable.
     let durable = !is_read || mfa;
 
-    let principal = match authenticate(&app, req.headers()).await {
+    let (principal, must_change_password) = match authenticate(&app, req.headers()).await {
         Ok(p) => p,
         Err(reason) => {
             debug!(reason, route, "authentication failed");
@@ -232,6 +232,13 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
     };
     if !app.limiter.check(&principal.id) {
         return rate_limited(&app);
+    }
+    if must_change_password && resource != "self" {
+        let e = ApiError::new(
+            ErrorCode::PasswordChangeRequired,
+            "change the generated first password at POST /v1/auth/password first",
+        );
+        return ctx.deny(Some(&principal), &action_name, e, durable).await;
     }
     match app.authz.allows(&principal.roles, resource, action) {
         Ok(true) => {}
@@ -285,11 +292,12 @@ fn rate_limited(app: &AppState) -> Response {
     ApiError::new(ErrorCode::RateLimited, "too many requests; slow down").into_response()
 }
 
-/// Verifies the bearer token and that a local principal still exists and is enabled.
+/// Verifies the bearer token and that a local principal still exists and is enabled;
+/// returns the principal and whether it must change its first password.
 async fn authenticate(
     app: &AppState,
     headers: &axum::http::HeaderMap,
-) -> Result<Principal, &'static str> {
+) -> Result<(Principal, bool), &'static str> {
     let header = headers
         .get(AUTHORIZATION)
         .ok_or("no authorization header")?;
@@ -308,18 +316,18 @@ async fn authenticate(
         crate::auth::tokens::Rejection::Malformed => "malformed token",
         crate::auth::tokens::Rejection::Invalid(_) => "invalid signature or claims",
     })?;
-    if principal.local {
-        // A disabled account loses access at once, not when its token expires.
-        match app.store.principal_by_id(&principal.id).await {
-            Ok(Some(p)) if !p.disabled => {}
-            Ok(_) => return Err("principal disabled or removed"),
-            Err(e) => {
-                error!(error = %e, "cannot load principal");
-                return Err("principal lookup failed");
-            }
+    if !principal.local {
+        return Ok((principal, false));
+    }
+    // A disabled account loses access at once, not when its token expires.
+    match app.store.principal_by_id(&principal.id).await {
+        Ok(Some(p)) if !p.disabled => Ok((principal, p.must_change_password)),
+        Ok(_) => Err("principal disabled or removed"),
+        Err(e) => {
+            error!(error = %e, "cannot load principal");
+            Err("principal lookup failed")
         }
     }
-    Ok(principal)
 }
 
 struct Ctx<'a> {

@@ -414,6 +414,7 @@ async fn initialize(
             disabled: false,
             failed_logins: 0,
             locked_until: 0,
+            must_change_password: shown,
             created_at: now,
         },
         admin_mfa: MfaRecord {

@@ -27,6 +27,8 @@ pub struct PrincipalRecord {
     pub failed_logins: i64,
     /// Unix microseconds; locked while in the future.
     pub locked_until: i64,
+    /// Set for a generated first password: until it is changed, only `self` actions work.
+    pub must_change_password: bool,
     pub created_at: i64,
 }
 
@@ -143,7 +145,7 @@ impl SqlStateStore {
 }
 
 const PRINCIPAL_COLUMNS: &str =
-    "id, kind, name, secret_hash, roles, disabled, failed_logins, locked_until, created_at";
+    "id, kind, name, secret_hash, roles, disabled, failed_logins, locked_until, must_change_password, created_at";
 const MFA_COLUMNS: &str =
     "principal_id, secret_wrapped, confirmed, last_step, failures, locked_until";
 const KEY_COLUMNS: &str = "kid, purpose, public_key, private_wrapped, active, created_at";
@@ -165,6 +167,7 @@ fn principal(r: &AnyRow) -> Result<PrincipalRecord> {
         disabled: r.try_get::<i64, _>("disabled")? != 0,
         failed_logins: r.try_get("failed_logins")?,
         locked_until: r.try_get("locked_until")?,
+        must_change_password: r.try_get::<i64, _>("must_change_password")? != 0,
         created_at: r.try_get("created_at")?,
     })
 }
@@ -199,7 +202,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 macro_rules! insert_principal {
     ($exec:expr, $p:expr) => {
         sqlx::query(&format!(
-            "INSERT INTO principals ({PRINCIPAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO principals ({PRINCIPAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ))
         .bind($p.id.clone())
         .bind($p.kind.as_str())
@@ -209,6 +212,7 @@ macro_rules! insert_principal {
         .bind(i64::from($p.disabled))
         .bind($p.failed_logins)
         .bind($p.locked_until)
+        .bind(i64::from($p.must_change_password))
         .bind($p.created_at)
         .execute($exec)
     };
@@ -325,11 +329,13 @@ impl StateStore for SqlStateStore {
     }
 
     async fn set_secret_hash(&self, id: &str, hash: &str) -> Result<()> {
-        sqlx::query("UPDATE principals SET secret_hash = $1 WHERE id = $2")
-            .bind(hash.to_owned())
-            .bind(id.to_owned())
-            .execute(self.db.pool())
-            .await?;
+        sqlx::query(
+            "UPDATE principals SET secret_hash = $1, must_change_password = 0 WHERE id = $2",
+        )
+        .bind(hash.to_owned())
+        .bind(id.to_owned())
+        .execute(self.db.pool())
+        .await?;
         Ok(())
     }
 

@@ -13,6 +13,7 @@ CREATE TABLE principals (
     disabled      BIGINT NOT NULL DEFAULT 0,
     failed_logins BIGINT NOT NULL DEFAULT 0,
     locked_until  BIGINT NOT NULL DEFAULT 0,
+    must_change_password BIGINT NOT NULL DEFAULT 0,
     created_at    BIGINT NOT NULL
 );
 

@@ -13,6 +13,7 @@ CREATE TABLE principals (
     disabled      INTEGER NOT NULL DEFAULT 0,
     failed_logins INTEGER NOT NULL DEFAULT 0,
     locked_until  INTEGER NOT NULL DEFAULT 0,
+    must_change_password INTEGER NOT NULL DEFAULT 0,
     created_at    INTEGER NOT NULL
 );
 

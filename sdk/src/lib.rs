@@ -41,6 +41,9 @@ pub enum ErrorCode {
     Locked,
     /// The policy does not allow this action.
     Forbidden,
+    /// The account still has its generated first password: change it at
+    /// `POST /v1/auth/password` before anything else.
+    PasswordChangeRequired,
     /// No such resource.
     NotFound,
     /// The method is not allowed on this resource.
@@ -71,6 +74,7 @@ impl ErrorCode {
             Self::InvalidOtp => "invalid_otp",
             Self::Locked => "locked",
             Self::Forbidden => "forbidden",
+            Self::PasswordChangeRequired => "password_change_required",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",

@@ -94,6 +94,7 @@ fn new_record(
         disabled: false,
         failed_logins: 0,
         locked_until: 0,
+        must_change_password: false,
         created_at: now,
     }
 }

@@ -158,6 +158,19 @@ async fn first_start_walkthrough_shutdown_and_audit_commands() {
     .await;
     assert_eq!(status, 200, "{body}");
     let token = body["access_token"].as_str().unwrap().to_owned();
+    // The generated password is for one use: nothing but `self` works until it is changed.
+    let (status, body) = get(&base, "/v1/audit/events", &token).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("password_change_required"), "{body}");
+    let new_password = "the admin's own passphrase";
+    let (status, body) = post(
+        &base,
+        "/v1/auth/password",
+        Some(&token),
+        json!({"current_password": password, "new_password": new_password}),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
     let (status, _) = get(&base, "/v1/audit/events", &token).await;
     assert_eq!(status, 401, "needs a second factor");
     let now = std::time::SystemTime::now()
@@ -196,6 +209,7 @@ async fn first_start_walkthrough_shutdown_and_audit_commands() {
     let logs = server.stop();
     for secret in [
         password.as_str(),
+        new_password,
         &token,
         &stepped,
         uri.split("secret=")
@@ -223,10 +237,11 @@ async fn first_start_walkthrough_shutdown_and_audit_commands() {
         report["checkpoints"].as_u64().unwrap() >= 1,
         "a final checkpoint is signed at shutdown: {report}"
     );
-    // token, the denied read, step-up, the read, verify: the last one answered just before
-    // SIGTERM is there too.
+    // token, the read refused for the first password, the password change, the read refused
+    // for want of MFA, step-up, the read, verify: the last one, answered just before SIGTERM,
+    // is there too.
     assert_eq!(
-        report["entries"], 5,
+        report["entries"], 7,
         "every audited request is in the log: {report}"
     );
 
@@ -236,14 +251,16 @@ async fn first_start_walkthrough_shutdown_and_audit_commands() {
         !again.stdout().contains("password"),
         "credentials are shown only once"
     );
-    let (status, _) = post(
-        &again.base,
-        "/v1/auth/token",
-        None,
-        json!({"grant_type": "password", "username": "admin", "password": password}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let login = |pw: &str| {
+        post(
+            &again.base,
+            "/v1/auth/token",
+            None,
+            json!({"grant_type": "password", "username": "admin", "password": pw}),
+        )
+    };
+    assert_eq!(login(new_password).await.0, 200);
+    assert_eq!(login(&password).await.0, 401, "the first password is gone");
     again.stop();
 
     // Export and verify offline with the public key alone.

@@ -35,6 +35,7 @@ fn principal(name: &str, kind: PrincipalKind) -> PrincipalRecord {
         disabled: false,
         failed_logins: 0,
         locked_until: 0,
+        must_change_password: false,
         created_at: 42,
     }
 }
@@ -73,6 +74,29 @@ async fn principals(backend: Backend) {
             .disabled
     );
     assert!(!s.set_disabled("no-such-id", true).await.unwrap());
+    let first = PrincipalRecord {
+        must_change_password: true,
+        ..principal("carol", PrincipalKind::User)
+    };
+    s.create_principal(&first).await.unwrap();
+    assert!(
+        s.principal_by_id(&first.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .must_change_password
+    );
+    s.set_secret_hash(&first.id, "$argon2id$chosen")
+        .await
+        .unwrap();
+    assert!(
+        !s.principal_by_id(&first.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .must_change_password,
+        "a new password clears it"
+    );
     s.set_secret_hash(&alice.id, "$argon2id$new").await.unwrap();
     assert_eq!(
         s.principal_by_id(&alice.id)

@@ -207,6 +207,7 @@ impl Gateway {
             disabled: false,
             failed_logins: 0,
             locked_until: 0,
+            must_change_password: false,
             created_at: 0,
         };
         self.state.store.create_principal(&record).await.unwrap();
