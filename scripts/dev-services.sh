@@ -5,7 +5,7 @@
 #   eval "$(scripts/dev-services.sh)"      # start, and set up this shell
 #   scripts/dev-services.sh --stop         # stop what an earlier run started (by PID)
 #
-# Services so far: PostgreSQL (state store and audit log). Installs go to Debian's packages;
+# Services so far: PostgreSQL (state store, audit log, vault) and moto (AWS KMS, later S3). Installs go to Debian's packages;
 # state (the PID file) lives in $WARDEN_CACHE (default ~/.cache/warden), outside the checkout.
 set -euo pipefail
 
@@ -71,4 +71,26 @@ for db in $(psql "$PG_URL" -qtAc "SELECT datname FROM pg_database WHERE datname 
 done
 log "postgresql ready at $PG_HOST:$PG_PORT"
 
+# --- moto: AWS KMS (and S3) emulator -----------------------------------------------------
+MOTO_PORT=5000
+MOTO="$CACHE/moto/bin/moto_server"
+if [ ! -x "$MOTO" ]; then
+  log "installing moto into $CACHE/moto"
+  python3 -m venv "$CACHE/moto" >&2
+  "$CACHE/moto/bin/pip" install -q 'moto[server]' >&2
+fi
+# Reset answers once moto is ready (it also empties it: only on a moto we just started).
+moto_ready() { curl -sf -X POST "http://127.0.0.1:$MOTO_PORT/moto-api/reset" >/dev/null 2>&1; }
+moto_running() { curl -s -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/" 2>/dev/null; }
+if ! moto_running; then
+  command -v curl >/dev/null 2>&1 || apt_install curl
+  log "starting moto on 127.0.0.1:$MOTO_PORT"
+  nohup "$MOTO" -H 127.0.0.1 -p "$MOTO_PORT" >"$CACHE/moto.log" 2>&1 &
+  echo "moto $!" >> "$PIDS"
+  for _ in $(seq 1 150); do moto_ready && break; sleep 0.1; done
+  moto_ready || { log "moto did not start (see $CACHE/moto.log)"; exit 1; }
+fi
+log "moto ready at 127.0.0.1:$MOTO_PORT"
+
 echo "export WARDEN_TEST_POSTGRES_URL=$PG_URL"
+echo "export WARDEN_TEST_AWS_ENDPOINT=http://127.0.0.1:$MOTO_PORT"

@@ -93,7 +93,7 @@ async fn sign_head(config: &Config, state_db: &Db, store: &SqlAuditStore) -> any
     {
         return Ok(());
     }
-    let kek = crate::state::open_kek(config)?;
+    let kek = crate::state::open_kek(config).await?;
     let keys = crate::state::load_signing_keys(
         &SqlStateStore::new(state_db.clone()),
         kek.as_ref(),

@@ -83,8 +83,21 @@ impl Default for AuditConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
-    /// `file://PATH` of the local key file; default `file://<data_dir>/kek.key`.
+    /// `file://PATH` of the local key file (default `file://<data_dir>/kek.key`), or
+    /// `aws-kms:KEY_ID` (key id, ARN or alias) for AWS KMS. AWS credentials come from the
+    /// usual AWS environment (variables, profile, instance or task role).
     pub kek: Option<String>,
+    /// AWS region of the KMS key; default: from the AWS environment.
+    pub kms_region: Option<String>,
+    /// KMS endpoint override (VPC endpoint, a KMS-compatible service); default: AWS.
+    pub kms_endpoint: Option<String>,
+}
+
+/// Where the key-encryption key is.
+#[derive(Debug, Clone)]
+pub enum KekSource {
+    File(PathBuf),
+    AwsKms(warden_policy::kms::KmsSettings),
 }
 
 /// Tokens and second factors.
@@ -265,19 +278,27 @@ impl Config {
         self.audit.url.clone().unwrap_or_else(|| self.state_url())
     }
 
-    /// Path of the local key-encryption key.
+    /// The key-encryption key as configured.
     ///
     /// # Errors
-    /// A `keys.kek` that is not a `file://` URL.
-    pub fn kek_path(&self) -> anyhow::Result<PathBuf> {
-        match &self.keys.kek {
-            None => Ok(self.data_dir.join("kek.key")),
-            Some(url) => match url.strip_prefix("file://") {
-                Some(p) => Ok(PathBuf::from(p)),
-                None => bail!(
-                    "keys.kek must be a file:// URL (AWS KMS arrives with the protection release)"
-                ),
-            },
+    /// A `keys.kek` that is neither `file://PATH` nor `aws-kms:KEY_ID`.
+    pub fn kek_source(&self) -> anyhow::Result<KekSource> {
+        let Some(url) = &self.keys.kek else {
+            return Ok(KekSource::File(self.data_dir.join("kek.key")));
+        };
+        if let Some(p) = url.strip_prefix("file://") {
+            return Ok(KekSource::File(PathBuf::from(p)));
+        }
+        match url.strip_prefix("aws-kms:") {
+            Some(key_id) if !key_id.is_empty() => {
+                Ok(KekSource::AwsKms(warden_policy::kms::KmsSettings {
+                    key_id: key_id.to_owned(),
+                    region: self.keys.kms_region.clone(),
+                    endpoint: self.keys.kms_endpoint.clone(),
+                    static_credentials: None,
+                }))
+            }
+            _ => bail!("keys.kek must be file://PATH or aws-kms:KEY_ID"),
         }
     }
 
@@ -298,7 +319,9 @@ mod tests {
         let c = Config::load(None, &HashMap::new()).unwrap();
         assert_eq!(c.state_url(), "sqlite://warden-data/warden.db");
         assert_eq!(c.audit_url(), c.state_url());
-        assert_eq!(c.kek_path().unwrap(), PathBuf::from("warden-data/kek.key"));
+        assert!(
+            matches!(c.kek_source().unwrap(), KekSource::File(p) if p == Path::new("warden-data/kek.key"))
+        );
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
     }
 
@@ -327,6 +350,31 @@ mod tests {
         let c = Config::load(Some(path), &HashMap::new()).unwrap();
         assert_eq!(c.audit.checkpoint_every, 1000);
         assert!(c.auth.oidc.is_none());
+    }
+
+    #[test]
+    fn kek_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warden.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &HashMap::new())
+        };
+        let c =
+            load("[keys]\nkek = \"aws-kms:alias/warden\"\nkms_region = \"eu-west-1\"\n").unwrap();
+        let KekSource::AwsKms(k) = c.kek_source().unwrap() else {
+            panic!("kms expected")
+        };
+        assert_eq!(
+            (k.key_id.as_str(), k.region.as_deref()),
+            ("alias/warden", Some("eu-west-1"))
+        );
+        assert!(c.uses_data_dir(), "the state is still embedded");
+        let c =
+            load("[state]\nurl = \"postgres://h/db\"\n[keys]\nkek = \"aws-kms:k-1\"\n").unwrap();
+        assert!(!c.uses_data_dir(), "nothing embedded");
+        let c = load("[keys]\nkek = \"vault://x\"\n").unwrap();
+        assert!(c.kek_source().is_err());
     }
 
     #[test]

@@ -197,12 +197,19 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", dir.display()))
 }
 
-/// The local key-encryption key as configured.
+/// The key-encryption key as configured: the local key file (created on first use) or AWS KMS.
 ///
 /// # Errors
-/// A key file that cannot be read or created.
-pub fn open_kek(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
-    let path = config.kek_path()?;
+/// A key file that cannot be read or created, or an invalid `keys.kek`.
+pub async fn open_kek(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
+    let path = match config.kek_source()? {
+        crate::config::KekSource::File(path) => path,
+        crate::config::KekSource::AwsKms(settings) => {
+            let kms = warden_policy::kms::AwsKms::connect(&settings).await;
+            info!(key_id = kms.key_id(), "key-encryption key in AWS KMS");
+            return Ok(Arc::new(kms));
+        }
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent)?;
     }
@@ -223,7 +230,7 @@ pub async fn start(
     env: &HashMap<String, String>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<(AppState, Option<FirstStart>)> {
-    let kek = open_kek(&config)?;
+    let kek = open_kek(&config).await?;
     let (state_db, audit_db) = open_databases(&config).await?;
     let store: Arc<dyn StateStore> = Arc::new(SqlStateStore::new(state_db.clone()));
     let first_start = if store.is_initialized().await? {

@@ -36,7 +36,8 @@ impl std::fmt::Debug for SecretBytes {
 
 /// Wraps and unwraps secrets under a key-encryption key it never hands out.
 ///
-/// Contract: `unwrap(wrap(p, aad), aad) == p`; unwrapping with any other `aad`, or bytes
+/// Contract: secrets are never empty (wrapping `[]` fails with [`Error::Wrap`]);
+/// `unwrap(wrap(p, aad), aad) == p`; unwrapping with any other `aad`, or bytes
 /// altered in any way, fails with [`Error::Unwrap`]; two wraps of the same secret differ.
 #[async_trait]
 pub trait KeyProvider: Send + Sync + std::fmt::Debug {
@@ -147,6 +148,9 @@ impl KeyProvider for LocalKeyFile {
     }
 
     async fn wrap(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+        if plaintext.is_empty() {
+            return Err(Error::Wrap);
+        }
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = self
@@ -234,7 +238,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn wrap_round_trips_and_binds_context(secret in prop::collection::vec(any::<u8>(), 0..64),
+        fn wrap_round_trips_and_binds_context(secret in prop::collection::vec(any::<u8>(), 1..64),
                                               aad in prop::collection::vec(any::<u8>(), 0..16),
                                               flip in any::<prop::sample::Index>()) {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();

@@ -17,6 +17,7 @@
 pub mod authz;
 pub mod clock;
 pub mod keys;
+pub mod kms;
 
 pub use clock::{Clock, SystemClock, TestClock};
 
@@ -33,6 +34,8 @@ pub enum Error {
     Unwrap,
     #[error("key wrap failed")]
     Wrap,
+    #[error("AWS KMS error: {0}")]
+    Kms(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

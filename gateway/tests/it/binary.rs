@@ -391,20 +391,36 @@ async fn admin_password_from_environment_and_postgres_by_config() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (_, url) = warden_audit::testkit::fresh_postgres().await;
-    std::fs::write(
-        dir.join("warden.toml"),
-        format!(
-            "[state]\nurl = \"{url}\"\n[keys]\nkek = \"file://{}/kek.key\"\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
+    // The distributed set-up: PostgreSQL for state and audit, AWS KMS for the key.
+    let endpoint = std::env::var("WARDEN_TEST_AWS_ENDPOINT").unwrap_or_else(|_| {
+        panic!("WARDEN_TEST_AWS_ENDPOINT is not set: run scripts/test.sh or eval \"$(scripts/dev-services.sh)\"")
+    });
+    let kms = warden_policy::kms::AwsKms::connect(&warden_policy::kms::KmsSettings {
+        key_id: String::new(),
+        region: Some("us-east-1".to_owned()),
+        endpoint: Some(endpoint.clone()),
+        static_credentials: Some(("test".to_owned(), "test".to_owned())),
+    })
+    .await;
+    let key = kms.create_key("warden e2e").await.unwrap();
+    let config = |key: &str| {
+        format!("[state]\nurl = \"{url}\"\n[keys]\nkek = \"aws-kms:{key}\"\nkms_region = \"us-east-1\"\nkms_endpoint = \"{endpoint}\"\n")
+    };
+    std::fs::write(dir.join("warden.toml"), config(&key)).unwrap();
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ];
     let migrate = warden(dir, &["--config", "warden.toml", "migrate"]);
     assert!(migrate.status.success(), "{}", text(&migrate.stderr));
     let server = Server::start(
         dir,
         &["--config", "warden.toml"],
-        &[("WARDEN_ADMIN_PASSWORD", "from the environment")],
+        &[
+            ("WARDEN_ADMIN_PASSWORD", "from the environment"),
+            aws[0],
+            aws[1],
+        ],
     )
     .await;
     let out = server.stdout();
@@ -426,6 +442,43 @@ async fn admin_password_from_environment_and_postgres_by_config() {
     .await;
     assert_eq!(status, 200, "{body}");
     server.stop();
+
+    // The same installation under another KMS key cannot start: its keys do not unwrap.
+    let other = kms.create_key("not warden's key").await.unwrap();
+    std::fs::write(dir.join("warden.toml"), config(&other)).unwrap();
+    let mut child = Command::new(BIN)
+        .current_dir(dir)
+        .args([
+            "--config",
+            "warden.toml",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .envs(aws)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..400 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if status.is_none() {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        panic!("warden started under the wrong key-encryption key");
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.unwrap().code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot unwrap signing key"), "{stderr}");
+    std::fs::write(dir.join("warden.toml"), config(&key)).unwrap();
+
     let verify = warden(dir, &["--config", "warden.toml", "audit", "verify"]);
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stdout));
     // Audit commands never create an installation to "verify".
