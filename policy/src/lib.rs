@@ -16,8 +16,11 @@
 
 pub mod authz;
 pub mod clock;
+pub mod keyring;
 pub mod keys;
 pub mod kms;
+pub mod pan;
+pub mod vault;
 
 pub use clock::{Clock, SystemClock, TestClock};
 
@@ -36,6 +39,14 @@ pub enum Error {
     Wrap,
     #[error("AWS KMS error: {0}")]
     Kms(String),
+    #[error("vault database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the {scope} key was destroyed (crypto-shredded); its data cannot be decrypted")]
+    KeyDestroyed { scope: String },
+    #[error("vault inconsistency: {0}")]
+    Store(String),
+    #[error("no {scope} key exists")]
+    KeyMissing { scope: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

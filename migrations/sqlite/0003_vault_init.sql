@@ -1,0 +1,20 @@
+-- Owner: warden-policy vault. Data keys (stored wrapped) and the PAN token vault.
+CREATE TABLE vault_keys (
+    scope        TEXT NOT NULL,      -- 'wrapping', 'dataset' or 'subject'
+    key_ref      TEXT NOT NULL,      -- wrapping key id, dataset name or subject_ref
+    wrapped      BLOB,               -- NULL once destroyed (crypto-shredded)
+    wrapped_by   TEXT NOT NULL,      -- the key that wraps it (KEK id or wrapping key id)
+    created_at   INTEGER NOT NULL,
+    destroyed_at INTEGER,
+    PRIMARY KEY (scope, key_ref)
+);
+
+CREATE TABLE vault_tokens (
+    dataset        TEXT NOT NULL,
+    pan_index      BLOB NOT NULL,    -- HMAC-SHA-256 of the PAN under the dataset's index key
+    token          TEXT NOT NULL,
+    pan_ciphertext BLOB NOT NULL,    -- AES-256-GCM under the dataset key, bound to the token
+    created_at     INTEGER NOT NULL,
+    PRIMARY KEY (dataset, pan_index),
+    UNIQUE (dataset, token)
+);

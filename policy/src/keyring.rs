@@ -1,0 +1,300 @@
+//! Data keys: one per subject (for `pii.direct`) and one per dataset (for the PAN vault).
+//!
+//! Keys form three tiers, as in the AWS Encryption SDK's hierarchy: the key-encryption key
+//! (local key file or AWS KMS) wraps a single *wrapping key*; the wrapping key wraps every data
+//! key with AES-256-GCM, bound to its scope and reference. So a batch of records for thousands
+//! of subjects costs at most one KMS call (to unwrap the wrapping key, then cached), never one
+//! per subject — and rotating the KEK rewraps one key, not millions.
+//!
+//! Unwrapped keys are cached with a time-to-live and a bound on uses, and zeroized when the
+//! last holder drops them. Destroying a data key (crypto-shredding) forgets its wrapped bytes:
+//! from then on every request for it fails with [`Error::KeyDestroyed`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use crate::keys::{KeyProvider, LocalKeyFile};
+use crate::vault::VaultStore;
+use crate::{Clock, Error, Result};
+
+pub const SCOPE_WRAPPING: &str = "wrapping";
+pub const SCOPE_DATASET: &str = "dataset";
+pub const SCOPE_SUBJECT: &str = "subject";
+const WRAPPING_REF: &str = "current";
+
+/// A 256-bit data key; zeroized when the last clone is dropped, never printed.
+#[derive(Clone)]
+pub struct DataKey(Arc<Zeroizing<[u8; 32]>>);
+
+impl DataKey {
+    fn random() -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(k.as_mut());
+        Self(Arc::new(k))
+    }
+
+    fn from_slice(bytes: &[u8]) -> Result<Self> {
+        let k: [u8; 32] = bytes.try_into().map_err(|_| Error::Unwrap)?;
+        Ok(Self(Arc::new(Zeroizing::new(k))))
+    }
+
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(**redacted**)")
+    }
+}
+
+/// How long and how often an unwrapped key may be used before it is unwrapped again.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    pub max_uses: u64,
+    /// Most keys held; beyond it the cache is emptied.
+    pub capacity: usize,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(300),
+            max_uses: 1_000_000,
+            capacity: 100_000,
+        }
+    }
+}
+
+struct Cached {
+    key: DataKey,
+    /// Unix microseconds when unwrapped.
+    at: i64,
+    uses: u64,
+}
+
+/// The keys found for a batch.
+#[derive(Debug, Default)]
+pub struct KeyBatch {
+    pub keys: HashMap<String, DataKey>,
+    /// References whose key was destroyed.
+    pub destroyed: HashSet<String>,
+}
+
+/// Creates, finds, caches and destroys data keys.
+pub struct KeyRing {
+    kek: Arc<dyn KeyProvider>,
+    vault: Arc<dyn VaultStore>,
+    clock: Arc<dyn Clock>,
+    policy: CachePolicy,
+    cache: Mutex<HashMap<(String, String), Cached>>,
+    wrapping: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("kek", &self.kek.key_id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn dek_aad(scope: &str, key_ref: &str) -> Vec<u8> {
+    format!("warden:data-key:{scope}:{key_ref}").into_bytes()
+}
+
+impl KeyRing {
+    pub fn new(
+        kek: Arc<dyn KeyProvider>,
+        vault: Arc<dyn VaultStore>,
+        clock: Arc<dyn Clock>,
+        policy: CachePolicy,
+    ) -> Self {
+        Self {
+            kek,
+            vault,
+            clock,
+            policy,
+            cache: Mutex::new(HashMap::new()),
+            wrapping: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn cached(&self, scope: &str, key_ref: &str) -> Option<DataKey> {
+        let now = self.clock.now_micros();
+        let ttl = i64::try_from(self.policy.ttl.as_micros()).unwrap_or(i64::MAX);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let id = (scope.to_owned(), key_ref.to_owned());
+        let fresh = cache
+            .get(&id)
+            .is_some_and(|c| now - c.at < ttl && c.uses < self.policy.max_uses);
+        if !fresh {
+            cache.remove(&id);
+            return None;
+        }
+        cache.get_mut(&id).map(|c| {
+            c.uses += 1;
+            c.key.clone()
+        })
+    }
+
+    fn remember(&self, scope: &str, key_ref: &str, key: &DataKey) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= self.policy.capacity {
+            cache.clear();
+        }
+        cache.insert(
+            (scope.to_owned(), key_ref.to_owned()),
+            Cached {
+                key: key.clone(),
+                at: self.clock.now_micros(),
+                uses: 1,
+            },
+        );
+    }
+
+    /// The wrapping key, created on first use.
+    async fn wrapping_key(&self) -> Result<LocalKeyFile> {
+        if let Some(k) = self.cached(SCOPE_WRAPPING, WRAPPING_REF) {
+            return Ok(LocalKeyFile::from_key(k.expose()));
+        }
+        // One unwrap at a time: concurrent misses wait for the first instead of all calling KMS.
+        let _one = self.wrapping.lock().await;
+        if let Some(k) = self.cached(SCOPE_WRAPPING, WRAPPING_REF) {
+            return Ok(LocalKeyFile::from_key(k.expose()));
+        }
+        let aad = dek_aad(SCOPE_WRAPPING, WRAPPING_REF);
+        let refs = [WRAPPING_REF.to_owned()];
+        let stored = match self
+            .vault
+            .keys(SCOPE_WRAPPING, &refs)
+            .await?
+            .remove(WRAPPING_REF)
+        {
+            Some(s) => s,
+            None => {
+                let fresh = DataKey::random();
+                let wrapped = self.kek.wrap(fresh.expose(), &aad).await?;
+                self.vault
+                    .put_keys(
+                        SCOPE_WRAPPING,
+                        &[(WRAPPING_REF.to_owned(), wrapped)],
+                        self.kek.key_id(),
+                        self.clock.now_micros(),
+                    )
+                    .await?;
+                // Another replica may have won the race; use whatever is stored.
+                self.vault
+                    .keys(SCOPE_WRAPPING, &refs)
+                    .await?
+                    .remove(WRAPPING_REF)
+                    .ok_or(Error::Unwrap)?
+            }
+        };
+        let wrapped = stored.wrapped.ok_or_else(|| Error::KeyDestroyed {
+            scope: SCOPE_WRAPPING.to_owned(),
+        })?;
+        let key = DataKey::from_slice(self.kek.unwrap(&wrapped, &aad).await?.expose())?;
+        self.remember(SCOPE_WRAPPING, WRAPPING_REF, &key);
+        Ok(LocalKeyFile::from_key(key.expose()))
+    }
+
+    /// The data keys of `refs` in `scope`; with `create`, keys that never existed are made.
+    /// Destroyed keys are reported in [`KeyBatch::destroyed`] and never recreated.
+    ///
+    /// # Errors
+    /// Vault or key-encryption-key failures.
+    pub async fn data_keys(&self, scope: &str, refs: &[String], create: bool) -> Result<KeyBatch> {
+        let mut batch = KeyBatch::default();
+        let mut missing: Vec<String> = Vec::new();
+        for r in refs {
+            if batch.keys.contains_key(r) || missing.contains(r) {
+                continue;
+            }
+            match self.cached(scope, r) {
+                Some(k) => {
+                    batch.keys.insert(r.clone(), k);
+                }
+                None => missing.push(r.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(batch);
+        }
+        let wrapping = self.wrapping_key().await?;
+        let mut stored = self.vault.keys(scope, &missing).await?;
+        let absent: Vec<String> = missing
+            .iter()
+            .filter(|r| !stored.contains_key(*r))
+            .cloned()
+            .collect();
+        if create && !absent.is_empty() {
+            let mut new = Vec::with_capacity(absent.len());
+            for r in &absent {
+                let k = DataKey::random();
+                new.push((
+                    r.clone(),
+                    wrapping.wrap(k.expose(), &dek_aad(scope, r)).await?,
+                ));
+            }
+            self.vault
+                .put_keys(scope, &new, wrapping.key_id(), self.clock.now_micros())
+                .await?;
+            // Re-read: where another writer won, its key is the one.
+            stored.extend(self.vault.keys(scope, &absent).await?);
+        }
+        for (r, s) in stored {
+            match s.wrapped {
+                Some(w) => {
+                    let k = DataKey::from_slice(
+                        wrapping.unwrap(&w, &dek_aad(scope, &r)).await?.expose(),
+                    )?;
+                    self.remember(scope, &r, &k);
+                    batch.keys.insert(r, k);
+                }
+                None => {
+                    batch.destroyed.insert(r);
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// One data key; [`Error::KeyDestroyed`] if it was destroyed.
+    ///
+    /// # Errors
+    /// As [`data_keys`](Self::data_keys), and a missing key without `create`.
+    pub async fn data_key(&self, scope: &str, key_ref: &str, create: bool) -> Result<DataKey> {
+        let mut batch = self.data_keys(scope, &[key_ref.to_owned()], create).await?;
+        if batch.destroyed.contains(key_ref) {
+            return Err(Error::KeyDestroyed {
+                scope: scope.to_owned(),
+            });
+        }
+        batch.keys.remove(key_ref).ok_or_else(|| Error::KeyMissing {
+            scope: scope.to_owned(),
+        })
+    }
+
+    /// Destroys a data key (crypto-shredding); returns whether a live key was destroyed.
+    ///
+    /// # Errors
+    /// A vault failure.
+    pub async fn destroy(&self, scope: &str, key_ref: &str) -> Result<bool> {
+        let destroyed = self
+            .vault
+            .destroy_key(scope, key_ref, self.clock.now_micros())
+            .await?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(scope.to_owned(), key_ref.to_owned()));
+        Ok(destroyed)
+    }
+}

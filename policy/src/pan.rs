@@ -1,0 +1,299 @@
+//! Card numbers (PCI DSS): validation, the token vault, and masking.
+//!
+//! A PAN is replaced by a random token that keeps only its last four digits
+//! (`tok_<16 random letters><last4>`): it is not derivable from the PAN without the vault,
+//! fails the Luhn check (it is not a card number) and holds no other digit of the PAN. The
+//! same PAN gets the same token within a dataset, found through an HMAC-SHA-256 index under a
+//! key of that dataset, and different tokens in different datasets. The PAN itself is kept
+//! only encrypted (AES-256-GCM under the dataset key, bound to dataset and token).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use sha2::Sha256;
+
+use crate::keyring::{DataKey, KeyRing, SCOPE_DATASET};
+use crate::keys::{KeyProvider, LocalKeyFile};
+use crate::vault::{NewToken, VaultStore};
+use crate::{Clock, Error, Result};
+
+/// Why a value is not a card number (never carries the value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PanError {
+    #[error("a card number has 12 to 19 digits")]
+    Length,
+    #[error("a card number holds only digits, spaces and dashes")]
+    Characters,
+    #[error("the card number fails the Luhn check")]
+    Luhn,
+}
+
+/// The Luhn check (ISO/IEC 7812-1).
+pub fn luhn_valid(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(*d - b'0');
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum % 10 == 0
+}
+
+/// Normalizes and checks a card number: spaces and dashes dropped, 12 to 19 digits, Luhn.
+///
+/// # Errors
+/// A [`PanError`] saying what is wrong (and nothing of the value).
+pub fn parse_pan(input: &str) -> Result<String, PanError> {
+    if input.len() > 64 {
+        return Err(PanError::Length);
+    }
+    let mut digits = String::with_capacity(19);
+    for c in input.chars() {
+        match c {
+            '0'..='9' => digits.push(c),
+            ' ' | '-' => {}
+            _ => return Err(PanError::Characters),
+        }
+    }
+    if !(12..=19).contains(&digits.len()) {
+        return Err(PanError::Length);
+    }
+    if !luhn_valid(digits.as_bytes()) {
+        return Err(PanError::Luhn);
+    }
+    Ok(digits)
+}
+
+/// PCI DSS 3.4.1: at most the BIN (first six) and the last four digits are shown.
+pub fn mask_pan(pan: &str) -> String {
+    let n = pan.len();
+    if n < 10 {
+        return "*".repeat(n);
+    }
+    format!("{}{}{}", &pan[..6], "*".repeat(n - 10), &pan[n - 4..])
+}
+
+/// A token as most readers see it: `****1234`.
+pub fn mask_token(token: &str) -> String {
+    let last4: String = token
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("****{last4}")
+}
+
+/// Is this a vault token?
+pub fn is_token(s: &str) -> bool {
+    s.len() == 24
+        && s.starts_with("tok_")
+        && s[4..20].bytes().all(|b| b.is_ascii_lowercase())
+        && s[20..].bytes().all(|b| b.is_ascii_digit())
+}
+
+fn new_token(pan: &str) -> String {
+    let mut rng = rand::rngs::OsRng;
+    let letters: String = (0..16)
+        .map(|_| char::from(b'a' + rng.gen_range(0..26u8)))
+        .collect();
+    format!("tok_{letters}{}", &pan[pan.len() - 4..])
+}
+
+/// The dataset's index and encryption keys, derived from its data key.
+struct DatasetKeys {
+    index: Hmac<Sha256>,
+    cipher: LocalKeyFile,
+}
+
+impl DatasetKeys {
+    fn derive(dek: &DataKey) -> Result<Self> {
+        let sub = |label: &[u8]| -> Result<[u8; 32]> {
+            let mut m =
+                <Hmac<Sha256> as Mac>::new_from_slice(dek.expose()).map_err(|_| Error::Wrap)?;
+            m.update(label);
+            Ok(m.finalize().into_bytes().into())
+        };
+        let index = <Hmac<Sha256> as Mac>::new_from_slice(&sub(b"warden:pan-index")?)
+            .map_err(|_| Error::Wrap)?;
+        Ok(Self {
+            index,
+            cipher: LocalKeyFile::from_key(&sub(b"warden:pan-encrypt")?),
+        })
+    }
+
+    fn index(&self, pan: &str) -> Vec<u8> {
+        let mut m = self.index.clone();
+        m.update(pan.as_bytes());
+        m.finalize().into_bytes().to_vec()
+    }
+}
+
+fn pan_aad(dataset: &str, token: &str) -> Vec<u8> {
+    format!("warden:pan:{dataset}:{token}").into_bytes()
+}
+
+/// Tokenizes and detokenizes card numbers, in batches.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    keys: Arc<KeyRing>,
+    vault: Arc<dyn VaultStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Tokenizer {
+    pub fn new(keys: Arc<KeyRing>, vault: Arc<dyn VaultStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { keys, vault, clock }
+    }
+
+    async fn dataset_keys(&self, dataset: &str, create: bool) -> Result<DatasetKeys> {
+        DatasetKeys::derive(&self.keys.data_key(SCOPE_DATASET, dataset, create).await?)
+    }
+
+    /// Tokens for `pans` (already checked by [`parse_pan`]), in order; new PANs are vaulted
+    /// in one transaction.
+    ///
+    /// # Errors
+    /// Vault or key failures.
+    pub async fn tokenize(&self, dataset: &str, pans: &[String]) -> Result<Vec<String>> {
+        if pans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.dataset_keys(dataset, true).await?;
+        let indexes: Vec<Vec<u8>> = pans.iter().map(|p| keys.index(p)).collect();
+        let mut unique: Vec<Vec<u8>> = indexes.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut found = self.vault.tokens_by_index(dataset, &unique).await?;
+        let mut new = Vec::new();
+        let mut planned: HashMap<&[u8], ()> = HashMap::new();
+        for (pan, index) in pans.iter().zip(&indexes) {
+            if found.contains_key(index) || planned.insert(index.as_slice(), ()).is_some() {
+                continue;
+            }
+            let token = new_token(pan);
+            let pan_ciphertext = keys
+                .cipher
+                .wrap(pan.as_bytes(), &pan_aad(dataset, &token))
+                .await?;
+            new.push(NewToken {
+                pan_index: index.clone(),
+                token,
+                pan_ciphertext,
+            });
+        }
+        if !new.is_empty() {
+            self.vault
+                .insert_tokens(dataset, &new, self.clock.now_micros())
+                .await?;
+            // Where a concurrent writer vaulted the same PAN first, its token is the one.
+            let fresh: Vec<Vec<u8>> = new.into_iter().map(|t| t.pan_index).collect();
+            found.extend(self.vault.tokens_by_index(dataset, &fresh).await?);
+        }
+        indexes
+            .iter()
+            .map(|i| {
+                found
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| Error::Store("token missing after insert".to_owned()))
+            })
+            .collect()
+    }
+
+    /// The card numbers behind `tokens`, in order (`None` for a token the vault does not know).
+    ///
+    /// # Errors
+    /// Vault or key failures, [`Error::KeyDestroyed`] if the dataset key was destroyed.
+    pub async fn detokenize(
+        &self,
+        dataset: &str,
+        tokens: &[String],
+    ) -> Result<Vec<Option<String>>> {
+        let keys = self.dataset_keys(dataset, false).await?;
+        let found = self.vault.pans_by_token(dataset, tokens).await?;
+        let mut out = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            out.push(match found.get(t) {
+                Some(ct) => {
+                    let pan = keys.cipher.unwrap(ct, &pan_aad(dataset, t)).await?;
+                    Some(String::from_utf8(pan.expose().to_vec()).map_err(|_| Error::Unwrap)?)
+                }
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn luhn_and_parsing() {
+        assert_eq!(
+            parse_pan("4111 1111 1111 1111").unwrap(),
+            "4111111111111111"
+        );
+        assert_eq!(
+            parse_pan("5500-0000-0000-0004").unwrap(),
+            "5500000000000004"
+        );
+        assert_eq!(parse_pan("4111111111111112"), Err(PanError::Luhn));
+        assert_eq!(parse_pan("41111"), Err(PanError::Length));
+        assert_eq!(parse_pan("4111x111"), Err(PanError::Characters));
+        assert_eq!(parse_pan(&"4".repeat(100)), Err(PanError::Length));
+    }
+
+    #[test]
+    fn masks() {
+        assert_eq!(mask_pan("4111111111111111"), "411111******1111");
+        assert_eq!(mask_pan("378282246310005"), "378282*****0005");
+        assert_eq!(mask_token("tok_abcdefghijklmnop1111"), "****1111");
+    }
+
+    /// Luhn-valid PANs of 12 to 19 digits.
+    pub(crate) fn arb_pan() -> impl Strategy<Value = String> {
+        prop::collection::vec(0u8..10, 11..=18).prop_map(|body| {
+            let digits: String = body.iter().map(|x| char::from(b'0' + x)).collect();
+            let check = (0..10u8)
+                .find(|c| luhn_valid(format!("{digits}{c}").as_bytes()))
+                .unwrap_or(0);
+            format!("{digits}{check}")
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn tokens_hide_all_but_the_last_four(pan in arb_pan()) {
+            prop_assert!(parse_pan(&pan).is_ok());
+            let t = new_token(&pan);
+            prop_assert!(is_token(&t));
+            prop_assert!(t.ends_with(&pan[pan.len() - 4..]));
+            // No digit of the PAN but the last four: before them the token is letters only, so
+            // the middle digits (and the BIN) appear nowhere.
+            prop_assert!(t[..20].bytes().all(|b| !b.is_ascii_digit()));
+            let middle = &pan[6..pan.len() - 4];
+            prop_assert!(middle.is_empty() || !t[..20].contains(middle));
+            prop_assert!(parse_pan(&t).is_err(), "a token is not a card number");
+            // PCI DSS 3.4.1: the mask shows the first six and last four, nothing between.
+            let masked = mask_pan(&pan);
+            let n = pan.len();
+            prop_assert_eq!(masked.len(), n);
+            prop_assert_eq!(&masked[..6], &pan[..6]);
+            prop_assert_eq!(&masked[n - 4..], &pan[n - 4..]);
+            prop_assert!(masked[6..n - 4].bytes().all(|b| b == b'*'));
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The vault: data keys (stored wrapped) and the PAN token vault, on SQLite or PostgreSQL
+//! (`migrations/*/0003_vault_init.sql`).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::{Any, Row};
+use warden_audit::Db;
+
+use crate::Result;
+
+/// Rows per `IN (...)` list or multi-row INSERT: far below both databases' parameter limits.
+const CHUNK: usize = 500;
+
+/// A data key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The wrapped key; `None` once destroyed (crypto-shredded).
+    pub wrapped: Option<Vec<u8>>,
+    /// Id of the key that wraps it.
+    pub wrapped_by: String,
+}
+
+/// One new vault entry.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub pan_index: Vec<u8>,
+    pub token: String,
+    pub pan_ciphertext: Vec<u8>,
+}
+
+/// Persistent keys and tokens.
+///
+/// Contract, for every implementation: keys and tokens are inserted only if absent (the
+/// first writer wins, so racing writers converge on one key and one token per PAN); a
+/// destroyed key stays destroyed (its row keeps the fact, never the key); lookups are
+/// batched (one round trip per few hundred items, never one per record).
+#[async_trait]
+pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores keys `(key_ref, wrapped)`, each unless one exists for `(scope, key_ref)`.
+    async fn put_keys(
+        &self,
+        scope: &str,
+        keys: &[(String, Vec<u8>)],
+        wrapped_by: &str,
+        now: i64,
+    ) -> Result<()>;
+    /// The stored keys among `refs` (absent ones are missing from the map).
+    async fn keys(&self, scope: &str, refs: &[String]) -> Result<HashMap<String, StoredKey>>;
+    /// Destroys a key: forgets the wrapped bytes, keeps the fact. Returns whether a live key
+    /// was destroyed.
+    async fn destroy_key(&self, scope: &str, key_ref: &str, now: i64) -> Result<bool>;
+    /// Token of each PAN index among `indexes` that has one.
+    async fn tokens_by_index(
+        &self,
+        dataset: &str,
+        indexes: &[Vec<u8>],
+    ) -> Result<HashMap<Vec<u8>, String>>;
+    /// Inserts tokens, skipping indexes that have one already.
+    async fn insert_tokens(&self, dataset: &str, tokens: &[NewToken], now: i64) -> Result<()>;
+    /// The encrypted PAN of each token among `tokens` that exists.
+    async fn pans_by_token(
+        &self,
+        dataset: &str,
+        tokens: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>>;
+}
+
+/// [`VaultStore`] on SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SqlVaultStore {
+    db: Db,
+}
+
+impl SqlVaultStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+/// `$from, $from+1, ...` for `n` parameters.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[async_trait]
+impl VaultStore for SqlVaultStore {
+    async fn put_keys(
+        &self,
+        scope: &str,
+        keys: &[(String, Vec<u8>)],
+        wrapped_by: &str,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.db.pool().begin().await?;
+        for chunk in keys.chunks(CHUNK / 5) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO vault_keys (scope, key_ref, wrapped, wrapped_by, created_at) VALUES {} \
+                 ON CONFLICT (scope, key_ref) DO NOTHING",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query::<Any>(&sql);
+            for (key_ref, wrapped) in chunk {
+                q = q
+                    .bind(scope.to_owned())
+                    .bind(key_ref.clone())
+                    .bind(wrapped.clone())
+                    .bind(wrapped_by.to_owned())
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn keys(&self, scope: &str, refs: &[String]) -> Result<HashMap<String, StoredKey>> {
+        let mut out = HashMap::with_capacity(refs.len());
+        for chunk in refs.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT key_ref, wrapped, wrapped_by FROM vault_keys WHERE scope = $1 AND key_ref IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query::<Any>(&sql).bind(scope.to_owned());
+            for r in chunk {
+                q = q.bind(r.clone());
+            }
+            for row in q.fetch_all(self.db.pool()).await? {
+                out.insert(
+                    row.try_get::<String, _>("key_ref")?,
+                    StoredKey {
+                        wrapped: row.try_get("wrapped")?,
+                        wrapped_by: row.try_get("wrapped_by")?,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    async fn destroy_key(&self, scope: &str, key_ref: &str, now: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE vault_keys SET wrapped = NULL, destroyed_at = $1 \
+             WHERE scope = $2 AND key_ref = $3 AND wrapped IS NOT NULL",
+        )
+        .bind(now)
+        .bind(scope.to_owned())
+        .bind(key_ref.to_owned())
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn tokens_by_index(
+        &self,
+        dataset: &str,
+        indexes: &[Vec<u8>],
+    ) -> Result<HashMap<Vec<u8>, String>> {
+        let mut out = HashMap::with_capacity(indexes.len());
+        for chunk in indexes.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT pan_index, token FROM vault_tokens WHERE dataset = $1 AND pan_index IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query::<Any>(&sql).bind(dataset.to_owned());
+            for i in chunk {
+                q = q.bind(i.clone());
+            }
+            for row in q.fetch_all(self.db.pool()).await? {
+                out.insert(
+                    row.try_get::<Vec<u8>, _>("pan_index")?,
+                    row.try_get("token")?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    async fn insert_tokens(&self, dataset: &str, tokens: &[NewToken], now: i64) -> Result<()> {
+        let mut tx = self.db.pool().begin().await?;
+        for chunk in tokens.chunks(CHUNK / 5) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO vault_tokens (dataset, pan_index, token, pan_ciphertext, created_at) VALUES {} \
+                 ON CONFLICT (dataset, pan_index) DO NOTHING",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query::<Any>(&sql);
+            for t in chunk {
+                q = q
+                    .bind(dataset.to_owned())
+                    .bind(t.pan_index.clone())
+                    .bind(t.token.clone())
+                    .bind(t.pan_ciphertext.clone())
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn pans_by_token(
+        &self,
+        dataset: &str,
+        tokens: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>> {
+        let mut out = HashMap::with_capacity(tokens.len());
+        for chunk in tokens.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT token, pan_ciphertext FROM vault_tokens WHERE dataset = $1 AND token IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query::<Any>(&sql).bind(dataset.to_owned());
+            for t in chunk {
+                q = q.bind(t.clone());
+            }
+            for row in q.fetch_all(self.db.pool()).await? {
+                out.insert(
+                    row.try_get::<String, _>("token")?,
+                    row.try_get("pan_ciphertext")?,
+                );
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,99 @@
+//! The VaultStore contract suite, run on SQLite and PostgreSQL.
+
+use warden_policy::vault::{NewToken, VaultStore};
+
+use crate::{fixture, Kind};
+
+crate::on_both_backends!(
+    keys_first_writer_wins_and_destroy_is_final,
+    tokens_batched_and_unique
+);
+
+async fn keys_first_writer_wins_and_destroy_is_final(kind: Kind) {
+    let f = fixture(kind).await;
+    let v = f.vault.as_ref();
+    let many: Vec<(String, Vec<u8>)> = (0..1200)
+        .map(|i| (format!("sr-{i}"), vec![1, (i % 251) as u8]))
+        .collect();
+    v.put_keys("subject", &many, "wk-1", 10).await.unwrap();
+    // A second writer of the same refs does not replace the first one's keys.
+    v.put_keys("subject", &[("sr-5".to_owned(), vec![9, 9])], "wk-2", 11)
+        .await
+        .unwrap();
+    let refs: Vec<String> = many
+        .iter()
+        .map(|(r, _)| r.clone())
+        .chain(["sr-none".to_owned()])
+        .collect();
+    let got = v.keys("subject", &refs).await.unwrap();
+    assert_eq!(
+        got.len(),
+        1200,
+        "batched over several chunks, the absent one missing"
+    );
+    assert_eq!(got["sr-5"].wrapped, Some(vec![1, 5]));
+    assert_eq!(got["sr-5"].wrapped_by, "wk-1");
+    assert!(
+        v.keys("dataset", &refs).await.unwrap().is_empty(),
+        "scopes are separate"
+    );
+
+    assert!(v.destroy_key("subject", "sr-5", 20).await.unwrap());
+    assert!(
+        !v.destroy_key("subject", "sr-5", 21).await.unwrap(),
+        "destroyed once"
+    );
+    assert!(!v.destroy_key("subject", "sr-none", 21).await.unwrap());
+    v.put_keys("subject", &[("sr-5".to_owned(), vec![7])], "wk-1", 22)
+        .await
+        .unwrap();
+    let after = v
+        .keys("subject", &["sr-5".to_owned(), "sr-6".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(
+        after["sr-5"].wrapped, None,
+        "a destroyed key is never recreated by an insert"
+    );
+    assert_eq!(after["sr-6"].wrapped, Some(vec![1, 6]));
+}
+
+async fn tokens_batched_and_unique(kind: Kind) {
+    let f = fixture(kind).await;
+    let v = f.vault.as_ref();
+    let rows: Vec<NewToken> = (0..700u32)
+        .map(|i| NewToken {
+            pan_index: i.to_be_bytes().to_vec(),
+            token: format!("tok_{i:016}"),
+            pan_ciphertext: vec![i as u8; 3],
+        })
+        .collect();
+    v.insert_tokens("payments", &rows, 1).await.unwrap();
+    // Racing writer: same index, another token — the first stays.
+    let rival = NewToken {
+        pan_index: 3u32.to_be_bytes().to_vec(),
+        token: "tok_rival".into(),
+        pan_ciphertext: vec![0],
+    };
+    v.insert_tokens("payments", &[rival], 2).await.unwrap();
+    let indexes: Vec<Vec<u8>> = (0..800u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    let found = v.tokens_by_index("payments", &indexes).await.unwrap();
+    assert_eq!(found.len(), 700);
+    assert_eq!(
+        found[&3u32.to_be_bytes().to_vec()],
+        format!("tok_{:016}", 3)
+    );
+    assert!(v
+        .tokens_by_index("other-dataset", &indexes)
+        .await
+        .unwrap()
+        .is_empty());
+    let tokens = vec![
+        format!("tok_{:016}", 42),
+        "tok_rival".to_owned(),
+        "tok_unknown".to_owned(),
+    ];
+    let pans = v.pans_by_token("payments", &tokens).await.unwrap();
+    assert_eq!(pans.len(), 1);
+    assert_eq!(pans[&tokens[0]], vec![42u8; 3]);
+}
