@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prints Warden's benchmark figures (release build): authorization decisions/s, durable
-# audit appends/s on SQLite and PostgreSQL, audit verification events/s.
+# audit appends/s on SQLite and PostgreSQL, audit verification events/s, PAN
+# tokenizations/s on SQLite and PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/warden/target}"
@@ -10,3 +11,4 @@ fi
 eval "$(scripts/dev-services.sh)"
 trap 'scripts/dev-services.sh --stop' EXIT
 cargo bench --locked -p warden-gateway --bench foundation
+cargo bench --locked -p warden-policy --bench protection

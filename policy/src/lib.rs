@@ -16,10 +16,12 @@
 
 pub mod authz;
 pub mod clock;
+pub mod contract;
 pub mod keyring;
 pub mod keys;
 pub mod kms;
 pub mod pan;
+pub mod protect;
 pub mod vault;
 
 pub use clock::{Clock, SystemClock, TestClock};
@@ -43,6 +45,8 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("the {scope} key was destroyed (crypto-shredded); its data cannot be decrypted")]
     KeyDestroyed { scope: String },
+    #[error("the dataset's contract does not allow this purpose")]
+    PurposeNotAllowed,
     #[error("vault inconsistency: {0}")]
     Store(String),
     #[error("no {scope} key exists")]

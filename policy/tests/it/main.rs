@@ -6,6 +6,7 @@
 
 mod key_providers;
 mod keyring;
+mod protect;
 mod vault;
 
 use std::sync::Arc;

@@ -1,0 +1,81 @@
+//! Protection benchmarks (figures, not assertions): PAN tokenizations/s, batched and durable,
+//! on SQLite and PostgreSQL — new card numbers (vaulted) and known ones (looked up).
+//!
+//! Run with `scripts/bench.sh` (it starts PostgreSQL and sets `WARDEN_TEST_POSTGRES_URL`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use warden_policy::keyring::{CachePolicy, KeyRing};
+use warden_policy::keys::LocalKeyFile;
+use warden_policy::pan::{luhn_valid, Tokenizer};
+use warden_policy::vault::SqlVaultStore;
+use warden_policy::SystemClock;
+
+const BATCH: usize = 10_000;
+const BATCHES: usize = 10;
+
+fn pan(i: usize) -> String {
+    let body = format!("4{i:014}");
+    let check = (0..10)
+        .find(|c| luhn_valid(format!("{body}{c}").as_bytes()))
+        .unwrap();
+    format!("{body}{check}")
+}
+
+async fn run(backend: &str, db: warden_audit::Db) {
+    let vault = Arc::new(SqlVaultStore::new(db));
+    let clock = Arc::new(SystemClock);
+    let ring = Arc::new(KeyRing::new(
+        Arc::new(LocalKeyFile::from_key(&[1u8; 32])),
+        vault.clone(),
+        clock.clone(),
+        CachePolicy::default(),
+    ));
+    let t = Tokenizer::new(ring, vault, clock);
+    let batches: Vec<Vec<String>> = (0..BATCHES)
+        .map(|b| (0..BATCH).map(|i| pan(b * BATCH + i)).collect())
+        .collect();
+    let started = Instant::now();
+    for b in &batches {
+        t.tokenize("payments", b).await.unwrap();
+    }
+    let d = started.elapsed();
+    let n = (BATCH * BATCHES) as f64;
+    println!(
+        "tokenize {backend:8} new PANs, batches of {BATCH}, durable:   {:>9.0} /s",
+        n / d.as_secs_f64()
+    );
+    let started = Instant::now();
+    for b in &batches {
+        t.tokenize("payments", b).await.unwrap();
+    }
+    let d = started.elapsed();
+    println!(
+        "tokenize {backend:8} known PANs (lookup), batches of {BATCH}: {:>9.0} /s",
+        n / d.as_secs_f64()
+    );
+    let tokens = t.tokenize("payments", &batches[0]).await.unwrap();
+    let started = Instant::now();
+    t.detokenize("payments", &tokens).await.unwrap();
+    println!(
+        "tokenize {backend:8} detokenize, batch of {BATCH}:            {:>9.0} /s",
+        BATCH as f64 / started.elapsed().as_secs_f64()
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = warden_audit::testkit::fresh_sqlite(dir.path()).await;
+        run("sqlite", db).await;
+        let (db, _) = warden_audit::testkit::fresh_postgres().await;
+        run("postgres", db).await;
+    });
+}

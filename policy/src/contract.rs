@@ -1,0 +1,328 @@
+//! Dataset contracts: what a dataset holds, whose data it is, and how each field is protected.
+//!
+//! A contract is TOML (`config/datasets/*.toml`). Loading validates it once into a
+//! [`Contract`]; errors name the offending path (`fields.card_number.class`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How a field is classified, and so protected on ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DataClass {
+    /// A card number (PCI DSS): vaulted, replaced by a token keeping the last four digits.
+    #[serde(rename = "pci.pan")]
+    PciPan,
+    /// Sensitive authentication data (CVV, PIN block, track data): never stored (PCI DSS 3.3).
+    #[serde(rename = "pci.sad")]
+    PciSad,
+    /// Directly identifying personal data: encrypted under the subject's key.
+    #[serde(rename = "pii.direct")]
+    PiiDirect,
+    /// The subject's identifier: replaced by its keyed pseudonym, `subject_ref`.
+    #[serde(rename = "pii.id")]
+    PiiId,
+    /// An IP address: truncated (/24, /48).
+    #[serde(rename = "pii.network")]
+    PiiNetwork,
+    /// Not personal: validated and kept.
+    #[serde(rename = "public")]
+    Public,
+}
+
+/// The JSON type a field must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    /// RFC 3339 or epoch seconds/milliseconds.
+    Timestamp,
+    /// IPv4 or IPv6 address.
+    Ip,
+}
+
+/// What to do with a record that carries sensitive authentication data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SadPolicy {
+    /// Refuse the whole record (the default).
+    #[default]
+    Reject,
+    /// Drop the field and keep the record.
+    Strip,
+}
+
+/// One field of a contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    pub class: DataClass,
+    #[serde(rename = "type")]
+    pub ty: FieldType,
+    /// Whether every record must carry it.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// A contract as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContractFile {
+    name: String,
+    version: u32,
+    subject_field: String,
+    record_key: String,
+    time_field: String,
+    #[serde(with = "humantime_serde")]
+    retention: Duration,
+    purposes: Vec<String>,
+    stream: String,
+    lake_table: String,
+    collection: String,
+    #[serde(default)]
+    sad: SadPolicy,
+    fields: BTreeMap<String, FieldSpec>,
+}
+
+/// A validated dataset contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contract {
+    pub name: String,
+    pub version: u32,
+    pub subject_field: String,
+    pub record_key: String,
+    pub time_field: String,
+    pub retention: Duration,
+    pub purposes: Vec<String>,
+    pub stream: String,
+    pub lake_table: String,
+    pub collection: String,
+    pub sad: SadPolicy,
+    pub fields: BTreeMap<String, FieldSpec>,
+}
+
+/// A contract that does not validate: the path of the problem and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ContractError {
+    pub path: String,
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ContractError {
+    ContractError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Names of datasets, fields, purposes, streams, tables: 1 to 64 of `[a-z0-9_]`, starting
+/// with a letter.
+pub fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl Contract {
+    /// Parses and validates TOML.
+    ///
+    /// # Errors
+    /// A [`ContractError`] naming the path of the first problem.
+    pub fn from_toml(text: &str) -> Result<Self, ContractError> {
+        let file: ContractFile = toml::from_str(text).map_err(|e| {
+            // toml's message names the key; keep it, it holds no record data.
+            err("contract", e.message().to_owned())
+        })?;
+        Self::validate(file)
+    }
+
+    fn validate(f: ContractFile) -> Result<Self, ContractError> {
+        for (path, v) in [
+            ("name", &f.name),
+            ("stream", &f.stream),
+            ("lake_table", &f.lake_table),
+            ("collection", &f.collection),
+        ] {
+            if !valid_name(v) {
+                return Err(err(
+                    path,
+                    "must be 1 to 64 of a-z, 0-9 and _, starting with a letter",
+                ));
+            }
+        }
+        if f.version == 0 {
+            return Err(err("version", "must be 1 or more"));
+        }
+        if f.fields.is_empty() || f.fields.len() > 512 {
+            return Err(err("fields", "a contract has 1 to 512 fields"));
+        }
+        for name in f.fields.keys() {
+            if !valid_name(name) || name.ends_with(crate::protect::BLIND_INDEX_SUFFIX) {
+                return Err(err(
+                    format!("fields.{name}"),
+                    "field names are 1 to 64 of a-z, 0-9 and _, starting with a letter",
+                ));
+            }
+        }
+        let field = |path: &str, name: &str| -> Result<&FieldSpec, ContractError> {
+            f.fields
+                .get(name)
+                .ok_or_else(|| err(path, format!("names no field of the contract ({name:?})")))
+        };
+        let subject = field("subject_field", &f.subject_field)?;
+        if subject.class != DataClass::PiiId {
+            return Err(err(
+                format!("fields.{}.class", f.subject_field),
+                "the subject field must be pii.id",
+            ));
+        }
+        let ids = f
+            .fields
+            .values()
+            .filter(|s| s.class == DataClass::PiiId)
+            .count();
+        if ids != 1 {
+            return Err(err(
+                "fields",
+                "exactly one field is pii.id: the subject field",
+            ));
+        }
+        let key = field("record_key", &f.record_key)?;
+        if key.class != DataClass::Public {
+            return Err(err(
+                format!("fields.{}.class", f.record_key),
+                "the record key must be public (it is indexed and shown)",
+            ));
+        }
+        let time = field("time_field", &f.time_field)?;
+        if time.ty != FieldType::Timestamp {
+            return Err(err(
+                format!("fields.{}.type", f.time_field),
+                "the time field must be a timestamp",
+            ));
+        }
+        for (name, spec) in &f.fields {
+            let ok = match spec.class {
+                DataClass::PciPan | DataClass::PciSad | DataClass::PiiDirect | DataClass::PiiId => {
+                    spec.ty == FieldType::String
+                }
+                DataClass::PiiNetwork => spec.ty == FieldType::Ip,
+                DataClass::Public => spec.ty != FieldType::Ip,
+            };
+            if !ok {
+                return Err(err(
+                    format!("fields.{name}.type"),
+                    "this type does not fit the field's class",
+                ));
+            }
+            if spec.class == DataClass::PciSad && spec.required {
+                return Err(err(
+                    format!("fields.{name}.required"),
+                    "sensitive authentication data is never required: it is never stored",
+                ));
+            }
+        }
+        if f.purposes.is_empty() {
+            return Err(err(
+                "purposes",
+                "list at least one purpose (GDPR Art. 5(1)(b))",
+            ));
+        }
+        for (i, p) in f.purposes.iter().enumerate() {
+            if !valid_name(p) {
+                return Err(err(
+                    format!("purposes[{i}]"),
+                    "purposes are 1 to 64 of a-z, 0-9 and _",
+                ));
+            }
+        }
+        if f.retention.is_zero() {
+            return Err(err("retention", "must be positive"));
+        }
+        Ok(Self {
+            name: f.name,
+            version: f.version,
+            subject_field: f.subject_field,
+            record_key: f.record_key,
+            time_field: f.time_field,
+            retention: f.retention,
+            purposes: f.purposes,
+            stream: f.stream,
+            lake_table: f.lake_table,
+            collection: f.collection,
+            sad: f.sad,
+            fields: f.fields,
+        })
+    }
+
+    /// Whether the contract allows processing for `purpose`.
+    pub fn allows_purpose(&self, purpose: &str) -> bool {
+        self.purposes.iter().any(|p| p == purpose)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const PAYMENTS: &str = include_str!("../../config/datasets/payments.toml");
+
+    #[test]
+    fn shipped_contract_validates() {
+        let c = Contract::from_toml(PAYMENTS).unwrap();
+        assert_eq!(c.name, "payments");
+        assert_eq!(c.fields["card_number"].class, DataClass::PciPan);
+        assert!(c.allows_purpose("fraud_detection"));
+        assert!(!c.allows_purpose("marketing"));
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        for (from, to, path) in [
+            ("class = \"pci.pan\"", "class = \"pci.panda\"", "contract"),
+            (
+                "subject_field = \"user_id\"",
+                "subject_field = \"nobody\"",
+                "subject_field",
+            ),
+            (
+                "time_field = \"created_at\"",
+                "time_field = \"amount\"",
+                "fields.amount.type",
+            ),
+            (
+                "record_key = \"transaction_id\"",
+                "record_key = \"email\"",
+                "fields.email.class",
+            ),
+            (
+                "purposes = [\"payment_processing\", \"fraud_detection\"]",
+                "purposes = []",
+                "purposes",
+            ),
+            (
+                "[fields.ip]\nclass = \"pii.network\"\ntype = \"ip\"",
+                "[fields.ip]\nclass = \"pii.network\"\ntype = \"string\"",
+                "fields.ip.type",
+            ),
+            (
+                "[fields.cvv]\nclass = \"pci.sad\"\ntype = \"string\"",
+                "[fields.cvv]\nclass = \"pci.sad\"\ntype = \"string\"\nrequired = true",
+                "fields.cvv.required",
+            ),
+        ] {
+            assert!(PAYMENTS.contains(from), "{from}");
+            let e = Contract::from_toml(&PAYMENTS.replace(from, to)).unwrap_err();
+            assert_eq!(e.path, path, "{to}: {e}");
+        }
+        let e =
+            Contract::from_toml(&PAYMENTS.replace("[fields.email]", "[fields.Email]")).unwrap_err();
+        assert_eq!(e.path, "fields.Email");
+    }
+}

@@ -1,0 +1,410 @@
+//! The protection engine: from a dataset contract, a purpose and raw records to protected
+//! records — or precise rejections that name the record and field, never the value.
+//!
+//! | class | becomes |
+//! |---|---|
+//! | `pci.pan` | a vault token keeping the last four digits |
+//! | `pci.sad` | nothing: the record is rejected, or the field stripped (PCI DSS 3.3) |
+//! | `pii.direct` | `enc:v1:<base64>`: AES-256-GCM under the subject's key, bound to dataset, field and subject; plus `<field>__bidx`, a blind index (HMAC) for equality lookups |
+//! | `pii.id` | `subject_ref`, the keyed pseudonym of the identifier |
+//! | `pii.network` | the address truncated to /24 (IPv4) or /48 (IPv6) |
+//! | `public` | itself, type-checked |
+//!
+//! Everything keyed is batched: one pseudonym key, one tokenization, one lookup of subject
+//! keys per batch of records.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::Sha256;
+
+use crate::contract::{Contract, DataClass, FieldType, SadPolicy};
+use crate::keyring::{DataKey, KeyRing, SCOPE_DATASET, SCOPE_SUBJECT};
+use crate::keys::{KeyProvider, LocalKeyFile};
+use crate::pan::{parse_pan, Tokenizer};
+use crate::{Error, Result};
+
+/// Scope of the installation-wide pseudonym key.
+pub const SCOPE_PSEUDONYM: &str = "pseudonym";
+const PSEUDONYM_REF: &str = "subject_ref";
+/// Suffix of the blind-index field written beside each `pii.direct` field.
+pub const BLIND_INDEX_SUFFIX: &str = "__bidx";
+const ENC_PREFIX: &str = "enc:v1:";
+/// Longest accepted string value, in bytes.
+pub const MAX_VALUE: usize = 4096;
+
+/// A record ready for streams and stores.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProtectedRecord {
+    pub subject_ref: String,
+    /// The contract version the record was protected under.
+    pub contract_version: u32,
+    pub fields: Map<String, Value>,
+}
+
+/// Why a record was refused: which record, which field, what is wrong — never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    pub index: usize,
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+/// The outcome of one batch.
+#[derive(Debug, Default)]
+pub struct Protected {
+    pub records: Vec<(usize, ProtectedRecord)>,
+    pub rejections: Vec<Rejection>,
+    /// Names of `pci.sad` fields stripped (under `sad = "strip"`), for the audit log.
+    pub stripped: Vec<(usize, String)>,
+}
+
+/// Applies contracts to records.
+#[derive(Debug, Clone)]
+pub struct Protector {
+    keys: Arc<KeyRing>,
+    tokenizer: Tokenizer,
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Result<[u8; 32]> {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| Error::Wrap)?;
+    for p in parts {
+        m.update(p);
+    }
+    Ok(m.finalize().into_bytes().into())
+}
+
+fn pii_aad(dataset: &str, field: &str, subject_ref: &str) -> Vec<u8> {
+    format!("warden:pii:{dataset}:{field}:{subject_ref}").into_bytes()
+}
+
+/// Truncates an address: /24 for IPv4, /48 for IPv6.
+pub fn truncate_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            IpAddr::from([o[0], o[1], o[2], 0])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0])
+        }
+    }
+}
+
+fn type_ok(ty: FieldType, v: &Value) -> bool {
+    match ty {
+        FieldType::String => v.as_str().is_some(),
+        FieldType::Integer => v.as_i64().is_some() || v.as_u64().is_some(),
+        FieldType::Number => v.is_number(),
+        FieldType::Boolean => v.is_boolean(),
+        FieldType::Timestamp => {
+            v.as_i64().is_some()
+                || v.as_str()
+                    .is_some_and(|s| humantime::parse_rfc3339_weak(s).is_ok())
+        }
+        FieldType::Ip => v.as_str().is_some_and(|s| s.parse::<IpAddr>().is_ok()),
+    }
+}
+
+fn type_name(ty: FieldType) -> &'static str {
+    match ty {
+        FieldType::String => "a string",
+        FieldType::Integer => "an integer",
+        FieldType::Number => "a number",
+        FieldType::Boolean => "true or false",
+        FieldType::Timestamp => "an RFC 3339 time or epoch seconds",
+        FieldType::Ip => "an IP address",
+    }
+}
+
+impl Protector {
+    pub fn new(keys: Arc<KeyRing>, tokenizer: Tokenizer) -> Self {
+        Self { keys, tokenizer }
+    }
+
+    /// The keyed pseudonyms of subject identifiers: `sr_` and 32 hex digits of
+    /// HMAC-SHA-256 under the installation's pseudonym key. The same identifier always gives
+    /// the same `subject_ref`, in every dataset; without the key it cannot be computed.
+    ///
+    /// # Errors
+    /// Key failures.
+    pub async fn subject_refs(&self, ids: &[&str]) -> Result<Vec<String>> {
+        let key = self
+            .keys
+            .data_key(SCOPE_PSEUDONYM, PSEUDONYM_REF, true)
+            .await?;
+        ids.iter()
+            .map(|id| {
+                Ok(format!(
+                    "sr_{}",
+                    hex::encode(&hmac(key.expose(), &[b"warden:subject:", id.as_bytes()])?[..16])
+                ))
+            })
+            .collect()
+    }
+
+    /// Protects a batch for `purpose`.
+    ///
+    /// # Errors
+    /// [`Error::PurposeNotAllowed`] when the contract does not list the purpose (GDPR
+    /// Art. 5(1)(b)); key or vault failures. A bad record is a [`Rejection`], not an error.
+    pub async fn protect(
+        &self,
+        contract: &Contract,
+        purpose: &str,
+        records: &[Map<String, Value>],
+    ) -> Result<Protected> {
+        if !contract.allows_purpose(purpose) {
+            return Err(Error::PurposeNotAllowed);
+        }
+        let mut out = Protected::default();
+        // 1. Validate every record; find its subject and card numbers.
+        let mut accepted: Vec<(usize, &Map<String, Value>)> = Vec::new();
+        let mut pans: Vec<String> = Vec::new();
+        let mut pan_slots: Vec<(usize, String)> = Vec::new();
+        'records: for (i, rec) in records.iter().enumerate() {
+            let reject = |field: Option<&str>, reason: String| Rejection {
+                index: i,
+                field: field.map(str::to_owned),
+                reason,
+            };
+            for name in rec.keys() {
+                if !contract.fields.contains_key(name) {
+                    out.rejections.push(reject(
+                        Some(name),
+                        "not a field of the dataset's contract".to_owned(),
+                    ));
+                    continue 'records;
+                }
+            }
+            let mut record_pans = Vec::new();
+            for (name, spec) in &contract.fields {
+                let value = rec.get(name).filter(|v| !v.is_null());
+                let Some(v) = value else {
+                    if spec.required {
+                        out.rejections
+                            .push(reject(Some(name), "required field missing".to_owned()));
+                        continue 'records;
+                    }
+                    continue;
+                };
+                if spec.class == DataClass::PciSad {
+                    if contract.sad == SadPolicy::Reject {
+                        out.rejections.push(reject(
+                            Some(name),
+                            "sensitive authentication data is never accepted (PCI DSS 3.3)"
+                                .to_owned(),
+                        ));
+                        continue 'records;
+                    }
+                    continue;
+                }
+                if !type_ok(spec.ty, v) {
+                    out.rejections.push(reject(
+                        Some(name),
+                        format!("must be {}", type_name(spec.ty)),
+                    ));
+                    continue 'records;
+                }
+                if v.as_str().is_some_and(|s| s.len() > MAX_VALUE) {
+                    out.rejections
+                        .push(reject(Some(name), format!("longer than {MAX_VALUE} bytes")));
+                    continue 'records;
+                }
+                if spec.class == DataClass::PciPan {
+                    match parse_pan(v.as_str().unwrap_or_default()) {
+                        Ok(pan) => record_pans.push((name.clone(), pan)),
+                        Err(e) => {
+                            out.rejections
+                                .push(reject(Some(name), format!("not a card number: {e}")));
+                            continue 'records;
+                        }
+                    }
+                }
+            }
+            let subject = rec
+                .get(&contract.subject_field)
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if subject.is_empty() {
+                out.rejections.push(reject(
+                    Some(&contract.subject_field),
+                    "the subject identifier is empty".to_owned(),
+                ));
+                continue;
+            }
+            for (field, pan) in record_pans {
+                pan_slots.push((accepted.len(), field));
+                pans.push(pan);
+            }
+            accepted.push((i, rec));
+        }
+        if accepted.is_empty() {
+            return Ok(out);
+        }
+        // 2. Keys and tokens, batched.
+        let ids: Vec<&str> = accepted
+            .iter()
+            .map(|(_, r)| {
+                r.get(&contract.subject_field)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let refs = self.subject_refs(&ids).await?;
+        let tokens = self.tokenizer.tokenize(&contract.name, &pans).await?;
+        let mut token_of: HashMap<(usize, &str), &str> = HashMap::new();
+        for ((slot, field), token) in pan_slots.iter().zip(&tokens) {
+            token_of.insert((*slot, field.as_str()), token.as_str());
+        }
+        let has_direct = contract
+            .fields
+            .values()
+            .any(|s| s.class == DataClass::PiiDirect);
+        let (subject_keys, dataset_key) = if has_direct {
+            let batch = self.keys.data_keys(SCOPE_SUBJECT, &refs, true).await?;
+            let dk = self
+                .keys
+                .data_key(SCOPE_DATASET, &contract.name, true)
+                .await?;
+            (Some(batch), Some(dk))
+        } else {
+            (None, None)
+        };
+        // 3. Build the protected records.
+        'build: for (slot, ((i, rec), subject_ref)) in accepted.iter().zip(&refs).enumerate() {
+            let mut fields = Map::new();
+            for (name, v) in rec.iter().filter(|(_, v)| !v.is_null()) {
+                let spec = &contract.fields[name];
+                let protected = match spec.class {
+                    DataClass::PciSad => {
+                        out.stripped.push((*i, name.clone()));
+                        continue;
+                    }
+                    DataClass::PciPan => Value::String(
+                        token_of
+                            .get(&(slot, name.as_str()))
+                            .copied()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    ),
+                    DataClass::PiiId => Value::String(subject_ref.clone()),
+                    DataClass::PiiNetwork => {
+                        let ip: IpAddr = v
+                            .as_str()
+                            .unwrap_or_default()
+                            .parse()
+                            .map_err(|_| Error::Store("ip checked above".to_owned()))?;
+                        Value::String(truncate_ip(ip).to_string())
+                    }
+                    DataClass::Public => v.clone(),
+                    DataClass::PiiDirect => {
+                        let keys = subject_keys.as_ref().ok_or(Error::Wrap)?;
+                        let Some(key) = keys.keys.get(subject_ref) else {
+                            out.rejections.push(Rejection {
+                                index: *i,
+                                field: Some(name.clone()),
+                                reason: "the subject was erased: no new personal data is accepted for it".to_owned(),
+                            });
+                            continue 'build;
+                        };
+                        let clear = v.as_str().unwrap_or_default();
+                        let ct = LocalKeyFile::from_key(key.expose())
+                            .wrap(
+                                clear.as_bytes(),
+                                &pii_aad(&contract.name, name, subject_ref),
+                            )
+                            .await?;
+                        let dk = dataset_key.as_ref().ok_or(Error::Wrap)?;
+                        fields.insert(
+                            format!("{name}{BLIND_INDEX_SUFFIX}"),
+                            Value::String(blind_index(dk, name, clear)?),
+                        );
+                        Value::String(format!("{ENC_PREFIX}{}", STANDARD.encode(ct)))
+                    }
+                };
+                fields.insert(name.clone(), protected);
+            }
+            out.records.push((
+                *i,
+                ProtectedRecord {
+                    subject_ref: subject_ref.clone(),
+                    contract_version: contract.version,
+                    fields,
+                },
+            ));
+        }
+        out.rejections.sort_by_key(|r| r.index);
+        Ok(out)
+    }
+
+    /// The blind index of `value` for `field` of `dataset` (to search protected records).
+    ///
+    /// # Errors
+    /// Key failures.
+    pub async fn blind_index(&self, dataset: &str, field: &str, value: &str) -> Result<String> {
+        blind_index(
+            &self.keys.data_key(SCOPE_DATASET, dataset, true).await?,
+            field,
+            value,
+        )
+    }
+
+    /// Decrypts a `pii.direct` value of `subject_ref` for `field` of `dataset`.
+    ///
+    /// # Errors
+    /// [`Error::KeyDestroyed`] once the subject was crypto-shredded; [`Error::Unwrap`] when the
+    /// value belongs to another subject, field or dataset, or was altered.
+    pub async fn reveal(
+        &self,
+        dataset: &str,
+        field: &str,
+        subject_ref: &str,
+        value: &str,
+    ) -> Result<String> {
+        let ct = value
+            .strip_prefix(ENC_PREFIX)
+            .and_then(|b| STANDARD.decode(b).ok())
+            .ok_or(Error::Unwrap)?;
+        let key = self
+            .keys
+            .data_key(SCOPE_SUBJECT, subject_ref, false)
+            .await?;
+        let clear = LocalKeyFile::from_key(key.expose())
+            .unwrap(&ct, &pii_aad(dataset, field, subject_ref))
+            .await?;
+        String::from_utf8(clear.expose().to_vec()).map_err(|_| Error::Unwrap)
+    }
+}
+
+fn blind_index(dataset_key: &DataKey, field: &str, value: &str) -> Result<String> {
+    let key = hmac(
+        dataset_key.expose(),
+        &[b"warden:blind-index:", field.as_bytes()],
+    )?;
+    Ok(hex::encode(hmac(&key, &[value.as_bytes()])?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation() {
+        assert_eq!(
+            truncate_ip("203.0.113.77".parse().unwrap()).to_string(),
+            "203.0.113.0"
+        );
+        assert_eq!(
+            truncate_ip("2001:db8:abcd:12:1::7".parse().unwrap()).to_string(),
+            "2001:db8:abcd::"
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! The protection engine on a real vault: every class, rejections, purposes, AAD binding,
+//! crypto-shredding, and no clear value anywhere in what comes out.
+
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+use warden_policy::contract::Contract;
+use warden_policy::keyring::{CachePolicy, SCOPE_SUBJECT};
+use warden_policy::keys::LocalKeyFile;
+use warden_policy::pan::{is_token, Tokenizer};
+use warden_policy::protect::Protector;
+use warden_policy::Error;
+
+use crate::{fixture, Kind};
+
+crate::on_both_backends!(every_class_is_protected, bindings_purposes_and_shredding);
+
+const PAYMENTS: &str = include_str!("../../../config/datasets/payments.toml");
+
+fn record(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+fn setup(f: &crate::Fixture) -> (Protector, Arc<warden_policy::keyring::KeyRing>) {
+    let ring = f.keyring(
+        Arc::new(LocalKeyFile::from_key(&[8u8; 32])),
+        CachePolicy::default(),
+    );
+    let tokenizer = Tokenizer::new(ring.clone(), f.vault.clone(), f.clock.clone());
+    (Protector::new(ring.clone(), tokenizer), ring)
+}
+
+fn batch() -> Vec<Map<String, Value>> {
+    vec![
+        record(
+            json!({"transaction_id": "t-1", "user_id": "alice@example.com", "card_number": "4111 1111 1111 1111",
+            "email": "alice@example.com", "ip": "203.0.113.77", "amount": 12.5, "country": "FR",
+            "created_at": "2026-11-24T10:00:00Z"}),
+        ),
+        record(
+            json!({"transaction_id": "t-2", "user_id": "bob-42", "card_number": "5500000000000004", "cvv": "123",
+            "amount": 3, "created_at": 1_790_000_000}),
+        ),
+        record(
+            json!({"transaction_id": "t-3", "user_id": "bob-42", "card_number": "4111111111111112",
+            "amount": 3, "created_at": 1_790_000_000}),
+        ),
+        record(
+            json!({"transaction_id": "t-4", "user_id": "carol", "amount": "lots", "created_at": 1_790_000_000}),
+        ),
+        record(
+            json!({"transaction_id": "t-5", "user_id": "carol", "amount": 1, "created_at": 1_790_000_000, "favourite_colour": "red"}),
+        ),
+        record(
+            json!({"transaction_id": "t-6", "user_id": "alice@example.com", "email": "alice@example.com",
+            "ip": "2001:db8:abcd:12::1", "amount": 7, "created_at": "2026-11-24T11:00:00Z"}),
+        ),
+    ]
+}
+
+async fn every_class_is_protected(kind: Kind) {
+    let f = fixture(kind).await;
+    let (p, _) = setup(&f);
+    let contract = Contract::from_toml(PAYMENTS).unwrap();
+    let out = p
+        .protect(&contract, "payment_processing", &batch())
+        .await
+        .unwrap();
+
+    let rejected: Vec<(usize, Option<&str>)> = out
+        .rejections
+        .iter()
+        .map(|r| (r.index, r.field.as_deref()))
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![
+            (1, Some("cvv")),
+            (2, Some("card_number")),
+            (3, Some("amount")),
+            (4, Some("favourite_colour"))
+        ]
+    );
+    let accepted: Vec<usize> = out.records.iter().map(|(i, _)| *i).collect();
+    assert_eq!(accepted, vec![0, 5]);
+    let (_, a) = &out.records[0];
+    let (_, a2) = &out.records[1];
+    assert_eq!(a.contract_version, 1);
+    assert!(a.subject_ref.starts_with("sr_") && a.subject_ref.len() == 35);
+    assert_eq!(a.subject_ref, a2.subject_ref, "one subject, one pseudonym");
+    assert_eq!(a.fields["user_id"], a.subject_ref.as_str());
+    let token = a.fields["card_number"].as_str().unwrap();
+    assert!(is_token(token) && token.ends_with("1111"));
+    assert_eq!(a.fields["ip"], "203.0.113.0");
+    assert_eq!(a2.fields["ip"], "2001:db8:abcd::");
+    assert_eq!(a.fields["amount"], 12.5);
+    assert_eq!(a.fields["country"], "FR");
+    let email = a.fields["email"].as_str().unwrap();
+    assert!(email.starts_with("enc:v1:"));
+    assert_ne!(
+        email,
+        a2.fields["email"].as_str().unwrap(),
+        "fresh nonce per encryption"
+    );
+    assert_eq!(
+        a.fields["email__bidx"], a2.fields["email__bidx"],
+        "equal values, equal blind index"
+    );
+    assert_eq!(
+        a.fields["email__bidx"],
+        p.blind_index("payments", "email", "alice@example.com")
+            .await
+            .unwrap()
+            .as_str()
+    );
+    assert_eq!(
+        p.reveal("payments", "email", &a.subject_ref, email)
+            .await
+            .unwrap(),
+        "alice@example.com"
+    );
+
+    // The same person in another dataset has the same pseudonym.
+    let refs = p
+        .subject_refs(&["alice@example.com", "bob-42"])
+        .await
+        .unwrap();
+    assert_eq!(refs[0], a.subject_ref);
+    assert_ne!(refs[0], refs[1]);
+
+    // Canary: nothing clear comes out — not in the records, not in the rejections.
+    let all = serde_json::to_string(&(&out.records, &out.rejections)).unwrap();
+    for clear in [
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "5500000000000004",
+        "4111111111111112",
+        "alice@example.com",
+        "bob-42",
+        "203.0.113.77",
+        "2001:db8:abcd:12::1",
+        "\"123\"",
+        "lots",
+        "red",
+    ] {
+        assert!(!all.contains(clear), "{clear} leaked: {all}");
+    }
+}
+
+async fn bindings_purposes_and_shredding(kind: Kind) {
+    let f = fixture(kind).await;
+    let (p, ring) = setup(&f);
+    let contract = Contract::from_toml(PAYMENTS).unwrap();
+    assert!(matches!(
+        p.protect(&contract, "marketing", &batch()).await,
+        Err(Error::PurposeNotAllowed)
+    ));
+
+    let out = p
+        .protect(&contract, "fraud_detection", &batch())
+        .await
+        .unwrap();
+    let (_, a) = &out.records[0];
+    let email = a.fields["email"].as_str().unwrap();
+    let other = p.subject_refs(&["bob-42"]).await.unwrap().remove(0);
+    // Bound to subject, field and dataset: moved anywhere else, it does not decrypt.
+    p.protect(
+        &contract,
+        "fraud_detection",
+        &[record(json!({"transaction_id": "t-9", "user_id": "bob-42",
+        "email": "bob@example.com", "amount": 1, "created_at": 1}))],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        p.reveal("payments", "email", &other, email).await,
+        Err(Error::Unwrap)
+    ));
+    assert!(matches!(
+        p.reveal("payments", "country", &a.subject_ref, email).await,
+        Err(Error::Unwrap)
+    ));
+    assert!(matches!(
+        p.reveal("refunds", "email", &a.subject_ref, email).await,
+        Err(Error::Unwrap)
+    ));
+
+    // Strip instead of reject.
+    let stripping =
+        Contract::from_toml(&PAYMENTS.replace("sad = \"reject\"", "sad = \"strip\"")).unwrap();
+    let out = p
+        .protect(&stripping, "fraud_detection", &batch()[1..2])
+        .await
+        .unwrap();
+    assert_eq!(out.stripped, vec![(0, "cvv".to_owned())]);
+    assert!(!out.records[0].1.fields.contains_key("cvv"));
+
+    // Crypto-shredding: the subject's data no longer decrypts, and no new personal data is taken.
+    assert!(ring.destroy(SCOPE_SUBJECT, &a.subject_ref).await.unwrap());
+    assert!(matches!(
+        p.reveal("payments", "email", &a.subject_ref, email).await,
+        Err(Error::KeyDestroyed { .. })
+    ));
+    let again = p
+        .protect(&contract, "fraud_detection", &batch()[..1])
+        .await
+        .unwrap();
+    assert!(again.records.is_empty());
+    assert_eq!(again.rejections[0].field.as_deref(), Some("email"));
+    assert!(again.rejections[0].reason.contains("erased"));
+}
