@@ -1,4 +1,6 @@
 -- Owner: warden-policy vault. Data keys (stored wrapped) and the PAN token vault.
+-- Keys lead with the looked-up column (batched `IN` lists), so lookups stay index scans
+-- whatever the planner's statistics say after a bulk load.
 CREATE TABLE vault_keys (
     scope        TEXT NOT NULL,      -- 'wrapping', 'dataset' or 'subject'
     key_ref      TEXT NOT NULL,      -- wrapping key id, dataset name or subject_ref
@@ -6,7 +8,7 @@ CREATE TABLE vault_keys (
     wrapped_by   TEXT NOT NULL,      -- the key that wraps it (KEK id or wrapping key id)
     created_at   INTEGER NOT NULL,
     destroyed_at INTEGER,
-    PRIMARY KEY (scope, key_ref)
+    PRIMARY KEY (key_ref, scope)
 );
 
 CREATE TABLE vault_tokens (
@@ -15,6 +17,6 @@ CREATE TABLE vault_tokens (
     token          TEXT NOT NULL,
     pan_ciphertext BLOB NOT NULL,    -- AES-256-GCM under the dataset key, bound to the token
     created_at     INTEGER NOT NULL,
-    PRIMARY KEY (dataset, pan_index),
-    UNIQUE (dataset, token)
+    PRIMARY KEY (pan_index, dataset),
+    UNIQUE (token, dataset)
 );

@@ -152,7 +152,10 @@ impl KeyProvider for LocalKeyFile {
             return Err(Error::Wrap);
         }
         let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        // Random 96-bit nonces from the thread-local CSPRNG (ChaCha, seeded from the OS): no
+        // system call per encryption; each key wraps far fewer than the 2^32 messages NIST
+        // SP 800-38D allows with random nonces.
+        rand::thread_rng().fill_bytes(&mut nonce);
         let ct = self
             .cipher
             .encrypt(

@@ -102,7 +102,9 @@ pub fn is_token(s: &str) -> bool {
 }
 
 fn new_token(pan: &str) -> String {
-    let mut rng = rand::rngs::OsRng;
+    // The thread-local generator is a CSPRNG (ChaCha) seeded from the OS: unpredictable
+    // tokens without a system call per letter.
+    let mut rng = rand::thread_rng();
     let letters: String = (0..16)
         .map(|_| char::from(b'a' + rng.gen_range(0..26u8)))
         .collect();
@@ -192,12 +194,17 @@ impl Tokenizer {
             });
         }
         if !new.is_empty() {
-            self.vault
+            let inserted = self
+                .vault
                 .insert_tokens(dataset, &new, self.clock.now_micros())
                 .await?;
-            // Where a concurrent writer vaulted the same PAN first, its token is the one.
-            let fresh: Vec<Vec<u8>> = new.into_iter().map(|t| t.pan_index).collect();
-            found.extend(self.vault.tokens_by_index(dataset, &fresh).await?);
+            if inserted == new.len() {
+                found.extend(new.into_iter().map(|t| (t.pan_index, t.token)));
+            } else {
+                // A concurrent writer vaulted some of these PANs first: its tokens are the ones.
+                let fresh: Vec<Vec<u8>> = new.into_iter().map(|t| t.pan_index).collect();
+                found.extend(self.vault.tokens_by_index(dataset, &fresh).await?);
+            }
         }
         indexes
             .iter()

@@ -9,8 +9,10 @@ use warden_audit::Db;
 
 use crate::Result;
 
-/// Rows per `IN (...)` list or multi-row INSERT: far below both databases' parameter limits.
-const CHUNK: usize = 500;
+/// Items per batched lookup: far below both databases' parameter limits (32766, 65535).
+const CHUNK: usize = 2000;
+/// Rows per multi-row INSERT (five parameters each).
+const INSERT_ROWS: usize = 1000;
 
 /// A data key as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +59,9 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
         indexes: &[Vec<u8>],
     ) -> Result<HashMap<Vec<u8>, String>>;
     /// Inserts tokens, skipping indexes that have one already.
-    async fn insert_tokens(&self, dataset: &str, tokens: &[NewToken], now: i64) -> Result<()>;
+    /// Inserts tokens in one transaction, skipping indexes that have one already; returns
+    /// how many were inserted.
+    async fn insert_tokens(&self, dataset: &str, tokens: &[NewToken], now: i64) -> Result<usize>;
     /// The encrypted PAN of each token among `tokens` that exists.
     async fn pans_by_token(
         &self,
@@ -79,6 +83,20 @@ impl SqlVaultStore {
 }
 
 /// `$from, $from+1, ...` for `n` parameters.
+/// `WITH v(i) AS (VALUES ($2), ($3), ...)`: the batch as a table to join on. A join lets the
+/// planner hash the batch or probe the index, where a parameterized `IN` list is compared
+/// element by element against every row scanned — quadratic whenever PostgreSQL's statistics
+/// are stale (right after a bulk load) and it scans.
+fn batch_cte(db: &Db, n: usize, ty: &str) -> String {
+    let values: Vec<String> = (2..2 + n)
+        .map(|i| match db.backend() {
+            warden_audit::Backend::Postgres => format!("(CAST(${i} AS {ty}))"),
+            warden_audit::Backend::Sqlite => format!("(${i})"),
+        })
+        .collect();
+    format!("WITH v(i) AS (VALUES {})", values.join(", "))
+}
+
 fn placeholders(from: usize, n: usize) -> String {
     (from..from + n)
         .map(|i| format!("${i}"))
@@ -96,13 +114,13 @@ impl VaultStore for SqlVaultStore {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.db.pool().begin().await?;
-        for chunk in keys.chunks(CHUNK / 5) {
+        for chunk in keys.chunks(INSERT_ROWS) {
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
                 .collect();
             let sql = format!(
                 "INSERT INTO vault_keys (scope, key_ref, wrapped, wrapped_by, created_at) VALUES {} \
-                 ON CONFLICT (scope, key_ref) DO NOTHING",
+                 ON CONFLICT (key_ref, scope) DO NOTHING",
                 rows.join(", ")
             );
             let mut q = sqlx::query::<Any>(&sql);
@@ -124,8 +142,9 @@ impl VaultStore for SqlVaultStore {
         let mut out = HashMap::with_capacity(refs.len());
         for chunk in refs.chunks(CHUNK) {
             let sql = format!(
-                "SELECT key_ref, wrapped, wrapped_by FROM vault_keys WHERE scope = $1 AND key_ref IN ({})",
-                placeholders(2, chunk.len())
+                "{} SELECT k.key_ref, k.wrapped, k.wrapped_by FROM v JOIN vault_keys k ON k.key_ref = v.i \
+                 WHERE k.scope = $1",
+                batch_cte(&self.db, chunk.len(), "TEXT")
             );
             let mut q = sqlx::query::<Any>(&sql).bind(scope.to_owned());
             for r in chunk {
@@ -166,8 +185,9 @@ impl VaultStore for SqlVaultStore {
         let mut out = HashMap::with_capacity(indexes.len());
         for chunk in indexes.chunks(CHUNK) {
             let sql = format!(
-                "SELECT pan_index, token FROM vault_tokens WHERE dataset = $1 AND pan_index IN ({})",
-                placeholders(2, chunk.len())
+                "{} SELECT t.pan_index, t.token FROM v JOIN vault_tokens t ON t.pan_index = v.i \
+                 WHERE t.dataset = $1",
+                batch_cte(&self.db, chunk.len(), "BYTEA")
             );
             let mut q = sqlx::query::<Any>(&sql).bind(dataset.to_owned());
             for i in chunk {
@@ -183,15 +203,16 @@ impl VaultStore for SqlVaultStore {
         Ok(out)
     }
 
-    async fn insert_tokens(&self, dataset: &str, tokens: &[NewToken], now: i64) -> Result<()> {
+    async fn insert_tokens(&self, dataset: &str, tokens: &[NewToken], now: i64) -> Result<usize> {
         let mut tx = self.db.pool().begin().await?;
-        for chunk in tokens.chunks(CHUNK / 5) {
+        let mut inserted = 0;
+        for chunk in tokens.chunks(INSERT_ROWS) {
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
                 .collect();
             let sql = format!(
                 "INSERT INTO vault_tokens (dataset, pan_index, token, pan_ciphertext, created_at) VALUES {} \
-                 ON CONFLICT (dataset, pan_index) DO NOTHING",
+                 ON CONFLICT (pan_index, dataset) DO NOTHING",
                 rows.join(", ")
             );
             let mut q = sqlx::query::<Any>(&sql);
@@ -203,10 +224,10 @@ impl VaultStore for SqlVaultStore {
                     .bind(t.pan_ciphertext.clone())
                     .bind(now);
             }
-            q.execute(&mut *tx).await?;
+            inserted += q.execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
-        Ok(())
+        Ok(usize::try_from(inserted).unwrap_or(usize::MAX))
     }
 
     async fn pans_by_token(
@@ -217,8 +238,9 @@ impl VaultStore for SqlVaultStore {
         let mut out = HashMap::with_capacity(tokens.len());
         for chunk in tokens.chunks(CHUNK) {
             let sql = format!(
-                "SELECT token, pan_ciphertext FROM vault_tokens WHERE dataset = $1 AND token IN ({})",
-                placeholders(2, chunk.len())
+                "{} SELECT t.token, t.pan_ciphertext FROM v JOIN vault_tokens t ON t.token = v.i \
+                 WHERE t.dataset = $1",
+                batch_cte(&self.db, chunk.len(), "TEXT")
             );
             let mut q = sqlx::query::<Any>(&sql).bind(dataset.to_owned());
             for t in chunk {
