@@ -21,6 +21,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address the HTTP server listens on.
     pub listen: SocketAddr,
+    /// Dataset contracts (`*.toml`) loaded on start for datasets the store does not know yet.
+    pub datasets_dir: PathBuf,
     pub state: StateConfig,
     pub audit: AuditConfig,
     pub keys: KeysConfig,
@@ -34,6 +36,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("warden-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            datasets_dir: PathBuf::from("config/datasets"),
             state: StateConfig::default(),
             audit: AuditConfig::default(),
             keys: KeysConfig::default(),

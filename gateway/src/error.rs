@@ -44,7 +44,9 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         | ErrorCode::MfaRequired
         | ErrorCode::InvalidOtp => StatusCode::UNAUTHORIZED,
         ErrorCode::Locked | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::Forbidden | ErrorCode::PasswordChangeRequired => StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden | ErrorCode::PasswordChangeRequired | ErrorCode::PurposeNotAllowed => {
+            StatusCode::FORBIDDEN
+        }
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::Conflict => StatusCode::CONFLICT,
@@ -145,6 +147,10 @@ impl From<Error> for ApiError {
         match e {
             Error::Conflict(m) => Self::new(ErrorCode::Conflict, m),
             Error::Invalid(m) => Self::invalid(m),
+            Error::Policy(warden_policy::Error::KeyDestroyed { .. }) => Self::new(
+                ErrorCode::NotFound,
+                "the data was erased (its key was destroyed)",
+            ),
             Error::Audit(warden_audit::Error::Unavailable(_) | warden_audit::Error::Closed) => {
                 error!(error = %e, "audit log unavailable");
                 Self::new(

@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod datasets;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -79,6 +80,13 @@ pub fn app(state: AppState) -> Router {
             "/v1/service-accounts",
             post(api::admin::create_service_account),
         )
+        .route("/v1/datasets", get(api::data::list))
+        .route(
+            "/v1/datasets/{name}",
+            get(api::data::get).put(api::data::put),
+        )
+        .route("/v1/datasets/{name}/protect", post(api::data::protect))
+        .route("/v1/detokenize", post(api::data::detokenize))
         // Inside the enforcing layer too, so a handler's panic or timeout is audited as an
         // error like any other outcome (the outer copies guard the layers above).
         .route_layer(CatchPanicLayer::new())

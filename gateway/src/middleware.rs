@@ -31,6 +31,8 @@ pub struct AuditNote {
     pub action: Option<String>,
     /// The data subject concerned, by pseudonym only.
     pub subject_ref: Option<String>,
+    /// The stated purpose of processing.
+    pub purpose: Option<String>,
     /// Extra details; never clear personal data or secrets.
     pub details: Map<String, Value>,
 }
@@ -212,6 +214,10 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
             None => res,
         };
     };
+    let Some(resource) = routes::resource(resource, &route, req.uri().path()) else {
+        return ApiError::not_found().into_response();
+    };
+    let resource = resource.as_str();
     let action_name = format!("{resource}.{action}");
     // Writes and sensitive reads are answered only once their audit event is durable.
     let durable = !is_read || mfa;
@@ -364,6 +370,7 @@ impl Ctx<'_> {
         )
         .request_id(Some(self.request_id.to_owned()).filter(|r| r != "-"))
         .subject_ref(note.subject_ref.clone())
+        .purpose(note.purpose.clone())
         .details(&Value::Object(details))
     }
 

@@ -74,9 +74,74 @@ pub const ROUTES: &[RouteSpec] = &[
     guarded("POST", "/v1/users/{id}/disable", "users", "write", true),
     guarded("POST", "/v1/users/{id}/enable", "users", "write", true),
     guarded("POST", "/v1/service-accounts", "users", "write", true),
+    guarded("GET", "/v1/datasets", "datasets:*", "read", false),
+    guarded(
+        "GET",
+        "/v1/datasets/{name}",
+        "datasets:{name}",
+        "read",
+        false,
+    ),
+    guarded(
+        "PUT",
+        "/v1/datasets/{name}",
+        "datasets:{name}",
+        "admin",
+        true,
+    ),
+    guarded(
+        "POST",
+        "/v1/datasets/{name}/protect",
+        "datasets:{name}",
+        "write",
+        false,
+    ),
+    guarded("POST", "/v1/detokenize", "pan", "reveal", true),
 ];
+
+/// The resource of a request: the route's resource with `{param}` replaced by the value in
+/// the path. `None` when a value is not a plain name (`[a-z0-9_]`, as dataset names are),
+/// so no crafted value (a `*`, a `:`) reaches the policy.
+pub fn resource(template: &str, route: &str, path: &str) -> Option<String> {
+    let mut resource = template.to_owned();
+    for (pattern, actual) in route.split('/').zip(path.split('/')) {
+        if pattern.starts_with('{') && pattern.ends_with('}') && template.contains(pattern) {
+            if !warden_policy::contract::valid_name(actual) {
+                return None;
+            }
+            resource = resource.replace(pattern, actual);
+        }
+    }
+    Some(resource)
+}
 
 /// The spec of a matched route.
 pub fn lookup(method: &str, path: &str) -> Option<&'static RouteSpec> {
     ROUTES.iter().find(|r| r.method == method && r.path == path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resource;
+
+    #[test]
+    fn resources_from_paths() {
+        let r = |path: &str| resource("datasets:{name}", "/v1/datasets/{name}/protect", path);
+        assert_eq!(
+            r("/v1/datasets/payments/protect").as_deref(),
+            Some("datasets:payments")
+        );
+        for bad in [
+            "/v1/datasets/*/protect",
+            "/v1/datasets/a:b/protect",
+            "/v1/datasets/%2A/protect",
+            "/v1/datasets/Pay/protect",
+        ] {
+            assert_eq!(r(bad), None, "{bad}");
+        }
+        assert_eq!(
+            resource("users", "/v1/users/{id}/disable", "/v1/users/x-y/disable").as_deref(),
+            Some("users")
+        );
+    }
 }

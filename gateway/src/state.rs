@@ -13,7 +13,11 @@ use warden_audit::{
     AuditStore, CheckpointKeys, CheckpointSigner, Db, Sequencer, SequencerConfig, SqlAuditStore,
 };
 use warden_policy::authz::{parse_policy_csv, Authorizer, DEFAULT_MODEL, DEFAULT_POLICY};
+use warden_policy::keyring::{CachePolicy, KeyRing};
 use warden_policy::keys::{KeyProvider, LocalKeyFile};
+use warden_policy::pan::Tokenizer;
+use warden_policy::protect::Protector;
+use warden_policy::vault::{SqlVaultStore, VaultStore};
 use warden_policy::Clock;
 use warden_sdk::PrincipalKind;
 use zeroize::Zeroizing;
@@ -21,6 +25,7 @@ use zeroize::Zeroizing;
 use crate::auth::tokens::{key_id, TokenService};
 use crate::auth::{passwords, totp};
 use crate::config::Config;
+use crate::datasets::Datasets;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::store::{
@@ -54,6 +59,11 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     pub limiter: RateLimiter,
     pub checkpoint_keys: CheckpointKeys,
+    /// Data keys (per subject, per dataset) under the key-encryption key.
+    pub keys: Arc<KeyRing>,
+    pub tokenizer: Tokenizer,
+    pub protector: Protector,
+    pub datasets: Datasets,
     /// The state database, then the audit database if it is another one.
     pub dbs: Vec<Db>,
 }
@@ -288,6 +298,20 @@ pub async fn start(
         dbs.push(audit_db);
     }
     let limiter = RateLimiter::new(config.limits.rate_per_second, config.limits.rate_burst);
+    let vault: Arc<dyn VaultStore> = Arc::new(SqlVaultStore::new(state_db.clone()));
+    let keys = Arc::new(KeyRing::new(
+        kek.clone(),
+        vault.clone(),
+        clock.clone(),
+        CachePolicy::default(),
+    ));
+    let tokenizer = Tokenizer::new(keys.clone(), vault, clock.clone());
+    let protector = Protector::new(keys.clone(), tokenizer.clone());
+    let datasets = Datasets::default();
+    datasets
+        .load(&config.datasets_dir, store.as_ref(), clock.now_micros())
+        .await
+        .context("cannot load the dataset contracts")?;
     let state = AppState(Arc::new(Inner {
         config,
         clock,
@@ -301,17 +325,23 @@ pub async fn start(
         metrics,
         limiter,
         checkpoint_keys,
+        keys,
+        tokenizer,
+        protector,
+        datasets,
         dbs,
     }));
     Ok((state, first_start))
 }
 
 impl AppState {
-    /// Reloads the policy if another replica (or the API) changed it.
+    /// Reloads the policy and the dataset contracts if another replica (or the API) changed
+    /// them.
     ///
     /// # Errors
     /// A database failure, or stored rules the authorizer refuses (the old rules stay).
     pub async fn refresh_policy(&self) -> crate::error::Result<()> {
+        self.datasets.refresh(self.store.as_ref()).await?;
         let mut held = self.policy_version.lock().await;
         let (version, rules) = self.store.policy().await?;
         if version > *held {

@@ -125,6 +125,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     /// Keys of one purpose, newest first.
     async fn signing_keys(&self, purpose: &str) -> Result<Vec<SigningKeyRecord>>;
 
+    /// Stores version `version` of a dataset contract (JSON); [`Error::Conflict`] if that
+    /// version exists.
+    async fn put_contract(&self, name: &str, version: u32, contract: &str, now: i64) -> Result<()>;
+    /// The latest version of every contract: `(name, version, JSON)`.
+    async fn contracts(&self) -> Result<Vec<(String, u32, String)>>;
+
     /// The policy version and rules.
     async fn policy(&self) -> Result<(i64, Vec<PolicyRule>)>;
     /// Replaces the rules if the version is still `expected_version`; returns the new
@@ -478,6 +484,44 @@ impl StateStore for SqlStateStore {
             .iter()
             .map(signing_key)
             .collect()
+    }
+
+    async fn put_contract(&self, name: &str, version: u32, contract: &str, now: i64) -> Result<()> {
+        let result = sqlx::query(
+            "INSERT INTO dataset_contracts (name, version, contract, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(name.to_owned())
+        .bind(i64::from(version))
+        .bind(contract.to_owned())
+        .bind(now)
+        .execute(self.db.pool())
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(Error::Conflict(format!(
+                "version {version} of this contract exists"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn contracts(&self) -> Result<Vec<(String, u32, String)>> {
+        sqlx::query(
+            "SELECT c.name, c.version, c.contract FROM dataset_contracts c \
+             WHERE c.version = (SELECT MAX(version) FROM dataset_contracts m WHERE m.name = c.name) ORDER BY c.name",
+        )
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            let version: i64 = r.try_get("version")?;
+            Ok((
+                r.try_get("name")?,
+                u32::try_from(version).map_err(|_| Error::Corrupt(format!("contract version {version}")))?,
+                r.try_get("contract")?,
+            ))
+        })
+        .collect()
     }
 
     async fn policy(&self) -> Result<(i64, Vec<PolicyRule>)> {

@@ -261,6 +261,51 @@ impl Contract {
         })
     }
 
+    /// Parses and validates JSON (the API's form).
+    ///
+    /// # Errors
+    /// As [`from_toml`](Self::from_toml).
+    pub fn from_json(text: &str) -> Result<Self, ContractError> {
+        let file: ContractFile = serde_json::from_str(text).map_err(|e| {
+            // serde_json quotes values only for type errors; keep just the category and place.
+            let msg = e.to_string();
+            let kept = ["unknown field", "missing field", "unknown variant"]
+                .iter()
+                .find_map(|m| {
+                    msg.find(m)
+                        .map(|i| msg[i..].split(',').next().unwrap_or(m).to_owned())
+                })
+                .unwrap_or_else(|| {
+                    format!(
+                        "invalid contract at line {} column {}",
+                        e.line(),
+                        e.column()
+                    )
+                });
+            err("contract", kept)
+        })?;
+        Self::validate(file)
+    }
+
+    /// The contract as JSON (what the API returns and the store keeps).
+    pub fn to_json(&self) -> String {
+        let file = ContractFile {
+            name: self.name.clone(),
+            version: self.version,
+            subject_field: self.subject_field.clone(),
+            record_key: self.record_key.clone(),
+            time_field: self.time_field.clone(),
+            retention: self.retention,
+            purposes: self.purposes.clone(),
+            stream: self.stream.clone(),
+            lake_table: self.lake_table.clone(),
+            collection: self.collection.clone(),
+            sad: self.sad,
+            fields: self.fields.clone(),
+        };
+        serde_json::to_string(&file).unwrap_or_default()
+    }
+
     /// Whether the contract allows processing for `purpose`.
     pub fn allows_purpose(&self, purpose: &str) -> bool {
         self.purposes.iter().any(|p| p == purpose)
@@ -280,6 +325,15 @@ mod tests {
         assert_eq!(c.fields["card_number"].class, DataClass::PciPan);
         assert!(c.allows_purpose("fraud_detection"));
         assert!(!c.allows_purpose("marketing"));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let c = Contract::from_toml(PAYMENTS).unwrap();
+        assert_eq!(Contract::from_json(&c.to_json()).unwrap(), c);
+        let e =
+            Contract::from_json(&c.to_json().replace("\"purposes\"", "\"porpoises\"")).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub enum ErrorCode {
     Locked,
     /// The policy does not allow this action.
     Forbidden,
+    /// The dataset's contract does not list the stated purpose (GDPR Art. 5(1)(b)).
+    PurposeNotAllowed,
     /// The account still has its generated first password: change it at
     /// `POST /v1/auth/password` before anything else.
     PasswordChangeRequired,
@@ -75,6 +77,7 @@ impl ErrorCode {
             Self::Locked => "locked",
             Self::Forbidden => "forbidden",
             Self::PasswordChangeRequired => "password_change_required",
+            Self::PurposeNotAllowed => "purpose_not_allowed",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod data;
 pub mod ops;
 
 use axum::response::{IntoResponse, Response};

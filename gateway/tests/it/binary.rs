@@ -495,3 +495,154 @@ async fn admin_password_from_environment_and_postgres_by_config() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("missing.toml"));
 }
+
+/// The canary test: records carrying seeded card numbers, CVVs, e-mails, IPs and subject ids
+/// go through the real gateway; afterwards not one byte written anywhere — the state
+/// database and its WAL, the logs, the audit export, the responses — holds a clear value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_values_appear_nowhere() {
+    const PAN: &str = "4000056655665556";
+    const PAN_SPACED: &str = "4000 0566 5566 5556";
+    const EMAIL: &str = "canary.person@example.org";
+    const IP: &str = "198.51.100.231";
+    const SUBJECT: &str = "canary-user-77";
+    const CVV_JSON: &str = "\"9317\"";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let datasets = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/datasets");
+    std::fs::write(
+        dir.join("warden.toml"),
+        format!("datasets_dir = \"{datasets}\"\n"),
+    )
+    .unwrap();
+    let server = Server::start(
+        dir,
+        &["--config", "warden.toml"],
+        &[("WARDEN_ADMIN_PASSWORD", "canary admin pass")],
+    )
+    .await;
+    let base = server.base.clone();
+    let seed = crate::support::seed_from_uri(
+        server
+            .stdout()
+            .lines()
+            .find_map(|l| l.split("authenticator app): ").nth(1))
+            .unwrap(),
+    );
+    let (_, body) = post(
+        &base,
+        "/v1/auth/token",
+        None,
+        json!({"grant_type": "password", "username": "admin", "password": "canary admin pass"}),
+    )
+    .await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let code = warden_gateway::auth::totp::code_at(&seed, now).unwrap();
+    let (_, body) = post(&base, "/v1/auth/mfa", Some(&token), json!({"code": code})).await;
+    let admin = body["access_token"].as_str().unwrap().to_owned();
+    let (status, svc) = post(
+        &base,
+        "/v1/service-accounts",
+        Some(&admin),
+        json!({"name": "canary-stage", "roles": ["stage"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{svc}");
+    let (_, body) = post(&base, "/v1/auth/token", None, json!({"grant_type": "client_credentials", "client_id": "canary-stage", "client_secret": svc["client_secret"]})).await;
+    let stage = body["access_token"].as_str().unwrap().to_owned();
+
+    let records = json!([
+        {"transaction_id": "c-1", "user_id": SUBJECT, "card_number": PAN_SPACED, "email": EMAIL, "ip": IP, "amount": 1, "created_at": 1},
+        {"transaction_id": "c-2", "user_id": SUBJECT, "card_number": PAN, "cvv": "9317", "amount": 1, "created_at": 1},
+        {"transaction_id": "c-3", "user_id": SUBJECT, "card_number": "4000056655665557", "email": EMAIL, "amount": 1, "created_at": 1},
+        {"transaction_id": "c-4", "user_id": SUBJECT, "notes": PAN, "amount": 1, "created_at": 1},
+        {"transaction_id": "c-5", "user_id": SUBJECT, "email": 42, "amount": 1, "created_at": 1},
+    ]);
+    let mut responses = String::new();
+    for purpose in ["fraud_detection", "marketing"] {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/datasets/payments/protect"))
+            .bearer_auth(&stage)
+            .header("x-purpose", purpose)
+            .json(&records)
+            .send()
+            .await
+            .unwrap();
+        responses.push_str(&r.text().await.unwrap());
+    }
+    // Malformed bodies carrying the canaries get error bodies without them.
+    for raw in [
+        format!("[{{\"card_number\": \"{PAN}\""),
+        format!("{{\"email\": \"{EMAIL}\"}}"),
+    ] {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/datasets/payments/protect"))
+            .bearer_auth(&stage)
+            .header("x-purpose", "fraud_detection")
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        responses.push_str(&r.text().await.unwrap());
+    }
+    assert!(
+        responses.contains("tok_"),
+        "the first batch was protected: {responses}"
+    );
+    server.stop();
+    let export = dir.join("audit.ndjson");
+    assert!(warden(
+        dir,
+        &[
+            "--config",
+            "warden.toml",
+            "audit",
+            "export",
+            "--out",
+            export.to_str().unwrap()
+        ]
+    )
+    .status
+    .success());
+
+    let mut files = vec![dir.join("stdout.txt"), dir.join("stderr.txt"), export];
+    for e in std::fs::read_dir(dir.join("warden-data")).unwrap() {
+        files.push(e.unwrap().path());
+    }
+    let mut scanned = 0;
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        scanned += bytes.len();
+        for canary in [PAN, PAN_SPACED, EMAIL, IP, SUBJECT, CVV_JSON] {
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                "{canary} found in {}",
+                f.display()
+            );
+        }
+    }
+    for canary in [
+        PAN,
+        PAN_SPACED,
+        EMAIL,
+        IP,
+        SUBJECT,
+        CVV_JSON,
+        "4000056655665557",
+    ] {
+        assert!(
+            !responses.contains(canary),
+            "{canary} in a response: {responses}"
+        );
+    }
+    assert!(
+        scanned > 100_000,
+        "the database and logs were read ({scanned} bytes)"
+    );
+}

@@ -8,6 +8,7 @@ mod admin;
 mod audit_api;
 mod bad_input;
 mod binary;
+mod data;
 mod matrix;
 mod mfa;
 mod oidc;

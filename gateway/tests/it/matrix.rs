@@ -10,7 +10,9 @@ use crate::support::{assert_error, gateway, Backend};
 
 crate::on_both_backends!(every_role_and_route_matches_the_shipped_policy);
 
-const ROLES: &[&str] = &["admin", "dpo", "auditor", "analyst", "stage", "subject"];
+const ROLES: &[&str] = &[
+    "admin", "dpo", "auditor", "analyst", "stage", "subject", "card_ops",
+];
 
 /// `(role, resource, action)` triples and `(role, parent)` pairs of the policy file.
 fn shipped_policy() -> (Vec<[String; 3]>, Vec<[String; 2]>) {
@@ -86,7 +88,10 @@ async fn every_role_and_route_matches_the_shipped_policy(backend: Backend) {
             };
             let path = route
                 .path
-                .replace("{id}", &uuid::Uuid::new_v4().to_string());
+                .replace("{id}", &uuid::Uuid::new_v4().to_string())
+                .replace("{name}", "payments");
+            let resource = resource.replace("{name}", "payments");
+            let resource = resource.as_str();
             let method = Method::from_bytes(route.method.as_bytes()).unwrap();
             let body = (method != Method::GET).then(|| json!({}));
             let r = g

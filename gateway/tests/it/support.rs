@@ -55,6 +55,8 @@ pub(crate) fn test_config(dir: &std::path::Path, state_url: &str) -> Config {
     c.limits.rate_per_second = 100_000;
     c.limits.rate_burst = 100_000;
     c.audit.checkpoint_every = 50;
+    c.datasets_dir =
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/datasets"));
     c
 }
 

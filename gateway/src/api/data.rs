@@ -1,0 +1,228 @@
+//! Datasets: their contracts, protection of records, and detokenization.
+
+use std::collections::BTreeSet;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use warden_policy::contract::{valid_name, Contract};
+use warden_policy::protect::Rejection;
+use warden_sdk::ErrorCode;
+
+use super::noted;
+use crate::error::{ApiError, Error};
+use crate::extract::ApiJson;
+use crate::middleware::AuditNote;
+use crate::state::AppState;
+
+/// Header naming the purpose of processing (GDPR Art. 5(1)(b)).
+pub const PURPOSE_HEADER: &str = "x-purpose";
+/// Most records protected in one request.
+pub const MAX_RECORDS: usize = 10_000;
+/// Most tokens revealed in one request.
+pub const MAX_TOKENS: usize = 1_000;
+
+fn contract_json(c: &Contract) -> Value {
+    serde_json::from_str(&c.to_json()).unwrap_or(Value::Null)
+}
+
+fn dataset(app: &AppState, name: &str) -> Result<std::sync::Arc<Contract>, ApiError> {
+    app.datasets
+        .get(name)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such dataset"))
+}
+
+/// `GET /v1/datasets`.
+pub async fn list(State(app): State<AppState>) -> Json<Vec<Value>> {
+    Json(
+        app.datasets
+            .all()
+            .iter()
+            .map(|c| contract_json(c))
+            .collect(),
+    )
+}
+
+/// `GET /v1/datasets/{name}`.
+pub async fn get(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let contract = dataset(&app, &name)?;
+    Ok(Json(contract_json(&contract)))
+}
+
+/// `PUT /v1/datasets/{name}`: a new version of the contract (JSON).
+pub async fn put(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Response {
+    let result = async {
+        let contract =
+            Contract::from_json(&body.to_string()).map_err(|e| ApiError::invalid(e.to_string()))?;
+        if contract.name != name {
+            return Err(ApiError::invalid(
+                "name: must be the dataset named in the path",
+            ));
+        }
+        let c = app
+            .datasets
+            .put(contract, app.store.as_ref(), app.clock.now_micros())
+            .await?;
+        Ok((StatusCode::OK, Json(contract_json(&c))))
+    }
+    .await;
+    let note = match &result {
+        Ok((_, Json(c))) => AuditNote::default()
+            .detail("dataset", name.clone())
+            .detail("version", c["version"].clone()),
+        Err(_) => AuditNote::default().detail("dataset", name.clone()),
+    };
+    noted(note, result)
+}
+
+fn purpose(headers: &HeaderMap) -> Result<String, ApiError> {
+    let p = headers
+        .get(PURPOSE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::invalid("state the purpose of processing in the X-Purpose header")
+        })?;
+    if !valid_name(p) {
+        return Err(ApiError::invalid("X-Purpose: 1 to 64 of a-z, 0-9 and _"));
+    }
+    Ok(p.to_owned())
+}
+
+/// One protected record in a response.
+#[derive(Debug, Serialize)]
+pub struct ProtectedView {
+    /// Position in the request.
+    pub index: usize,
+    pub subject_ref: String,
+    pub contract_version: u32,
+    pub fields: Map<String, Value>,
+}
+
+/// `POST /v1/datasets/{name}/protect`.
+#[derive(Debug, Serialize)]
+pub struct ProtectResponse {
+    pub records: Vec<ProtectedView>,
+    pub rejections: Vec<Rejection>,
+}
+
+/// `POST /v1/datasets/{name}/protect`: protects records as the contract says, for the stated
+/// purpose, and returns them (tokens, ciphertext, pseudonyms) with precise rejections.
+pub async fn protect(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiJson(records): ApiJson<Vec<Map<String, Value>>>,
+) -> Response {
+    let mut note = AuditNote::default()
+        .detail("dataset", name.clone())
+        .detail("records", records.len());
+    note.purpose = headers
+        .get(PURPOSE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| valid_name(p))
+        .map(str::to_owned);
+    let result = async {
+        let contract = dataset(&app, &name)?;
+        let purpose = purpose(&headers)?;
+        if records.len() > MAX_RECORDS {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_RECORDS} records a request"
+            )));
+        }
+        let out = app
+            .protector
+            .protect(&contract, &purpose, &records)
+            .await
+            .map_err(|e| match e {
+                warden_policy::Error::PurposeNotAllowed => ApiError::new(
+                    ErrorCode::PurposeNotAllowed,
+                    "the dataset's contract does not allow this purpose",
+                ),
+                e => ApiError::from(Error::from(e)),
+            })?;
+        Ok(out)
+    }
+    .await;
+    let result = result.map(|out| {
+        // Field names only: which fields were refused or stripped, never their values.
+        let rejected: BTreeSet<&str> = out
+            .rejections
+            .iter()
+            .filter_map(|r| r.field.as_deref())
+            .collect();
+        let stripped: BTreeSet<&str> = out.stripped.iter().map(|(_, f)| f.as_str()).collect();
+        note = std::mem::take(&mut note)
+            .detail("accepted", out.records.len())
+            .detail("rejected", out.rejections.len())
+            .detail("rejected_fields", rejected.into_iter().collect::<Vec<_>>())
+            .detail("stripped_fields", stripped.into_iter().collect::<Vec<_>>());
+        Json(ProtectResponse {
+            records: out
+                .records
+                .into_iter()
+                .map(|(index, r)| ProtectedView {
+                    index,
+                    subject_ref: r.subject_ref,
+                    contract_version: r.contract_version,
+                    fields: r.fields,
+                })
+                .collect(),
+            rejections: out.rejections,
+        })
+    });
+    noted(note, result)
+}
+
+/// `POST /v1/detokenize`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeRequest {
+    pub dataset: String,
+    pub tokens: Vec<String>,
+}
+
+/// `POST /v1/detokenize`: card numbers in clear, for roles allowed `pan reveal` with a fresh
+/// second factor. Audited with counts, never values.
+pub async fn detokenize(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<DetokenizeRequest>,
+) -> Response {
+    let mut note = AuditNote::default()
+        .detail("dataset", body.dataset.clone())
+        .detail("requested", body.tokens.len());
+    let result = async {
+        if body.tokens.is_empty() || body.tokens.len() > MAX_TOKENS {
+            return Err(ApiError::invalid(format!("send 1 to {MAX_TOKENS} tokens")));
+        }
+        if body.tokens.iter().any(|t| !warden_policy::pan::is_token(t)) {
+            return Err(ApiError::invalid(
+                "tokens: every item must be a vault token (tok_…)",
+            ));
+        }
+        dataset(&app, &body.dataset)?;
+        let pans = app
+            .tokenizer
+            .detokenize(&body.dataset, &body.tokens)
+            .await
+            .map_err(Error::from)?;
+        Ok(pans)
+    }
+    .await;
+    if let Ok(pans) = &result {
+        note = note.detail("revealed", pans.iter().filter(|p| p.is_some()).count());
+    }
+    noted(
+        note,
+        result.map(|pans| Json(serde_json::json!({ "pans": pans }))),
+    )
+}

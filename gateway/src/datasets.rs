@@ -1,0 +1,133 @@
+//! The dataset registry: validated contracts by name, versioned in the state store.
+//!
+//! On start, the contract files of the configured directory seed names the store has not
+//! seen; afterwards contracts change through `PUT /v1/datasets/{name}` (admins, with MFA),
+//! each change a new version. Replicas pick up changes on their periodic refresh.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use tracing::{info, warn};
+use warden_policy::contract::Contract;
+
+use crate::error::{Error, Result};
+use crate::store::StateStore;
+
+/// Contracts in force, by dataset name.
+#[derive(Debug, Default)]
+pub struct Datasets {
+    current: RwLock<HashMap<String, Arc<Contract>>>,
+}
+
+impl Datasets {
+    /// The contract of `name`, if the dataset exists.
+    pub fn get(&self, name: &str) -> Option<Arc<Contract>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every contract, by name.
+    pub fn all(&self) -> Vec<Arc<Contract>> {
+        let mut all: Vec<Arc<Contract>> = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Reloads the latest version of every contract from the store.
+    ///
+    /// # Errors
+    /// A store failure or a stored contract that no longer validates.
+    pub async fn refresh(&self, store: &dyn StateStore) -> Result<()> {
+        let mut next = HashMap::new();
+        for (name, _, json) in store.contracts().await? {
+            let c = Contract::from_json(&json)
+                .map_err(|e| Error::Corrupt(format!("stored contract {name}: {e}")))?;
+            next.insert(name, Arc::new(c));
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    /// Seeds the store from `dir/*.toml` for datasets it does not know yet, then loads.
+    ///
+    /// # Errors
+    /// An unreadable or invalid contract file (named), or a store failure.
+    pub async fn load(&self, dir: &Path, store: &dyn StateStore, now: i64) -> anyhow::Result<()> {
+        let known: Vec<String> = store
+            .contracts()
+            .await?
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        if dir.is_dir() {
+            let mut files: Vec<_> = std::fs::read_dir(dir)?
+                .filter_map(std::result::Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            for path in files {
+                let text = std::fs::read_to_string(&path)?;
+                let c = Contract::from_toml(&text).map_err(|e| {
+                    anyhow::anyhow!("invalid dataset contract {}: {e}", path.display())
+                })?;
+                if known.contains(&c.name) {
+                    continue;
+                }
+                match store
+                    .put_contract(&c.name, c.version, &c.to_json(), now)
+                    .await
+                {
+                    Ok(()) => {
+                        info!(dataset = %c.name, version = c.version, "dataset contract loaded")
+                    }
+                    // Another replica seeded it first.
+                    Err(Error::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        } else {
+            warn!(dir = %dir.display(), "no dataset contract directory");
+        }
+        self.refresh(store).await?;
+        Ok(())
+    }
+
+    /// Stores a new version of a contract and puts it in force. The version must follow the
+    /// current one (1 for a new dataset).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] for any other version; store failures.
+    pub async fn put(
+        &self,
+        contract: Contract,
+        store: &dyn StateStore,
+        now: i64,
+    ) -> Result<Arc<Contract>> {
+        let expected = self.get(&contract.name).map_or(1, |c| c.version + 1);
+        if contract.version != expected {
+            return Err(Error::Conflict(format!(
+                "the next version of this contract is {expected}"
+            )));
+        }
+        store
+            .put_contract(&contract.name, contract.version, &contract.to_json(), now)
+            .await?;
+        let contract = Arc::new(contract);
+        self.current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(contract.name.clone(), contract.clone());
+        Ok(contract)
+    }
+}
