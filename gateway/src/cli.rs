@@ -246,3 +246,129 @@ pub fn verify_export(input: impl BufRead, keys: CheckpointKeys) -> anyhow::Resul
         .unwrap_or_else(|| ChainVerifier::new(keys.take().unwrap_or_default(), checkpoints));
     Ok(verifier.finish(Some(head), require_signed_head))
 }
+
+/// What a key rotation did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Secrets rewrapped under the new key.
+    pub rewrapped: u64,
+    /// Secrets found under the new key already (an earlier, interrupted run did them).
+    pub already: u64,
+}
+
+/// Rewraps every secret held directly under the key-encryption key — the vault's wrapping
+/// key, the signing keys and the TOTP seeds — from the key at `from` to the configured one.
+/// Data keys stay as they are (the wrapping key wraps them). Each secret is rewrapped by
+/// compare-and-set, so an interrupted run can simply run again.
+///
+/// # Errors
+/// No installation, an old key that does not unwrap a secret, or a store failure.
+pub async fn rotate_keys(
+    config: &Config,
+    from: &str,
+    progress: &mut dyn Write,
+) -> anyhow::Result<Rotation> {
+    let mut old_config = config.clone();
+    old_config.keys.kek = Some(from.to_owned());
+    if let crate::config::KekSource::File(path) = old_config.kek_source()? {
+        anyhow::ensure!(
+            path.exists(),
+            "the old key file {} does not exist",
+            path.display()
+        );
+    }
+    let old = crate::state::open_kek(&old_config).await?;
+    let new = crate::state::open_kek(config).await?;
+    anyhow::ensure!(
+        old.key_id() != new.key_id(),
+        "the old and the new key-encryption key are the same key"
+    );
+    let (state_db, _) = crate::state::open_existing(config).await?;
+    let store = SqlStateStore::new(state_db.clone());
+
+    // Every secret: (what, aad, wrapped bytes).
+    let mut items: Vec<(Item, Vec<u8>, Vec<u8>)> = Vec::new();
+    for purpose in ["jwt", "checkpoint"] {
+        for k in store.signing_keys(purpose).await? {
+            let aad = crate::state::signing_key_aad(purpose, &k.kid);
+            items.push((Item::Signing(k.kid), aad, k.private_wrapped));
+        }
+    }
+    let mut after = String::new();
+    loop {
+        let page = store.mfa_factors(&after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.principal_id.clone();
+        for m in page {
+            items.push((
+                Item::Totp(m.principal_id.clone()),
+                crate::state::totp_aad(&m.principal_id),
+                m.secret_wrapped,
+            ));
+        }
+    }
+    let total = items.len() + 1;
+    let mut done = Rotation::default();
+    let mut tick = |done: &Rotation| -> anyhow::Result<()> {
+        write!(
+            progress,
+            "\rrotating keys: {}/{total}",
+            done.rewrapped + done.already
+        )?;
+        progress.flush()?;
+        Ok(())
+    };
+    for (item, aad, wrapped) in items {
+        if new.unwrap(&wrapped, &aad).await.is_ok() {
+            done.already += 1;
+        } else {
+            let secret = old
+                .unwrap(&wrapped, &aad)
+                .await
+                .with_context(|| format!("the old key does not unwrap {item}"))?;
+            let rewrapped = new.wrap(secret.expose(), &aad).await?;
+            let swapped = match &item {
+                Item::Signing(kid) => store.rewrap_signing_key(kid, &wrapped, &rewrapped).await?,
+                Item::Totp(id) => store.rewrap_mfa(id, &wrapped, &rewrapped).await?,
+            };
+            // Lost a race with another rotation or a re-enrolment: the row is someone else's now.
+            if swapped {
+                done.rewrapped += 1;
+            } else {
+                done.already += 1;
+            }
+        }
+        tick(&done)?;
+    }
+    let vault = std::sync::Arc::new(warden_policy::vault::SqlVaultStore::new(state_db));
+    let ring = warden_policy::keyring::KeyRing::new(
+        new,
+        vault,
+        std::sync::Arc::new(warden_policy::SystemClock),
+        warden_policy::keyring::CachePolicy::default(),
+    );
+    if ring.rotate_wrapping_key(old.as_ref()).await? {
+        done.rewrapped += 1;
+    } else {
+        done.already += 1;
+    }
+    tick(&done)?;
+    writeln!(progress)?;
+    Ok(done)
+}
+
+/// A secret under the key-encryption key.
+enum Item {
+    Signing(String),
+    Totp(String),
+}
+
+impl std::fmt::Display for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Signing(kid) => write!(f, "signing key {kid}"),
+            // The principal id is a pseudonymous UUID.
+            Self::Totp(id) => write!(f, "the TOTP seed of principal {id}"),
+        }
+    }
+}

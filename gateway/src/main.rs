@@ -43,6 +43,22 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Work with the keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Rewrap every secret held under the old key-encryption key (`--from`) under the one
+    /// configured now (`keys.kek`). Resumable: run it again after an interruption.
+    Rotate {
+        /// The old key: file://PATH or aws-kms:KEY_ID.
+        #[arg(long)]
+        from: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +161,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None => cli::export(&config, &mut std::io::stdout().lock()).await?,
             };
             eprintln!("exported {n} audit events");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { from },
+        } => {
+            let done = cli::rotate_keys(&config, &from, &mut std::io::stderr()).await?;
+            println!(
+                "keys rotated: {} rewrapped, {} already under the new key",
+                done.rewrapped, done.already
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {

@@ -122,6 +122,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<bool>;
 
     async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()>;
+    /// Replaces a signing key's wrapping if it is still `old` (KEK rotation).
+    async fn rewrap_signing_key(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool>;
+    /// Every second factor, by principal id, at most `limit` after `after`.
+    async fn mfa_factors(&self, after: &str, limit: u32) -> Result<Vec<MfaRecord>>;
+    /// Replaces a TOTP seed's wrapping if it is still `old` (KEK rotation).
+    async fn rewrap_mfa(&self, principal_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
     /// Keys of one purpose, newest first.
     async fn signing_keys(&self, purpose: &str) -> Result<Vec<SigningKeyRecord>>;
 
@@ -474,6 +480,43 @@ impl StateStore for SqlStateStore {
     async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()> {
         insert_key!(self.db.pool(), key).await?;
         Ok(())
+    }
+
+    async fn rewrap_signing_key(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE signing_keys SET private_wrapped = $1 WHERE kid = $2 AND private_wrapped = $3",
+        )
+        .bind(new.to_vec())
+        .bind(kid.to_owned())
+        .bind(old.to_vec())
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn mfa_factors(&self, after: &str, limit: u32) -> Result<Vec<MfaRecord>> {
+        sqlx::query(&format!(
+            "SELECT {MFA_COLUMNS} FROM mfa_factors WHERE principal_id > $1 ORDER BY principal_id LIMIT $2"
+        ))
+        .bind(after.to_owned())
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(mfa)
+        .collect()
+    }
+
+    async fn rewrap_mfa(&self, principal_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let n = sqlx::query("UPDATE mfa_factors SET secret_wrapped = $1 WHERE principal_id = $2 AND secret_wrapped = $3")
+            .bind(new.to_vec())
+            .bind(principal_id.to_owned())
+            .bind(old.to_vec())
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     async fn signing_keys(&self, purpose: &str) -> Result<Vec<SigningKeyRecord>> {

@@ -282,6 +282,42 @@ impl KeyRing {
         })
     }
 
+    /// Rewraps the wrapping key from `old` to this ring's key-encryption key (KEK rotation:
+    /// data keys stay as they are, wrapped by the wrapping key). Returns whether it rewrapped
+    /// (false when it is already under the new key, or there is none yet).
+    ///
+    /// # Errors
+    /// Neither key unwraps it, or a vault failure.
+    pub async fn rotate_wrapping_key(&self, old: &dyn KeyProvider) -> Result<bool> {
+        let aad = dek_aad(SCOPE_WRAPPING, WRAPPING_REF);
+        let refs = [WRAPPING_REF.to_owned()];
+        let Some(stored) = self
+            .vault
+            .keys(SCOPE_WRAPPING, &refs)
+            .await?
+            .remove(WRAPPING_REF)
+        else {
+            return Ok(false);
+        };
+        let wrapped = stored.wrapped.ok_or_else(|| Error::KeyDestroyed {
+            scope: SCOPE_WRAPPING.to_owned(),
+        })?;
+        if self.kek.unwrap(&wrapped, &aad).await.is_ok() {
+            return Ok(false);
+        }
+        let key = old.unwrap(&wrapped, &aad).await?;
+        let rewrapped = self.kek.wrap(key.expose(), &aad).await?;
+        self.vault
+            .rewrap_key(
+                SCOPE_WRAPPING,
+                WRAPPING_REF,
+                &wrapped,
+                &rewrapped,
+                self.kek.key_id(),
+            )
+            .await
+    }
+
     /// Destroys a data key (crypto-shredding); returns whether a live key was destroyed.
     ///
     /// # Errors

@@ -49,6 +49,15 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<()>;
     /// The stored keys among `refs` (absent ones are missing from the map).
     async fn keys(&self, scope: &str, refs: &[String]) -> Result<HashMap<String, StoredKey>>;
+    /// Replaces a key's wrapping if it is still `old` (key rotation); returns whether it did.
+    async fn rewrap_key(
+        &self,
+        scope: &str,
+        key_ref: &str,
+        old: &[u8],
+        new: &[u8],
+        wrapped_by: &str,
+    ) -> Result<bool>;
     /// Destroys a key: forgets the wrapped bytes, keeps the fact. Returns whether a live key
     /// was destroyed.
     async fn destroy_key(&self, scope: &str, key_ref: &str, now: i64) -> Result<bool>;
@@ -161,6 +170,28 @@ impl VaultStore for SqlVaultStore {
             }
         }
         Ok(out)
+    }
+
+    async fn rewrap_key(
+        &self,
+        scope: &str,
+        key_ref: &str,
+        old: &[u8],
+        new: &[u8],
+        wrapped_by: &str,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE vault_keys SET wrapped = $1, wrapped_by = $2 WHERE scope = $3 AND key_ref = $4 AND wrapped = $5",
+        )
+        .bind(new.to_vec())
+        .bind(wrapped_by.to_owned())
+        .bind(scope.to_owned())
+        .bind(key_ref.to_owned())
+        .bind(old.to_vec())
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     async fn destroy_key(&self, scope: &str, key_ref: &str, now: i64) -> Result<bool> {

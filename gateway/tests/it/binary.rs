@@ -646,3 +646,162 @@ async fn canary_values_appear_nowhere() {
         "the database and logs were read ({scanned} bytes)"
     );
 }
+
+/// Rotating the key-encryption key: everything wrapped under the old key is rewrapped under
+/// the new one, the gateway starts on the new key alone, and a second run changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_is_complete_and_resumable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let datasets = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/datasets");
+    let old_config = format!("datasets_dir = \"{datasets}\"\n");
+    std::fs::write(dir.join("warden.toml"), &old_config).unwrap();
+    let env = [("WARDEN_ADMIN_PASSWORD", "rotation admin pass")];
+    let server = Server::start(dir, &["--config", "warden.toml"], &env).await;
+    let seed = crate::support::seed_from_uri(
+        server
+            .stdout()
+            .lines()
+            .find_map(|l| l.split("authenticator app): ").nth(1))
+            .unwrap(),
+    );
+    let base = server.base.clone();
+    let login = || {
+        post(
+            &base,
+            "/v1/auth/token",
+            None,
+            json!({"grant_type": "password", "username": "admin", "password": "rotation admin pass"}),
+        )
+    };
+    let (_, body) = login().await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    // Protecting a record creates the vault's wrapping key and a subject key.
+    let (_, svc) = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let code = warden_gateway::auth::totp::code_at(&seed, now).unwrap();
+        let (_, b) = post(&base, "/v1/auth/mfa", Some(&token), json!({"code": code})).await;
+        let admin = b["access_token"].as_str().unwrap().to_owned();
+        post(
+            &base,
+            "/v1/service-accounts",
+            Some(&admin),
+            json!({"name": "rot-stage", "roles": ["stage"]}),
+        )
+        .await
+    };
+    let (_, b) = post(&base, "/v1/auth/token", None, json!({"grant_type": "client_credentials", "client_id": "rot-stage", "client_secret": svc["client_secret"]})).await;
+    let stage = b["access_token"].as_str().unwrap().to_owned();
+    let protect = |base: String, stage: String| async move {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/datasets/payments/protect"))
+            .bearer_auth(stage)
+            .header("x-purpose", "fraud_detection")
+            .json(&json!([{"transaction_id": "r-1", "user_id": "u-1", "email": "u1@example.com", "card_number": "4111111111111111", "amount": 1, "created_at": 1}]))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (status, before) = protect(base.clone(), stage.clone()).await;
+    assert_eq!(status, 200, "{before}");
+    server.stop();
+
+    let old_key = dir.join("warden-data/kek.key");
+    let new_key = dir.join("new-kek.key");
+    std::fs::write(
+        dir.join("warden.toml"),
+        format!(
+            "{old_config}[keys]\nkek = \"file://{}\"\n",
+            new_key.display()
+        ),
+    )
+    .unwrap();
+    let rotate = warden(
+        dir,
+        &[
+            "--config",
+            "warden.toml",
+            "keys",
+            "rotate",
+            "--from",
+            &format!("file://{}", old_key.display()),
+        ],
+    );
+    assert!(rotate.status.success(), "{}", text(&rotate.stderr));
+    // Two signing keys, the admin's TOTP seed, the wrapping key.
+    assert!(
+        text(&rotate.stdout).contains("4 rewrapped, 0 already"),
+        "{}",
+        text(&rotate.stdout)
+    );
+    let again = warden(
+        dir,
+        &[
+            "--config",
+            "warden.toml",
+            "keys",
+            "rotate",
+            "--from",
+            &format!("file://{}", old_key.display()),
+        ],
+    );
+    assert!(
+        text(&again.stdout).contains("0 rewrapped, 4 already"),
+        "{}",
+        text(&again.stdout)
+    );
+
+    // The old key is no longer needed: remove it and start on the new one.
+    std::fs::remove_file(&old_key).unwrap();
+    let server = Server::start(dir, &["--config", "warden.toml"], &env).await;
+    let base = server.base.clone();
+    let (status, body) = post(
+        &base,
+        "/v1/auth/token",
+        None,
+        json!({"grant_type": "password", "username": "admin", "password": "rotation admin pass"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 30;
+    let code = warden_gateway::auth::totp::code_at(&seed, now).unwrap();
+    let (status, body) = post(&base, "/v1/auth/mfa", Some(&token), json!({"code": code})).await;
+    assert_eq!(
+        status, 200,
+        "the TOTP seed decrypts under the new key: {body}"
+    );
+    let (_, b) = post(&base, "/v1/auth/token", None, json!({"grant_type": "client_credentials", "client_id": "rot-stage", "client_secret": svc["client_secret"]})).await;
+    let (status, after) =
+        protect(base.clone(), b["access_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(
+        after["records"][0]["fields"]["card_number"], before["records"][0]["fields"]["card_number"],
+        "the vault still finds the PAN"
+    );
+    assert_eq!(
+        after["records"][0]["subject_ref"],
+        before["records"][0]["subject_ref"]
+    );
+    server.stop();
+    let bad = warden(
+        dir,
+        &[
+            "--config",
+            "warden.toml",
+            "keys",
+            "rotate",
+            "--from",
+            "file:///nonexistent/kek.key",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+}
