@@ -384,6 +384,118 @@ impl Protector {
     }
 }
 
+/// What a reader may see of protected records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ViewRights {
+    /// `pii.direct` in clear (else masked).
+    pub pii_read: bool,
+    /// Card numbers as first six and last four (PCI DSS 3.4.1; else `****1234`).
+    pub pan_bin: bool,
+}
+
+/// A masked `pii.direct` value.
+pub const MASKED: &str = "****";
+
+impl Protector {
+    /// Protected records as a reader with `rights` sees them: card numbers masked (never in
+    /// clear here — that is detokenization, with its own permission and second factor),
+    /// personal data decrypted or masked, blind indexes dropped. Values of erased subjects
+    /// read as `null`.
+    ///
+    /// # Errors
+    /// Key or vault failures.
+    pub async fn view(
+        &self,
+        contract: &Contract,
+        rights: ViewRights,
+        records: &[ProtectedRecord],
+    ) -> Result<Vec<Map<String, Value>>> {
+        let pan_fields: Vec<&String> = contract
+            .fields
+            .iter()
+            .filter(|(_, s)| s.class == DataClass::PciPan)
+            .map(|(n, _)| n)
+            .collect();
+        let mut bins: HashMap<String, String> = HashMap::new();
+        if rights.pan_bin && !pan_fields.is_empty() {
+            let tokens: Vec<String> = records
+                .iter()
+                .flat_map(|r| {
+                    pan_fields
+                        .iter()
+                        .filter_map(|f| r.fields.get(*f).and_then(Value::as_str).map(str::to_owned))
+                })
+                .collect();
+            let pans = self.tokenizer.detokenize(&contract.name, &tokens).await?;
+            for (t, p) in tokens.into_iter().zip(pans) {
+                if let Some(p) = p {
+                    bins.insert(t, crate::pan::mask_pan(&p));
+                }
+            }
+        }
+        let subject_keys = if rights.pii_read {
+            let refs: Vec<String> = records.iter().map(|r| r.subject_ref.clone()).collect();
+            Some(self.keys.data_keys(SCOPE_SUBJECT, &refs, false).await?)
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let mut view = Map::new();
+            for (name, v) in &r.fields {
+                if name.ends_with(BLIND_INDEX_SUFFIX) {
+                    continue;
+                }
+                let class = contract
+                    .fields
+                    .get(name)
+                    .map_or(DataClass::Public, |s| s.class);
+                let shown = match class {
+                    DataClass::PciPan => {
+                        let token = v.as_str().unwrap_or_default();
+                        Value::String(
+                            bins.get(token)
+                                .cloned()
+                                .unwrap_or_else(|| crate::pan::mask_token(token)),
+                        )
+                    }
+                    DataClass::PiiDirect => match &subject_keys {
+                        None => Value::String(MASKED.to_owned()),
+                        Some(keys) => match keys.keys.get(&r.subject_ref) {
+                            None => Value::Null,
+                            Some(key) => {
+                                let ct = v
+                                    .as_str()
+                                    .and_then(|s| s.strip_prefix(ENC_PREFIX))
+                                    .and_then(|b| STANDARD.decode(b).ok());
+                                let clear = match ct {
+                                    Some(ct) => {
+                                        LocalKeyFile::from_key(key.expose())
+                                            .unwrap(
+                                                &ct,
+                                                &pii_aad(&contract.name, name, &r.subject_ref),
+                                            )
+                                            .await?
+                                    }
+                                    None => return Err(Error::Unwrap),
+                                };
+                                Value::String(
+                                    String::from_utf8(clear.expose().to_vec())
+                                        .map_err(|_| Error::Unwrap)?,
+                                )
+                            }
+                        },
+                    },
+                    _ => v.clone(),
+                };
+                view.insert(name.clone(), shown);
+            }
+            out.push(view);
+        }
+        Ok(out)
+    }
+}
+
 fn blind_index(dataset_key: &DataKey, field: &str, value: &str) -> Result<String> {
     let key = hmac(
         dataset_key.expose(),

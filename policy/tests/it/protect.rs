@@ -13,7 +13,11 @@ use warden_policy::Error;
 
 use crate::{fixture, Kind};
 
-crate::on_both_backends!(every_class_is_protected, bindings_purposes_and_shredding);
+crate::on_both_backends!(
+    every_class_is_protected,
+    bindings_purposes_and_shredding,
+    reading_masks_by_rights
+);
 
 const PAYMENTS: &str = include_str!("../../../config/datasets/payments.toml");
 
@@ -208,4 +212,62 @@ async fn bindings_purposes_and_shredding(kind: Kind) {
     assert!(again.records.is_empty());
     assert_eq!(again.rejections[0].field.as_deref(), Some("email"));
     assert!(again.rejections[0].reason.contains("erased"));
+}
+
+async fn reading_masks_by_rights(kind: Kind) {
+    use warden_policy::protect::{ViewRights, MASKED};
+    let f = fixture(kind).await;
+    let (p, ring) = setup(&f);
+    let contract = Contract::from_toml(PAYMENTS).unwrap();
+    let out = p
+        .protect(&contract, "fraud_detection", &batch())
+        .await
+        .unwrap();
+    let records: Vec<_> = out.records.into_iter().map(|(_, r)| r).collect();
+
+    let nobody = p
+        .view(&contract, ViewRights::default(), &records)
+        .await
+        .unwrap();
+    assert_eq!(nobody[0]["card_number"], "****1111");
+    assert_eq!(nobody[0]["email"], MASKED);
+    assert!(
+        !nobody[0].contains_key("email__bidx"),
+        "blind indexes are not for readers"
+    );
+    assert_eq!(nobody[0]["ip"], "203.0.113.0");
+    assert_eq!(nobody[0]["user_id"], records[0].subject_ref.as_str());
+
+    let privileged = p
+        .view(
+            &contract,
+            ViewRights {
+                pii_read: true,
+                pan_bin: true,
+            },
+            &records,
+        )
+        .await
+        .unwrap();
+    // PCI DSS 3.4.1: at most the BIN and the last four.
+    assert_eq!(privileged[0]["card_number"], "411111******1111");
+    assert_eq!(privileged[0]["email"], "alice@example.com");
+
+    // An erased subject's personal data reads as nothing.
+    ring.destroy(SCOPE_SUBJECT, &records[0].subject_ref)
+        .await
+        .unwrap();
+    let after = p
+        .view(
+            &contract,
+            ViewRights {
+                pii_read: true,
+                pan_bin: false,
+            },
+            &records,
+        )
+        .await
+        .unwrap();
+    assert_eq!(after[0]["email"], Value::Null);
+    assert_eq!(after[0]["card_number"], "****1111");
 }
