@@ -1,6 +1,6 @@
 -- Owner: warden-policy vault. Data keys (stored wrapped) and the PAN token vault.
--- Keys lead with the looked-up column (batched `IN` lists), so lookups stay index scans
--- whatever the planner's statistics say after a bulk load.
+-- Keys lead with the looked-up column, so batched lookups stay index probes whatever the
+-- planner's statistics say after a bulk load.
 CREATE TABLE vault_keys (
     scope        TEXT NOT NULL,      -- 'wrapping', 'dataset' or 'subject'
     key_ref      TEXT NOT NULL,      -- wrapping key id, dataset name or subject_ref
@@ -17,6 +17,8 @@ CREATE TABLE vault_tokens (
     token          TEXT NOT NULL,
     pan_ciphertext BYTEA NOT NULL,    -- AES-256-GCM under the dataset key, bound to the token
     created_at     BIGINT NOT NULL,
-    PRIMARY KEY (pan_index, dataset),
-    UNIQUE (token, dataset)
+    -- Index values are HMACs under per-dataset keys and tokens carry 75 random bits: both are
+    -- unique across datasets, so each has a single-column index lookups cannot miss.
+    PRIMARY KEY (pan_index),
+    UNIQUE (token)
 );

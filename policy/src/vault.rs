@@ -10,9 +10,9 @@ use warden_audit::Db;
 use crate::Result;
 
 /// Items per batched lookup: far below both databases' parameter limits (32766, 65535).
-const CHUNK: usize = 2000;
+const CHUNK: usize = 500;
 /// Rows per multi-row INSERT (five parameters each).
-const INSERT_ROWS: usize = 1000;
+const INSERT_ROWS: usize = 100;
 
 /// A data key as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,21 +89,54 @@ impl SqlVaultStore {
     pub fn new(db: Db) -> Self {
         Self { db }
     }
+
+    /// Runs a batched point lookup as index probes, one per item, whatever the planner's
+    /// statistics say. Right after a bulk load they are stale, and a planner that believes
+    /// the table empty scans it once per batch: quadratic in the vault's size. SQLite keeps
+    /// the batch as the outer loop of a `CROSS JOIN`; PostgreSQL is told so per transaction.
+    async fn probe<'q>(
+        &self,
+        q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<Vec<sqlx::any::AnyRow>> {
+        match self.db.backend() {
+            warden_audit::Backend::Sqlite => Ok(q.fetch_all(self.db.pool()).await?),
+            warden_audit::Backend::Postgres => {
+                let mut tx = self.db.pool().begin().await?;
+                // One round trip, for this transaction only: a parameterized index probe per
+                // batch item, nothing else.
+                sqlx::query(
+                    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), \
+                     set_config('enable_mergejoin', 'off', true), set_config('enable_material', 'off', true)",
+                )
+                .execute(&mut *tx)
+                .await?;
+                let rows = q.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+        }
+    }
 }
 
 /// `$from, $from+1, ...` for `n` parameters.
-/// `WITH v(i) AS (VALUES ($2), ($3), ...)`: the batch as a table to join on. A join lets the
-/// planner hash the batch or probe the index, where a parameterized `IN` list is compared
-/// element by element against every row scanned — quadratic whenever PostgreSQL's statistics
-/// are stale (right after a bulk load) and it scans.
-fn batch_cte(db: &Db, n: usize, ty: &str) -> String {
-    let values: Vec<String> = (2..2 + n)
-        .map(|i| match db.backend() {
-            warden_audit::Backend::Postgres => format!("(CAST(${i} AS {ty}))"),
-            warden_audit::Backend::Sqlite => format!("(${i})"),
-        })
-        .collect();
-    format!("WITH v(i) AS (VALUES {})", values.join(", "))
+/// A batched point lookup: the rows of `table` whose `key` is one of `$2..` and whose
+/// `filter` is `$1`, as index probes (see [`SqlVaultStore::probe`]). SQLite probes from a
+/// `VALUES` table kept as the outer loop of a `CROSS JOIN`; PostgreSQL takes an `IN` list that,
+/// with scans disabled, becomes one index scan over the whole list.
+fn lookup_sql(db: &Db, columns: &str, table: &str, key: &str, filter: &str, n: usize) -> String {
+    match db.backend() {
+        warden_audit::Backend::Sqlite => {
+            let values: Vec<String> = (2..2 + n).map(|i| format!("(${i})")).collect();
+            format!(
+                "WITH v(i) AS (VALUES {}) SELECT {columns} FROM v CROSS JOIN {table} WHERE {key} = v.i AND {filter} = $1",
+                values.join(", ")
+            )
+        }
+        warden_audit::Backend::Postgres => format!(
+            "SELECT {columns} FROM {table} WHERE {key} IN ({}) AND {filter} = $1",
+            placeholders(2, n)
+        ),
+    }
 }
 
 fn placeholders(from: usize, n: usize) -> String {
@@ -150,16 +183,19 @@ impl VaultStore for SqlVaultStore {
     async fn keys(&self, scope: &str, refs: &[String]) -> Result<HashMap<String, StoredKey>> {
         let mut out = HashMap::with_capacity(refs.len());
         for chunk in refs.chunks(CHUNK) {
-            let sql = format!(
-                "{} SELECT k.key_ref, k.wrapped, k.wrapped_by FROM v JOIN vault_keys k ON k.key_ref = v.i \
-                 WHERE k.scope = $1",
-                batch_cte(&self.db, chunk.len(), "TEXT")
+            let sql = lookup_sql(
+                &self.db,
+                "key_ref, wrapped, wrapped_by",
+                "vault_keys",
+                "key_ref",
+                "scope",
+                chunk.len(),
             );
             let mut q = sqlx::query::<Any>(&sql).bind(scope.to_owned());
             for r in chunk {
                 q = q.bind(r.clone());
             }
-            for row in q.fetch_all(self.db.pool()).await? {
+            for row in self.probe(q).await? {
                 out.insert(
                     row.try_get::<String, _>("key_ref")?,
                     StoredKey {
@@ -215,16 +251,19 @@ impl VaultStore for SqlVaultStore {
     ) -> Result<HashMap<Vec<u8>, String>> {
         let mut out = HashMap::with_capacity(indexes.len());
         for chunk in indexes.chunks(CHUNK) {
-            let sql = format!(
-                "{} SELECT t.pan_index, t.token FROM v JOIN vault_tokens t ON t.pan_index = v.i \
-                 WHERE t.dataset = $1",
-                batch_cte(&self.db, chunk.len(), "BYTEA")
+            let sql = lookup_sql(
+                &self.db,
+                "pan_index, token",
+                "vault_tokens",
+                "pan_index",
+                "dataset",
+                chunk.len(),
             );
             let mut q = sqlx::query::<Any>(&sql).bind(dataset.to_owned());
             for i in chunk {
                 q = q.bind(i.clone());
             }
-            for row in q.fetch_all(self.db.pool()).await? {
+            for row in self.probe(q).await? {
                 out.insert(
                     row.try_get::<Vec<u8>, _>("pan_index")?,
                     row.try_get("token")?,
@@ -243,7 +282,7 @@ impl VaultStore for SqlVaultStore {
                 .collect();
             let sql = format!(
                 "INSERT INTO vault_tokens (dataset, pan_index, token, pan_ciphertext, created_at) VALUES {} \
-                 ON CONFLICT (pan_index, dataset) DO NOTHING",
+                 ON CONFLICT (pan_index) DO NOTHING",
                 rows.join(", ")
             );
             let mut q = sqlx::query::<Any>(&sql);
@@ -268,16 +307,19 @@ impl VaultStore for SqlVaultStore {
     ) -> Result<HashMap<String, Vec<u8>>> {
         let mut out = HashMap::with_capacity(tokens.len());
         for chunk in tokens.chunks(CHUNK) {
-            let sql = format!(
-                "{} SELECT t.token, t.pan_ciphertext FROM v JOIN vault_tokens t ON t.token = v.i \
-                 WHERE t.dataset = $1",
-                batch_cte(&self.db, chunk.len(), "TEXT")
+            let sql = lookup_sql(
+                &self.db,
+                "token, pan_ciphertext",
+                "vault_tokens",
+                "token",
+                "dataset",
+                chunk.len(),
             );
             let mut q = sqlx::query::<Any>(&sql).bind(dataset.to_owned());
             for t in chunk {
                 q = q.bind(t.clone());
             }
-            for row in q.fetch_all(self.db.pool()).await? {
+            for row in self.probe(q).await? {
                 out.insert(
                     row.try_get::<String, _>("token")?,
                     row.try_get("pan_ciphertext")?,
