@@ -52,3 +52,20 @@ pub async fn fresh_sqlite(dir: &Path) -> (Db, String) {
     db.migrate().await.unwrap();
     (db, url)
 }
+
+/// Runs each listed async test body once on SQLite and once on PostgreSQL (the contract-suite
+/// pattern): `on_both_backends!(crate::Kind; a, b)` makes `sqlite::a`, `postgres::a`, ...
+/// calling `super::a(<crate::Kind>::Sqlite)` and `super::a(<crate::Kind>::Postgres)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($kind:ty; $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(<$kind>::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(<$kind>::Postgres).await })*
+        }
+    };
+}

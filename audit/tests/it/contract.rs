@@ -12,7 +12,7 @@ use warden_sdk::Decision;
 
 use crate::{event, fixture, signer, Kind};
 
-crate::on_both_backends!(
+warden_audit::on_both_backends!(crate::Kind;
     appends_are_contiguous_and_chained,
     query_filters_and_cursor,
     concurrent_sequencers_never_share_a_seq,

@@ -73,18 +73,3 @@ pub(crate) fn signer() -> (CheckpointSigner, CheckpointKeys) {
     keys.insert("cp-test", key.verifying_key());
     (CheckpointSigner::new("cp-test", key), keys)
 }
-
-/// Runs each listed async test body once on SQLite and once on PostgreSQL.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name($crate::Kind::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name($crate::Kind::Postgres).await })*
-        }
-    };
-}

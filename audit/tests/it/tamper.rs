@@ -8,7 +8,7 @@ use warden_sdk::VerifyReport;
 
 use crate::{event, fixture, signer, Kind};
 
-crate::on_both_backends!(
+warden_audit::on_both_backends!(crate::Kind;
     edited_entry_is_named,
     deleted_entry_is_named,
     deleted_last_entry_is_named,

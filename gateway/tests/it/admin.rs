@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::support::{assert_error, gateway, Backend};
 
-crate::on_both_backends!(users_and_disabling, policy_changes_take_effect);
+warden_audit::on_both_backends!(crate::support::Backend; users_and_disabling, policy_changes_take_effect);
 
 async fn users_and_disabling(backend: Backend) {
     let g = gateway(backend).await;

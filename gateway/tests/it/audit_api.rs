@@ -6,7 +6,7 @@ use warden_sdk::PrincipalKind;
 
 use crate::support::{assert_error, gateway, Backend};
 
-crate::on_both_backends!(
+warden_audit::on_both_backends!(crate::support::Backend;
     every_decision_is_recorded_and_searchable,
     verify_names_tampered_entry
 );

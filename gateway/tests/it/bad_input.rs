@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::support::{assert_error, gateway, gateway_with, Backend};
 
-crate::on_both_backends!(
+warden_audit::on_both_backends!(crate::support::Backend;
     malformed_oversized_unknown_and_unauthenticated,
     rate_limits_per_principal
 );

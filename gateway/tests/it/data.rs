@@ -7,7 +7,7 @@ use warden_sdk::PrincipalKind;
 
 use crate::support::{assert_error, gateway, Backend, Gateway};
 
-crate::on_both_backends!(protect_and_detokenize, contracts_are_versioned);
+warden_audit::on_both_backends!(crate::support::Backend; protect_and_detokenize, contracts_are_versioned);
 
 async fn protect(
     g: &Gateway,

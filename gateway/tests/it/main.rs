@@ -15,18 +15,3 @@ mod oidc;
 mod state_contract;
 mod support;
 mod tokens;
-
-/// Runs each listed async test body once on SQLite and once on PostgreSQL.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name($crate::support::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name($crate::support::Backend::Postgres).await })*
-        }
-    };
-}

@@ -8,7 +8,7 @@ use warden_sdk::PrincipalKind;
 
 use crate::support::{assert_error, gateway, Backend};
 
-crate::on_both_backends!(every_role_and_route_matches_the_shipped_policy);
+warden_audit::on_both_backends!(crate::support::Backend; every_role_and_route_matches_the_shipped_policy);
 
 const ROLES: &[&str] = &[
     "admin", "dpo", "auditor", "analyst", "stage", "subject", "card_ops",

@@ -8,7 +8,7 @@ use warden_gateway::auth::totp::code_at;
 
 use crate::support::{assert_error, gateway, seed_from_uri, Backend};
 
-crate::on_both_backends!(enrol_confirm_step_up, replay_lockout_and_freshness);
+warden_audit::on_both_backends!(crate::support::Backend; enrol_confirm_step_up, replay_lockout_and_freshness);
 
 async fn enrol_confirm_step_up(backend: Backend) {
     let g = gateway(backend).await;

@@ -8,7 +8,7 @@ use warden_sdk::{PolicyRule, PrincipalKind};
 
 use crate::support::Backend;
 
-crate::on_both_backends!(
+warden_audit::on_both_backends!(crate::support::Backend;
     principals,
     attempts_race,
     mfa_replay_and_lockout,

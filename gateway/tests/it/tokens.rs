@@ -10,7 +10,7 @@ use warden_gateway::auth::tokens::Claims;
 
 use crate::support::{assert_error, gateway, Backend, Gateway};
 
-crate::on_both_backends!(
+warden_audit::on_both_backends!(crate::support::Backend;
     issued_tokens_work_and_forged_ones_do_not,
     client_credentials_and_lockout
 );

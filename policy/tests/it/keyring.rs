@@ -13,7 +13,7 @@ use warden_policy::Error;
 
 use crate::{fixture, Kind};
 
-crate::on_both_backends!(
+warden_audit::on_both_backends!(crate::Kind;
     one_kek_call_per_batch_and_cache_bounds,
     destroyed_keys_stay_destroyed,
     tokens_are_deterministic_per_dataset_and_round_trip,

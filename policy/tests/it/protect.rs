@@ -13,7 +13,7 @@ use warden_policy::Error;
 
 use crate::{fixture, Kind};
 
-crate::on_both_backends!(
+warden_audit::on_both_backends!(crate::Kind;
     every_class_is_protected,
     bindings_purposes_and_shredding,
     reading_masks_by_rights

@@ -4,7 +4,7 @@ use warden_policy::vault::{NewToken, VaultStore};
 
 use crate::{fixture, Kind};
 
-crate::on_both_backends!(
+warden_audit::on_both_backends!(crate::Kind;
     keys_first_writer_wins_and_destroy_is_final,
     tokens_batched_and_unique
 );
