@@ -70,6 +70,14 @@ pub struct Protected {
 pub struct Protector {
     keys: Arc<KeyRing>,
     tokenizer: Tokenizer,
+    enricher: Option<Arc<dyn NetworkEnricher>>,
+}
+
+/// Reads a network address before it is truncated — geo-enrichment, for instance — and
+/// returns fields to add to the record. Only `public` fields of the contract that the record
+/// does not carry itself are added; anything else is dropped.
+pub trait NetworkEnricher: Send + Sync + std::fmt::Debug {
+    fn enrich(&self, field: &str, ip: IpAddr) -> Map<String, Value>;
 }
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> Result<[u8; 32]> {
@@ -126,7 +134,18 @@ fn type_name(ty: FieldType) -> &'static str {
 
 impl Protector {
     pub fn new(keys: Arc<KeyRing>, tokenizer: Tokenizer) -> Self {
-        Self { keys, tokenizer }
+        Self {
+            keys,
+            tokenizer,
+            enricher: None,
+        }
+    }
+
+    /// The same protector, with an enrichment hook that sees each address before truncation.
+    #[must_use]
+    pub fn with_enricher(mut self, enricher: Arc<dyn NetworkEnricher>) -> Self {
+        self.enricher = Some(enricher);
+        self
     }
 
     /// The keyed pseudonyms of subject identifiers: `sr_` and 32 hex digits of
@@ -280,6 +299,7 @@ impl Protector {
         };
         // 3. Build the protected records.
         'build: for (slot, ((i, rec), subject_ref)) in accepted.iter().zip(&refs).enumerate() {
+            let mut enriched = Map::new();
             let mut fields = Map::new();
             for (name, v) in rec.iter().filter(|(_, v)| !v.is_null()) {
                 let spec = &contract.fields[name];
@@ -302,6 +322,9 @@ impl Protector {
                             .unwrap_or_default()
                             .parse()
                             .map_err(|_| Error::Store("ip checked above".to_owned()))?;
+                        if let Some(e) = &self.enricher {
+                            enriched.extend(e.enrich(name, ip));
+                        }
                         Value::String(truncate_ip(ip).to_string())
                     }
                     DataClass::Public => v.clone(),
@@ -331,6 +354,15 @@ impl Protector {
                     }
                 };
                 fields.insert(name.clone(), protected);
+            }
+            for (name, v) in enriched {
+                let public = contract
+                    .fields
+                    .get(&name)
+                    .is_some_and(|f| f.class == DataClass::Public);
+                if public && !rec.contains_key(&name) {
+                    fields.insert(name, v);
+                }
             }
             out.records.push((
                 *i,

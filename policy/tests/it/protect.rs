@@ -16,7 +16,8 @@ use crate::{fixture, Kind};
 warden_audit::on_both_backends!(crate::Kind;
     every_class_is_protected,
     bindings_purposes_and_shredding,
-    reading_masks_by_rights
+    reading_masks_by_rights,
+    enrichment_sees_the_address_before_truncation,
 );
 
 const PAYMENTS: &str = include_str!("../../../config/datasets/payments.toml");
@@ -270,4 +271,41 @@ async fn reading_masks_by_rights(kind: Kind) {
         .unwrap();
     assert_eq!(after[0]["email"], Value::Null);
     assert_eq!(after[0]["card_number"], "****1111");
+}
+
+#[derive(Debug, Default)]
+struct Geo {
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl warden_policy::protect::NetworkEnricher for Geo {
+    fn enrich(&self, field: &str, ip: std::net::IpAddr) -> Map<String, Value> {
+        self.seen.lock().unwrap().push(format!("{field}={ip}"));
+        record(json!({"country": "FR", "not_in_contract": "x", "amount": 999}))
+    }
+}
+
+async fn enrichment_sees_the_address_before_truncation(kind: Kind) {
+    let f = fixture(kind).await;
+    let (p, _) = setup(&f);
+    let geo = Arc::new(Geo::default());
+    let p = p.with_enricher(geo.clone());
+    let contract = Contract::from_toml(PAYMENTS).unwrap();
+    let out = p
+        .protect(&contract, "fraud_detection", &batch()[5..6])
+        .await
+        .unwrap();
+    let fields = &out.records[0].1.fields;
+    assert_eq!(
+        geo.seen.lock().unwrap().as_slice(),
+        ["ip=2001:db8:abcd:12::1"],
+        "the full address, before truncation"
+    );
+    assert_eq!(fields["ip"], "2001:db8:abcd::");
+    assert_eq!(
+        fields["country"], "FR",
+        "a public field of the contract is added"
+    );
+    assert!(!fields.contains_key("not_in_contract"));
+    assert_eq!(fields["amount"], 7, "the record's own values win");
 }
