@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use warden_policy::contract::{valid_name, Contract};
@@ -13,6 +13,7 @@ use warden_policy::protect::Rejection;
 use warden_sdk::ErrorCode;
 
 use super::noted;
+use crate::auth::Principal;
 use crate::error::{ApiError, Error};
 use crate::extract::ApiJson;
 use crate::middleware::AuditNote;
@@ -85,17 +86,26 @@ pub async fn put(
     noted(note, result)
 }
 
-fn purpose(headers: &HeaderMap) -> Result<String, ApiError> {
-    let p = headers
+/// The purpose of processing: the `X-Purpose` header, or the token's `purpose` claim. When
+/// both are there they must agree.
+fn purpose(headers: &HeaderMap, principal: &Principal) -> Result<String, ApiError> {
+    let header = headers
         .get(PURPOSE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            ApiError::invalid("state the purpose of processing in the X-Purpose header")
-        })?;
-    if !valid_name(p) {
-        return Err(ApiError::invalid("X-Purpose: 1 to 64 of a-z, 0-9 and _"));
+        .map(|v| v.to_str().unwrap_or_default());
+    if let Some(h) = header {
+        if !valid_name(h) {
+            return Err(ApiError::invalid("X-Purpose: 1 to 64 of a-z, 0-9 and _"));
+        }
     }
-    Ok(p.to_owned())
+    match (header, principal.purpose.as_deref()) {
+        (Some(h), Some(c)) if h != c => Err(ApiError::invalid(
+            "X-Purpose differs from the purpose the token was issued for",
+        )),
+        (Some(p), _) | (None, Some(p)) => Ok(p.to_owned()),
+        (None, None) => Err(ApiError::invalid(
+            "state the purpose of processing in the X-Purpose header (or in the token's purpose claim)",
+        )),
+    }
 }
 
 /// One protected record in a response.
@@ -119,6 +129,7 @@ pub struct ProtectResponse {
 /// purpose, and returns them (tokens, ciphertext, pseudonyms) with precise rejections.
 pub async fn protect(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     headers: HeaderMap,
     ApiJson(records): ApiJson<Vec<Map<String, Value>>>,
@@ -130,10 +141,11 @@ pub async fn protect(
         .get(PURPOSE_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|p| valid_name(p))
-        .map(str::to_owned);
+        .map(str::to_owned)
+        .or_else(|| principal.purpose.clone());
     let result = async {
         let contract = dataset(&app, &name)?;
-        let purpose = purpose(&headers)?;
+        let purpose = purpose(&headers, &principal)?;
         if records.len() > MAX_RECORDS {
             return Err(ApiError::invalid(format!(
                 "at most {MAX_RECORDS} records a request"

@@ -22,6 +22,8 @@ pub struct Principal {
     pub mfa_at: Option<i64>,
     /// Whether the token was issued by this gateway (not an external issuer).
     pub local: bool,
+    /// The purpose of processing the token was issued for (claim `purpose`), if any.
+    pub purpose: Option<String>,
 }
 
 impl Principal {

@@ -221,6 +221,7 @@ impl TokenService {
                 amr: claims.amr,
                 mfa_at: claims.mfa_at,
                 local: true,
+                purpose: None,
             });
         }
         let Some(oidc) = &self.oidc else {
@@ -400,6 +401,11 @@ impl Oidc {
             amr,
             mfa_at,
             local: false,
+            purpose: claims
+                .get("purpose")
+                .and_then(Value::as_str)
+                .filter(|p| warden_policy::contract::valid_name(p))
+                .map(str::to_owned),
         })
     }
 }

@@ -102,5 +102,33 @@ async fn external_issuer_tokens() {
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
     );
+
+    // A purpose carried by the token serves where the header is absent, and must agree with it.
+    let mut stage = claims.clone();
+    stage["groups"] = json!(["stage"]);
+    stage["purpose"] = json!("fraud_detection");
+    let t = token(&key, "ext-1", &stage);
+    let records = json!([{"transaction_id": "t", "user_id": "u", "amount": 1, "created_at": 1}]);
+    let send = |purpose: Option<&'static str>| {
+        let mut req = axum::http::Request::builder()
+            .method(axum::http::Method::POST)
+            .uri("/v1/datasets/payments/protect")
+            .header("authorization", format!("Bearer {t}"))
+            .header("content-type", "application/json");
+        if let Some(p) = purpose {
+            req = req.header("x-purpose", p);
+        }
+        g.send(
+            req.body(axum::body::Body::from(records.to_string()))
+                .unwrap(),
+        )
+    };
+    assert_eq!(send(None).await.status, StatusCode::OK);
+    assert_eq!(send(Some("fraud_detection")).await.status, StatusCode::OK);
+    assert_error(
+        &send(Some("payment_processing")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
     idp.abort();
 }
