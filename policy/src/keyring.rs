@@ -212,58 +212,61 @@ impl KeyRing {
     /// Vault or key-encryption-key failures.
     pub async fn data_keys(&self, scope: &str, refs: &[String], create: bool) -> Result<KeyBatch> {
         let mut batch = KeyBatch::default();
-        let mut missing: Vec<String> = Vec::new();
-        for r in refs {
-            if batch.keys.contains_key(r) || missing.contains(r) {
-                continue;
-            }
-            match self.cached(scope, r) {
-                Some(k) => {
-                    batch.keys.insert(r.clone(), k);
-                }
-                None => missing.push(r.clone()),
-            }
-        }
-        if missing.is_empty() {
+        let mut unique: Vec<String> = refs.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.is_empty() {
             return Ok(batch);
         }
-        let wrapping = self.wrapping_key().await?;
-        let mut stored = self.vault.keys(scope, &missing).await?;
-        let absent: Vec<String> = missing
+        // The store is asked every time (one batched query): a key destroyed by another
+        // replica is refused at once, whatever this one cached. The cache saves the unwrap.
+        let mut stored = self.vault.keys(scope, &unique).await?;
+        let absent: Vec<String> = unique
             .iter()
             .filter(|r| !stored.contains_key(*r))
             .cloned()
             .collect();
+        let mut wrapping = None;
         if create && !absent.is_empty() {
+            let w = self.wrapping_key().await?;
             let mut new = Vec::with_capacity(absent.len());
             for r in &absent {
                 let k = DataKey::random();
-                new.push((
-                    r.clone(),
-                    wrapping.wrap(k.expose(), &dek_aad(scope, r)).await?,
-                ));
+                new.push((r.clone(), w.wrap(k.expose(), &dek_aad(scope, r)).await?));
             }
             self.vault
-                .put_keys(scope, &new, wrapping.key_id(), self.clock.now_micros())
+                .put_keys(scope, &new, w.key_id(), self.clock.now_micros())
                 .await?;
             // Re-read: where another writer won, its key is the one.
             stored.extend(self.vault.keys(scope, &absent).await?);
+            wrapping = Some(w);
         }
         for (r, s) in stored {
-            match s.wrapped {
-                Some(w) => {
-                    let k = DataKey::from_slice(
-                        wrapping.unwrap(&w, &dek_aad(scope, &r)).await?.expose(),
-                    )?;
-                    self.remember(scope, &r, &k);
-                    batch.keys.insert(r, k);
-                }
-                None => {
-                    batch.destroyed.insert(r);
-                }
+            let Some(w) = s.wrapped else {
+                self.forget(scope, &r);
+                batch.destroyed.insert(r);
+                continue;
+            };
+            if let Some(k) = self.cached(scope, &r) {
+                batch.keys.insert(r, k);
+                continue;
             }
+            if wrapping.is_none() {
+                wrapping = Some(self.wrapping_key().await?);
+            }
+            let unwrapper = wrapping.as_ref().ok_or(Error::Unwrap)?;
+            let k = DataKey::from_slice(unwrapper.unwrap(&w, &dek_aad(scope, &r)).await?.expose())?;
+            self.remember(scope, &r, &k);
+            batch.keys.insert(r, k);
         }
         Ok(batch)
+    }
+
+    fn forget(&self, scope: &str, key_ref: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(scope.to_owned(), key_ref.to_owned()));
     }
 
     /// One data key; [`Error::KeyDestroyed`] if it was destroyed.

@@ -95,10 +95,11 @@ pub fn mask_token(token: &str) -> String {
 
 /// Is this a vault token?
 pub fn is_token(s: &str) -> bool {
-    s.len() == 24
-        && s.starts_with("tok_")
-        && s[4..20].bytes().all(|b| b.is_ascii_lowercase())
-        && s[20..].bytes().all(|b| b.is_ascii_digit())
+    let b = s.as_bytes();
+    b.len() == 24
+        && b.starts_with(b"tok_")
+        && b[4..20].iter().all(u8::is_ascii_lowercase)
+        && b[20..].iter().all(u8::is_ascii_digit)
 }
 
 fn new_token(pan: &str) -> String {
@@ -261,6 +262,17 @@ mod tests {
         assert_eq!(parse_pan("41111"), Err(PanError::Length));
         assert_eq!(parse_pan("4111x111"), Err(PanError::Characters));
         assert_eq!(parse_pan(&"4".repeat(100)), Err(PanError::Length));
+    }
+
+    #[test]
+    fn token_shape_never_panics() {
+        assert!(is_token("tok_abcdefghijklmnop1111"));
+        assert!(
+            !is_token("tok_aaaaaaaaaaaaaaaéaa11"),
+            "multi-byte characters are refused, not sliced"
+        );
+        assert!(!is_token("tok_abcdefghijklmnop111a"));
+        assert!(!is_token(""));
     }
 
     #[test]

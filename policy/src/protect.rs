@@ -196,9 +196,11 @@ impl Protector {
             };
             for name in rec.keys() {
                 if !contract.fields.contains_key(name) {
+                    // The key is the client's text — it could be a card number or an e-mail —
+                    // so it is never repeated, not in the answer nor in the audit log.
                     out.rejections.push(reject(
-                        Some(name),
-                        "not a field of the dataset's contract".to_owned(),
+                        None,
+                        "carries a field the dataset's contract does not define".to_owned(),
                     ));
                     continue 'records;
                 }
@@ -235,6 +237,13 @@ impl Protector {
                 if v.as_str().is_some_and(|s| s.len() > MAX_VALUE) {
                     out.rejections
                         .push(reject(Some(name), format!("longer than {MAX_VALUE} bytes")));
+                    continue 'records;
+                }
+                if spec.class == DataClass::PiiDirect && v.as_str().is_some_and(str::is_empty) {
+                    out.rejections.push(reject(
+                        Some(name),
+                        "must not be empty (omit the field instead)".to_owned(),
+                    ));
                     continue 'records;
                 }
                 if spec.class == DataClass::PciPan {
@@ -278,27 +287,45 @@ impl Protector {
             })
             .collect();
         let refs = self.subject_refs(&ids).await?;
-        let tokens = self.tokenizer.tokenize(&contract.name, &pans).await?;
-        let mut token_of: HashMap<(usize, &str), &str> = HashMap::new();
-        for ((slot, field), token) in pan_slots.iter().zip(&tokens) {
-            token_of.insert((*slot, field.as_str()), token.as_str());
-        }
         let has_direct = contract
             .fields
             .values()
             .any(|s| s.class == DataClass::PiiDirect);
-        let (subject_keys, dataset_key) = if has_direct {
-            let batch = self.keys.data_keys(SCOPE_SUBJECT, &refs, true).await?;
-            let dk = self
-                .keys
-                .data_key(SCOPE_DATASET, &contract.name, true)
-                .await?;
-            (Some(batch), Some(dk))
+        // Erased subjects first: nothing of theirs is taken, not even into the vault.
+        let subject_keys = self
+            .keys
+            .data_keys(SCOPE_SUBJECT, &refs, has_direct)
+            .await?;
+        let erased = |slot: usize| subject_keys.destroyed.contains(&refs[slot]);
+        let (live_slots, live_pans): (Vec<&(usize, String)>, Vec<String>) = pan_slots
+            .iter()
+            .zip(pans)
+            .filter(|((slot, _), _)| !erased(*slot))
+            .unzip();
+        let tokens = self.tokenizer.tokenize(&contract.name, &live_pans).await?;
+        let mut token_of: HashMap<(usize, &str), &str> = HashMap::new();
+        for ((slot, field), token) in live_slots.into_iter().zip(&tokens) {
+            token_of.insert((*slot, field.as_str()), token.as_str());
+        }
+        let dataset_key = if has_direct {
+            Some(
+                self.keys
+                    .data_key(SCOPE_DATASET, &contract.name, true)
+                    .await?,
+            )
         } else {
-            (None, None)
+            None
         };
         // 3. Build the protected records.
         'build: for (slot, ((i, rec), subject_ref)) in accepted.iter().zip(&refs).enumerate() {
+            if erased(slot) {
+                out.rejections.push(Rejection {
+                    index: *i,
+                    field: Some(contract.subject_field.clone()),
+                    reason: "the subject was erased: no new data is accepted for it".to_owned(),
+                });
+                continue;
+            }
             let mut enriched = Map::new();
             let mut fields = Map::new();
             for (name, v) in rec.iter().filter(|(_, v)| !v.is_null()) {
@@ -329,7 +356,7 @@ impl Protector {
                     }
                     DataClass::Public => v.clone(),
                     DataClass::PiiDirect => {
-                        let keys = subject_keys.as_ref().ok_or(Error::Wrap)?;
+                        let keys = &subject_keys;
                         let Some(key) = keys.keys.get(subject_ref) else {
                             out.rejections.push(Rejection {
                                 index: *i,

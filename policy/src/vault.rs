@@ -58,8 +58,8 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
         new: &[u8],
         wrapped_by: &str,
     ) -> Result<bool>;
-    /// Destroys a key: forgets the wrapped bytes, keeps the fact. Returns whether a live key
-    /// was destroyed.
+    /// Destroys a key: forgets the wrapped bytes, keeps the fact — as a tombstone if there was
+    /// no key yet, so none is ever created. Returns false when it was destroyed already.
     async fn destroy_key(&self, scope: &str, key_ref: &str, now: i64) -> Result<bool>;
     /// Token of each PAN index among `indexes` that has one.
     async fn tokens_by_index(
@@ -231,13 +231,17 @@ impl VaultStore for SqlVaultStore {
     }
 
     async fn destroy_key(&self, scope: &str, key_ref: &str, now: i64) -> Result<bool> {
+        // An upsert: a subject erased before it ever had a key gets a tombstone, so no key is
+        // ever made for it afterwards.
         let n = sqlx::query(
-            "UPDATE vault_keys SET wrapped = NULL, destroyed_at = $1 \
-             WHERE scope = $2 AND key_ref = $3 AND wrapped IS NOT NULL",
+            "INSERT INTO vault_keys (scope, key_ref, wrapped, wrapped_by, created_at, destroyed_at) \
+             VALUES ($1, $2, NULL, 'destroyed', $3, $3) \
+             ON CONFLICT (key_ref, scope) DO UPDATE SET wrapped = NULL, destroyed_at = excluded.destroyed_at \
+             WHERE vault_keys.wrapped IS NOT NULL",
         )
-        .bind(now)
         .bind(scope.to_owned())
         .bind(key_ref.to_owned())
+        .bind(now)
         .execute(self.db.pool())
         .await?
         .rows_affected();

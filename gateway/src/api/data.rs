@@ -207,11 +207,21 @@ pub struct DetokenizeRequest {
 /// second factor. Audited with counts, never values.
 pub async fn detokenize(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<DetokenizeRequest>,
 ) -> Response {
+    // The dataset name is the client's text: it is recorded only once it is a plain name.
+    let named = valid_name(&body.dataset).then(|| body.dataset.clone());
     let mut note = AuditNote::default()
-        .detail("dataset", body.dataset.clone())
+        .detail("dataset", named.clone().unwrap_or_default())
         .detail("requested", body.tokens.len());
+    note.purpose = headers
+        .get(PURPOSE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| valid_name(p))
+        .map(str::to_owned)
+        .or_else(|| principal.purpose.clone());
     let result = async {
         if body.tokens.is_empty() || body.tokens.len() > MAX_TOKENS {
             return Err(ApiError::invalid(format!("send 1 to {MAX_TOKENS} tokens")));
@@ -221,7 +231,23 @@ pub async fn detokenize(
                 "tokens: every item must be a vault token (tok_…)",
             ));
         }
-        dataset(&app, &body.dataset)?;
+        let contract = dataset(&app, named.as_deref().unwrap_or("-"))?;
+        // `pan reveal` (the route) lets a role reveal at all; which datasets is a second,
+        // per-dataset permission, and the purpose must be one the contract lists.
+        let resource = format!("datasets:{}", contract.name);
+        if !app
+            .authz
+            .allows(&principal.roles, &resource, "reveal")
+            .map_err(Error::from)?
+        {
+            return Err(ApiError::forbidden());
+        }
+        if !contract.allows_purpose(&purpose(&headers, &principal)?) {
+            return Err(ApiError::new(
+                ErrorCode::PurposeNotAllowed,
+                "the dataset's contract does not allow this purpose",
+            ));
+        }
         let pans = app
             .tokenizer
             .detokenize(&body.dataset, &body.tokens)

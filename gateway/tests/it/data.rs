@@ -28,6 +28,24 @@ async fn protect(
         .await
 }
 
+async fn detok(
+    g: &Gateway,
+    token: &str,
+    body: Value,
+    purpose: Option<&str>,
+) -> crate::support::Reply {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/detokenize")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json");
+    if let Some(p) = purpose {
+        req = req.header("x-purpose", p);
+    }
+    g.send(req.body(Body::from(body.to_string())).unwrap())
+        .await
+}
+
 fn records() -> Value {
     json!([
         {"transaction_id": "t-1", "user_id": "u-1", "card_number": "4111111111111111", "email": "ann@example.com",
@@ -106,24 +124,42 @@ async fn protect_and_detokenize(backend: Backend) {
         .await;
     let admin = g.admin().await;
     let ask = json!({"dataset": "payments", "tokens": [token, "tok_abcdefghijklmnop0000"]});
-    let r = g.post("/v1/detokenize", Some(&ops), ask.clone()).await;
+    let r = detok(&g, &ops, ask.clone(), Some("fraud_detection")).await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     assert_eq!(r.json["pans"], json!(["4111111111111111", null]));
     assert_error(
-        &g.post("/v1/detokenize", Some(&ops_stale), ask.clone())
-            .await,
+        &detok(&g, &ops_stale, ask.clone(), Some("fraud_detection")).await,
         StatusCode::UNAUTHORIZED,
         "mfa_required",
     );
     assert_error(
-        &g.post("/v1/detokenize", Some(&admin), ask.clone()).await,
+        &detok(&g, &admin, ask.clone(), Some("fraud_detection")).await,
         StatusCode::FORBIDDEN,
         "forbidden",
     );
     let bad = json!({"dataset": "payments", "tokens": ["4111111111111111"]});
-    let r = g.post("/v1/detokenize", Some(&ops), bad).await;
+    let r = detok(&g, &ops, bad, Some("fraud_detection")).await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
     assert!(!String::from_utf8_lossy(&r.bytes).contains("4111111111111111"));
+
+    // A purpose is required, and must be one the contract lists.
+    assert_error(
+        &detok(&g, &ops, ask.clone(), None).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    assert_error(
+        &detok(&g, &ops, ask.clone(), Some("marketing")).await,
+        StatusCode::FORBIDDEN,
+        "purpose_not_allowed",
+    );
+    // Unknown datasets, and names that are not plain names, are refused and not recorded.
+    let odd = json!({"dataset": "alice@example.com", "tokens": [token]});
+    assert_error(
+        &detok(&g, &ops, odd, Some("fraud_detection")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
 
     // The audit log: purposes, counts and field names — never a value.
     g.audit_settled().await;
@@ -160,6 +196,7 @@ async fn protect_and_detokenize(backend: Backend) {
         "4111111111111111",
         "5500000000000004",
         "ann@example.com",
+        "alice@example.com",
         "198.51.100.23",
         "\"739\"",
         "u-1\"",

@@ -164,6 +164,22 @@ async fn destroyed_keys_stay_destroyed(kind: Kind) {
         replica.data_key(SCOPE_SUBJECT, "sr-a", false).await,
         Err(Error::KeyDestroyed { .. })
     ));
+    // A replica that holds a key in its cache refuses it as soon as another one destroys it.
+    replica
+        .data_key(SCOPE_SUBJECT, "sr-b", false)
+        .await
+        .unwrap();
+    assert!(ring.destroy(SCOPE_SUBJECT, "sr-b").await.unwrap());
+    assert!(matches!(
+        replica.data_key(SCOPE_SUBJECT, "sr-b", false).await,
+        Err(Error::KeyDestroyed { .. })
+    ));
+    // A subject erased before it ever had a key never gets one.
+    assert!(ring.destroy(SCOPE_SUBJECT, "sr-never").await.unwrap());
+    assert!(matches!(
+        ring.data_key(SCOPE_SUBJECT, "sr-never", true).await,
+        Err(Error::KeyDestroyed { .. })
+    ));
 }
 
 fn pans() -> Vec<String> {

@@ -43,7 +43,19 @@ async fn keys_first_writer_wins_and_destroy_is_final(kind: Kind) {
         !v.destroy_key("subject", "sr-5", 21).await.unwrap(),
         "destroyed once"
     );
-    assert!(!v.destroy_key("subject", "sr-none", 21).await.unwrap());
+    assert!(
+        v.destroy_key("subject", "sr-none", 21).await.unwrap(),
+        "a tombstone for a subject without key"
+    );
+    assert!(!v.destroy_key("subject", "sr-none", 22).await.unwrap());
+    v.put_keys("subject", &[("sr-none".to_owned(), vec![7])], "wk-1", 23)
+        .await
+        .unwrap();
+    let tomb = v.keys("subject", &["sr-none".to_owned()]).await.unwrap();
+    assert_eq!(
+        tomb["sr-none"].wrapped, None,
+        "no key is ever made for a tombstoned subject"
+    );
     v.put_keys("subject", &[("sr-5".to_owned(), vec![7])], "wk-1", 22)
         .await
         .unwrap();
