@@ -114,11 +114,28 @@ impl Datasets {
         store: &dyn StateStore,
         now: i64,
     ) -> Result<Arc<Contract>> {
-        let expected = self.get(&contract.name).map_or(1, |c| c.version + 1);
+        let current = self.get(&contract.name);
+        let expected = current.as_ref().map_or(1, |c| c.version + 1);
         if contract.version != expected {
             return Err(Error::Conflict(format!(
                 "the next version of this contract is {expected}"
             )));
+        }
+        // A field keeps its class: turning `pci.pan` into `public` would store later card
+        // numbers in clear, and records already written keep the old meaning. A field whose
+        // protection must change is a new field.
+        if let Some(current) = &current {
+            for (name, spec) in &contract.fields {
+                if current
+                    .fields
+                    .get(name)
+                    .is_some_and(|old| old.class != spec.class)
+                {
+                    return Err(Error::Invalid(format!(
+                        "fields.{name}.class: a field keeps its class across versions; add a new field instead"
+                    )));
+                }
+            }
         }
         store
             .put_contract(&contract.name, contract.version, &contract.to_json(), now)

@@ -220,6 +220,18 @@ async fn contracts_are_versioned(backend: Backend) {
     let ok = put(contract.clone()).await;
     assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
     assert_eq!(ok.json["version"], 2);
+    let mut downgrade = contract.clone();
+    downgrade["version"] = json!(3);
+    downgrade["fields"]["card_number"]["class"] = json!("public");
+    let r = put(downgrade).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        r.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("fields.card_number.class:"),
+        "{r:?}"
+    );
     let mut broken = contract.clone();
     broken["version"] = json!(3);
     broken["subject_field"] = json!("nobody");
