@@ -206,6 +206,38 @@ fn signing_key(r: &AnyRow) -> Result<SigningKeyRecord> {
     })
 }
 
+/// Reserves one attempt on a row of `table` with a failure counter `count` and a
+/// `locked_until`: counts it as a failure in advance and, at `max_failures`, locks until
+/// `lock_until` and resets the count — unless the row is locked at `now`. One statement, so
+/// concurrent attempts cannot exceed the budget. Table and column names are this module's
+/// constants, never input.
+#[allow(clippy::too_many_arguments)]
+async fn reserve_attempt(
+    db: &Db,
+    table: &str,
+    key: &str,
+    count: &str,
+    id: &str,
+    now: i64,
+    max_failures: u32,
+    lock_until: i64,
+) -> Result<bool> {
+    let n = sqlx::query(&format!(
+        "UPDATE {table} SET \
+           locked_until = CASE WHEN {count} + 1 >= $1 THEN $2 ELSE locked_until END, \
+           {count} = CASE WHEN {count} + 1 >= $1 THEN 0 ELSE {count} + 1 END \
+         WHERE {key} = $3 AND locked_until <= $4"
+    ))
+    .bind(i64::from(max_failures))
+    .bind(lock_until)
+    .bind(id.to_owned())
+    .bind(now)
+    .execute(db.pool())
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -368,20 +400,17 @@ impl StateStore for SqlStateStore {
         max_failures: u32,
         lock_until: i64,
     ) -> Result<bool> {
-        let n = sqlx::query(
-            "UPDATE principals SET \
-               locked_until = CASE WHEN failed_logins + 1 >= $1 THEN $2 ELSE locked_until END, \
-               failed_logins = CASE WHEN failed_logins + 1 >= $1 THEN 0 ELSE failed_logins + 1 END \
-             WHERE id = $3 AND locked_until <= $4",
+        reserve_attempt(
+            &self.db,
+            "principals",
+            "id",
+            "failed_logins",
+            id,
+            now,
+            max_failures,
+            lock_until,
         )
-        .bind(i64::from(max_failures))
-        .bind(lock_until)
-        .bind(id.to_owned())
-        .bind(now)
-        .execute(self.db.pool())
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        .await
     }
 
     async fn login_succeeded(&self, id: &str) -> Result<()> {
@@ -461,20 +490,17 @@ impl StateStore for SqlStateStore {
         max_failures: u32,
         lock_until: i64,
     ) -> Result<bool> {
-        let n = sqlx::query(
-            "UPDATE mfa_factors SET \
-               locked_until = CASE WHEN failures + 1 >= $1 THEN $2 ELSE locked_until END, \
-               failures = CASE WHEN failures + 1 >= $1 THEN 0 ELSE failures + 1 END \
-             WHERE principal_id = $3 AND locked_until <= $4",
+        reserve_attempt(
+            &self.db,
+            "mfa_factors",
+            "principal_id",
+            "failures",
+            principal_id,
+            now,
+            max_failures,
+            lock_until,
         )
-        .bind(i64::from(max_failures))
-        .bind(lock_until)
-        .bind(principal_id.to_owned())
-        .bind(now)
-        .execute(self.db.pool())
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        .await
     }
 
     async fn put_signing_key(&self, key: &SigningKeyRecord) -> Result<()> {
