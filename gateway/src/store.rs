@@ -154,6 +154,19 @@ impl SqlStateStore {
     pub fn new(db: Db) -> Self {
         Self { db }
     }
+
+    /// The principal whose unique `column` (a constant of this module) is `value`.
+    async fn principal_where(&self, column: &str, value: &str) -> Result<Option<PrincipalRecord>> {
+        sqlx::query(&format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE {column} = $1"
+        ))
+        .bind(value.to_owned())
+        .fetch_optional(self.db.pool())
+        .await?
+        .as_ref()
+        .map(principal)
+        .transpose()
+    }
 }
 
 const PRINCIPAL_COLUMNS: &str =
@@ -337,27 +350,11 @@ impl StateStore for SqlStateStore {
     }
 
     async fn principal_by_name(&self, name: &str) -> Result<Option<PrincipalRecord>> {
-        sqlx::query(&format!(
-            "SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE name = $1"
-        ))
-        .bind(name.to_owned())
-        .fetch_optional(self.db.pool())
-        .await?
-        .as_ref()
-        .map(principal)
-        .transpose()
+        self.principal_where("name", name).await
     }
 
     async fn principal_by_id(&self, id: &str) -> Result<Option<PrincipalRecord>> {
-        sqlx::query(&format!(
-            "SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE id = $1"
-        ))
-        .bind(id.to_owned())
-        .fetch_optional(self.db.pool())
-        .await?
-        .as_ref()
-        .map(principal)
-        .transpose()
+        self.principal_where("id", id).await
     }
 
     async fn list_principals(&self, limit: u32) -> Result<Vec<PrincipalRecord>> {

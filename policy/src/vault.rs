@@ -67,7 +67,6 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
         dataset: &str,
         indexes: &[Vec<u8>],
     ) -> Result<HashMap<Vec<u8>, String>>;
-    /// Inserts tokens, skipping indexes that have one already.
     /// Inserts tokens in one transaction, skipping indexes that have one already; returns
     /// how many were inserted.
     async fn insert_tokens(&self, dataset: &str, tokens: &[NewToken], now: i64) -> Result<usize>;
@@ -88,6 +87,32 @@ pub struct SqlVaultStore {
 impl SqlVaultStore {
     pub fn new(db: Db) -> Self {
         Self { db }
+    }
+
+    /// The rows of `table` whose `key` is one of `items` and whose `filter` is
+    /// `filter_value`, fetched in chunks as index probes (see [`lookup_sql`]).
+    async fn lookup<T>(
+        &self,
+        columns: &str,
+        table: &str,
+        key: &str,
+        filter: &str,
+        filter_value: &str,
+        items: &[T],
+    ) -> Result<Vec<sqlx::any::AnyRow>>
+    where
+        T: for<'q> sqlx::Encode<'q, Any> + sqlx::Type<Any> + Clone + Send + Sync + 'static,
+    {
+        let mut rows = Vec::with_capacity(items.len());
+        for chunk in items.chunks(CHUNK) {
+            let sql = lookup_sql(&self.db, columns, table, key, filter, chunk.len());
+            let mut q = sqlx::query::<Any>(&sql).bind(filter_value.to_owned());
+            for item in chunk {
+                q = q.bind(item.clone());
+            }
+            rows.extend(self.probe(q).await?);
+        }
+        Ok(rows)
     }
 
     /// Runs a batched point lookup as index probes, one per item, whatever the planner's
@@ -182,28 +207,18 @@ impl VaultStore for SqlVaultStore {
 
     async fn keys(&self, scope: &str, refs: &[String]) -> Result<HashMap<String, StoredKey>> {
         let mut out = HashMap::with_capacity(refs.len());
-        for chunk in refs.chunks(CHUNK) {
-            let sql = lookup_sql(
-                &self.db,
-                "key_ref, wrapped, wrapped_by",
-                "vault_keys",
-                "key_ref",
-                "scope",
-                chunk.len(),
+        let columns = "key_ref, wrapped, wrapped_by";
+        for row in self
+            .lookup(columns, "vault_keys", "key_ref", "scope", scope, refs)
+            .await?
+        {
+            out.insert(
+                row.try_get::<String, _>("key_ref")?,
+                StoredKey {
+                    wrapped: row.try_get("wrapped")?,
+                    wrapped_by: row.try_get("wrapped_by")?,
+                },
             );
-            let mut q = sqlx::query::<Any>(&sql).bind(scope.to_owned());
-            for r in chunk {
-                q = q.bind(r.clone());
-            }
-            for row in self.probe(q).await? {
-                out.insert(
-                    row.try_get::<String, _>("key_ref")?,
-                    StoredKey {
-                        wrapped: row.try_get("wrapped")?,
-                        wrapped_by: row.try_get("wrapped_by")?,
-                    },
-                );
-            }
         }
         Ok(out)
     }
@@ -254,25 +269,22 @@ impl VaultStore for SqlVaultStore {
         indexes: &[Vec<u8>],
     ) -> Result<HashMap<Vec<u8>, String>> {
         let mut out = HashMap::with_capacity(indexes.len());
-        for chunk in indexes.chunks(CHUNK) {
-            let sql = lookup_sql(
-                &self.db,
-                "pan_index, token",
+        let columns = "pan_index, token";
+        for row in self
+            .lookup(
+                columns,
                 "vault_tokens",
                 "pan_index",
                 "dataset",
-                chunk.len(),
+                dataset,
+                indexes,
+            )
+            .await?
+        {
+            out.insert(
+                row.try_get::<Vec<u8>, _>("pan_index")?,
+                row.try_get("token")?,
             );
-            let mut q = sqlx::query::<Any>(&sql).bind(dataset.to_owned());
-            for i in chunk {
-                q = q.bind(i.clone());
-            }
-            for row in self.probe(q).await? {
-                out.insert(
-                    row.try_get::<Vec<u8>, _>("pan_index")?,
-                    row.try_get("token")?,
-                );
-            }
         }
         Ok(out)
     }
@@ -310,25 +322,15 @@ impl VaultStore for SqlVaultStore {
         tokens: &[String],
     ) -> Result<HashMap<String, Vec<u8>>> {
         let mut out = HashMap::with_capacity(tokens.len());
-        for chunk in tokens.chunks(CHUNK) {
-            let sql = lookup_sql(
-                &self.db,
-                "token, pan_ciphertext",
-                "vault_tokens",
-                "token",
-                "dataset",
-                chunk.len(),
+        let columns = "token, pan_ciphertext";
+        for row in self
+            .lookup(columns, "vault_tokens", "token", "dataset", dataset, tokens)
+            .await?
+        {
+            out.insert(
+                row.try_get::<String, _>("token")?,
+                row.try_get("pan_ciphertext")?,
             );
-            let mut q = sqlx::query::<Any>(&sql).bind(dataset.to_owned());
-            for t in chunk {
-                q = q.bind(t.clone());
-            }
-            for row in self.probe(q).await? {
-                out.insert(
-                    row.try_get::<String, _>("token")?,
-                    row.try_get("pan_ciphertext")?,
-                );
-            }
         }
         Ok(out)
     }

@@ -86,6 +86,16 @@ pub async fn put(
     noted(note, result)
 }
 
+/// The purpose as stated (header, else claim), for the audit log; validated or absent.
+fn stated_purpose(headers: &HeaderMap, principal: &Principal) -> Option<String> {
+    headers
+        .get(PURPOSE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| valid_name(p))
+        .map(str::to_owned)
+        .or_else(|| principal.purpose.clone())
+}
+
 /// The purpose of processing: the `X-Purpose` header, or the token's `purpose` claim. When
 /// both are there they must agree.
 fn purpose(headers: &HeaderMap, principal: &Principal) -> Result<String, ApiError> {
@@ -137,12 +147,7 @@ pub async fn protect(
     let mut note = AuditNote::default()
         .detail("dataset", name.clone())
         .detail("records", records.len());
-    note.purpose = headers
-        .get(PURPOSE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| valid_name(p))
-        .map(str::to_owned)
-        .or_else(|| principal.purpose.clone());
+    note.purpose = stated_purpose(&headers, &principal);
     let result = async {
         let contract = dataset(&app, &name)?;
         let purpose = purpose(&headers, &principal)?;
@@ -216,12 +221,7 @@ pub async fn detokenize(
     let mut note = AuditNote::default()
         .detail("dataset", named.clone().unwrap_or_default())
         .detail("requested", body.tokens.len());
-    note.purpose = headers
-        .get(PURPOSE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| valid_name(p))
-        .map(str::to_owned)
-        .or_else(|| principal.purpose.clone());
+    note.purpose = stated_purpose(&headers, &principal);
     let result = async {
         if body.tokens.is_empty() || body.tokens.len() > MAX_TOKENS {
             return Err(ApiError::invalid(format!("send 1 to {MAX_TOKENS} tokens")));
