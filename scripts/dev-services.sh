@@ -5,8 +5,10 @@
 #   eval "$(scripts/dev-services.sh)"      # start, and set up this shell
 #   scripts/dev-services.sh --stop         # stop what an earlier run started (by PID)
 #
-# Services so far: PostgreSQL (state store, audit log, vault) and moto (AWS KMS, later S3). Installs go to Debian's packages;
-# state (the PID file) lives in $WARDEN_CACHE (default ~/.cache/warden), outside the checkout.
+# Services: PostgreSQL (state store, audit log, vault), moto (AWS KMS and S3), tansu (a
+# Kafka-protocol broker, from crates.io) and nx-27017 (a MongoDB-wire server, from PyPI).
+# Installs go to Debian's packages or to $WARDEN_CACHE (default ~/.cache/warden), outside the
+# checkout, as does the PID file.
 set -euo pipefail
 
 CACHE="${WARDEN_CACHE:-$HOME/.cache/warden}"
@@ -92,5 +94,46 @@ if ! moto_running; then
 fi
 log "moto ready at 127.0.0.1:$MOTO_PORT"
 
+# --- tansu: a Kafka-protocol broker --------------------------------------------------------
+KAFKA_PORT=9092
+TANSU="$CACHE/tansu/bin/tansu"
+if [ ! -x "$TANSU" ]; then
+  command -v cmake >/dev/null 2>&1 || apt_install cmake
+  log "installing tansu into $CACHE/tansu (a debug build, about 5 minutes)"
+  cargo install tansu --locked --debug --no-default-features --features dynostore \
+    --root "$CACHE/tansu" >&2
+fi
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if ! port_open "$KAFKA_PORT"; then
+  log "starting tansu on 127.0.0.1:$KAFKA_PORT"
+  nohup "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine memory://tansu/ >"$CACHE/tansu.log" 2>&1 &
+  echo "tansu $!" >> "$PIDS"
+  for _ in $(seq 1 100); do port_open "$KAFKA_PORT" && break; sleep 0.1; done
+  port_open "$KAFKA_PORT" || { log "tansu did not start (see $CACHE/tansu.log)"; exit 1; }
+fi
+log "tansu (Kafka protocol) ready at 127.0.0.1:$KAFKA_PORT"
+
+# --- nx-27017: a MongoDB-wire server -------------------------------------------------------
+MONGO_PORT=27017
+NX="$CACHE/nx/bin/nx-27017"
+if [ ! -x "$NX" ]; then
+  log "installing nx-27017 into $CACHE/nx"
+  python3 -m venv "$CACHE/nx" >&2
+  "$CACHE/nx/bin/pip" install -q nx-27017==0.8.1 >&2
+fi
+if ! port_open "$MONGO_PORT"; then
+  log "starting nx-27017 on 127.0.0.1:$MONGO_PORT"
+  nohup "$NX" --db memory --host 127.0.0.1 -p "$MONGO_PORT" --log-file "$CACHE/nx.log" \
+    >"$CACHE/nx.out" 2>&1 &
+  echo "nx-27017 $!" >> "$PIDS"
+  for _ in $(seq 1 100); do port_open "$MONGO_PORT" && break; sleep 0.1; done
+  port_open "$MONGO_PORT" || { log "nx-27017 did not start (see $CACHE/nx.out)"; exit 1; }
+fi
+log "nx-27017 (MongoDB wire) ready at 127.0.0.1:$MONGO_PORT"
+
 echo "export WARDEN_TEST_POSTGRES_URL=$PG_URL"
 echo "export WARDEN_TEST_AWS_ENDPOINT=http://127.0.0.1:$MOTO_PORT"
+echo "export WARDEN_TEST_KAFKA=127.0.0.1:$KAFKA_PORT"
+echo "export WARDEN_TEST_MONGODB_URL=mongodb://127.0.0.1:$MONGO_PORT"

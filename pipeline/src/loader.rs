@@ -1,0 +1,219 @@
+//! Loaders: move a dataset's protected records from its stream into a sink, committing the
+//! stream position only after the sink confirmed (at-least-once; sinks are idempotent, so a
+//! replay after a crash leaves each record once).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use warden_policy::contract::Contract;
+
+use crate::docs::{CollectionSpec, Document, DocumentStore};
+use crate::record::{StreamedRecord, H_DATASET};
+use crate::stream::{Message, Stream, Subscription};
+use crate::Result;
+
+/// Records per sink write.
+pub const BATCH: usize = 1000;
+/// How long a poll waits for a first record.
+const POLL_WAIT: Duration = Duration::from_millis(500);
+/// Pause after a failure before reading again (from the last committed position).
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Where a loader finds a dataset's current contract.
+pub trait Contracts: Send + Sync + 'static {
+    fn contract(&self, dataset: &str) -> Option<Arc<Contract>>;
+}
+
+impl<F> Contracts for F
+where
+    F: Fn(&str) -> Option<Arc<Contract>> + Send + Sync + 'static,
+{
+    fn contract(&self, dataset: &str) -> Option<Arc<Contract>> {
+        self(dataset)
+    }
+}
+
+/// The consumer group of the document loader of a dataset.
+pub fn documents_group(dataset: &str) -> String {
+    format!("warden-documents-{dataset}")
+}
+
+/// The collection layout of a dataset.
+pub fn collection_spec(contract: &Contract) -> CollectionSpec {
+    CollectionSpec {
+        name: contract.collection.clone(),
+        key_field: contract.record_key.clone(),
+        subject_field: contract.subject_field.clone(),
+    }
+}
+
+/// Counters of a loader, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct LoaderStats {
+    /// Records written to the sink.
+    pub stored: AtomicU64,
+    /// Records skipped: another dataset's, tombstones, unreadable, or without a record key.
+    pub skipped: AtomicU64,
+    /// Failed batches (each retried).
+    pub failures: AtomicU64,
+}
+
+/// A sink a loader writes batches of one dataset into.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Makes the sink ready for the dataset (collection, indexes, table).
+    async fn prepare(&self, contract: &Contract) -> Result<()>;
+    /// Writes records durably; returns when they are safe.
+    async fn write(&self, contract: &Contract, records: &[StreamedRecord]) -> Result<u64>;
+}
+
+/// The document store as a sink: upserts by record key.
+#[derive(Debug, Clone)]
+pub struct DocumentSink(pub Arc<dyn DocumentStore>);
+
+#[async_trait]
+impl Sink for DocumentSink {
+    async fn prepare(&self, contract: &Contract) -> Result<()> {
+        self.0.ensure_collection(&collection_spec(contract)).await
+    }
+
+    async fn write(&self, contract: &Contract, records: &[StreamedRecord]) -> Result<u64> {
+        let docs: Vec<Document> = records
+            .iter()
+            .filter_map(|r| {
+                Some(Document {
+                    key: r.key(contract)?,
+                    subject_ref: r.subject_ref.clone(),
+                    ts: r.time_micros(contract).unwrap_or(0),
+                    contract_version: r.contract_version,
+                    fields: r.fields.clone(),
+                })
+            })
+            .collect();
+        self.0.upsert(&collection_spec(contract), &docs).await?;
+        Ok(docs.len() as u64)
+    }
+}
+
+/// Decodes a batch: this dataset's records, in stream order.
+fn decode(dataset: &str, messages: &[Message], stats: &LoaderStats) -> Vec<StreamedRecord> {
+    let mut out = Vec::with_capacity(messages.len());
+    for m in messages {
+        if m.header(H_DATASET).is_some_and(|d| d != dataset) {
+            stats.skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        match StreamedRecord::from_message(m) {
+            Ok(Some(r)) if r.dataset == dataset => out.push(r),
+            Ok(_) => {
+                stats.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Position only: a malformed record is logged by where it is, not what it holds.
+                tracing::warn!(error = %e, "skipping an unreadable record");
+                stats.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    out
+}
+
+/// Handles one poll: reads up to [`BATCH`] records, writes this dataset's into the sink,
+/// then commits. Returns how many messages were read.
+///
+/// # Errors
+/// Stream or sink failures; nothing was committed then.
+pub async fn step(
+    sub: &mut dyn Subscription,
+    sink: &dyn Sink,
+    contract: &Contract,
+    stats: &LoaderStats,
+    wait: Duration,
+) -> Result<usize> {
+    let messages = sub.poll(BATCH, wait).await?;
+    if messages.is_empty() {
+        return Ok(0);
+    }
+    let records = decode(&contract.name, &messages, stats);
+    if !records.is_empty() {
+        let stored = sink.write(contract, &records).await?;
+        stats
+            .skipped
+            .fetch_add(records.len() as u64 - stored, Ordering::Relaxed);
+        stats.stored.fetch_add(stored, Ordering::Relaxed);
+    }
+    sub.commit(&messages).await?;
+    Ok(messages.len())
+}
+
+/// Runs a dataset's loader until `shutdown` turns true: subscribes as `group`, and after any
+/// failure pauses and subscribes again, so uncommitted records are read again.
+pub async fn run(
+    stream: Arc<dyn Stream>,
+    sink: Arc<dyn Sink>,
+    contracts: Arc<dyn Contracts>,
+    dataset: String,
+    group: String,
+    stats: Arc<LoaderStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut prepared = None;
+    'outer: while !*shutdown.borrow() {
+        let Some(contract) = contracts.contract(&dataset) else {
+            tracing::info!(%dataset, "dataset gone; loader stops");
+            return;
+        };
+        let attempt = async {
+            if prepared != Some(contract.version) {
+                sink.prepare(&contract).await?;
+                prepared = Some(contract.version);
+            }
+            stream
+                .ensure_topic(&contract.stream, crate::DEFAULT_PARTITIONS)
+                .await?;
+            stream.subscribe(&contract.stream, &group).await
+        };
+        let mut sub = match attempt.await {
+            Ok(sub) => sub,
+            Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%dataset, error = %e, "loader cannot start; retrying");
+                if pause(&mut shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        loop {
+            if *shutdown.borrow() {
+                break 'outer;
+            }
+            let contract = contracts
+                .contract(&dataset)
+                .unwrap_or_else(|| contract.clone());
+            let stepped = tokio::select! {
+                r = step(sub.as_mut(), sink.as_ref(), &contract, &stats, POLL_WAIT) => r,
+                _ = shutdown.changed() => break 'outer,
+            };
+            if let Err(e) = stepped {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%dataset, error = %e, "loader batch failed; reading again from the last commit");
+                if pause(&mut shutdown).await {
+                    break 'outer;
+                }
+                continue 'outer;
+            }
+        }
+    }
+}
+
+/// Waits [`RETRY_PAUSE`]; true when shutdown came first.
+async fn pause(shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(RETRY_PAUSE) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}

@@ -1,0 +1,110 @@
+//! The form of a protected record on a stream: JSON, keyed by `subject_ref`, with headers
+//! naming the dataset, the contract version and the request that produced it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use warden_policy::contract::Contract;
+
+use crate::stream::{Message, OutRecord};
+use crate::{Error, Result};
+
+/// Header naming the dataset of a record.
+pub const H_DATASET: &str = "warden-dataset";
+/// Header naming the contract version a record was protected under.
+pub const H_CONTRACT_VERSION: &str = "warden-contract-version";
+/// Header naming the request (or stage run) that produced the record.
+pub const H_REQUEST_ID: &str = "warden-request-id";
+
+/// A protected record as streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamedRecord {
+    pub dataset: String,
+    pub subject_ref: String,
+    pub contract_version: u32,
+    pub fields: Map<String, Value>,
+}
+
+impl StreamedRecord {
+    /// The stream form: keyed by `subject_ref` (so one subject's records stay in order, in one
+    /// partition), with the dataset, contract version and request id as headers.
+    pub fn to_out(&self, request_id: &str) -> OutRecord {
+        OutRecord {
+            key: self.subject_ref.clone(),
+            value: Some(serde_json::to_vec(self).unwrap_or_default()),
+            headers: vec![
+                (H_DATASET.to_owned(), self.dataset.clone()),
+                (
+                    H_CONTRACT_VERSION.to_owned(),
+                    self.contract_version.to_string(),
+                ),
+                (H_REQUEST_ID.to_owned(), request_id.to_owned()),
+            ],
+        }
+    }
+
+    /// Reads a streamed record back. `Ok(None)` for a tombstone.
+    ///
+    /// # Errors
+    /// A value that is not a streamed record.
+    pub fn from_message(m: &Message) -> Result<Option<Self>> {
+        match &m.value {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(v).map(Some).map_err(|e| {
+                Error::Invalid(format!(
+                    "record at {}/{}/{} is not a Warden record: {}",
+                    m.topic,
+                    m.partition,
+                    m.offset,
+                    e.classify_name()
+                ))
+            }),
+        }
+    }
+
+    /// The record key's value (the contract's `record_key` field) as text.
+    pub fn key(&self, contract: &Contract) -> Option<String> {
+        match self.fields.get(&contract.record_key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The record's time (the contract's `time_field`) in Unix microseconds: an RFC 3339 time
+    /// or epoch seconds.
+    pub fn time_micros(&self, contract: &Contract) -> Option<i64> {
+        time_micros(self.fields.get(&contract.time_field)?)
+    }
+}
+
+/// Unix microseconds of an RFC 3339 time or of epoch seconds.
+pub fn time_micros(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(|s| s.checked_mul(1_000_000))
+            .or_else(|| n.as_f64().map(|f| (f * 1e6) as i64)),
+        Value::String(s) => {
+            let t = humantime::parse_rfc3339_weak(s).ok()?;
+            let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+            i64::try_from(d.as_micros()).ok()
+        }
+        _ => None,
+    }
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    /// The kind of a JSON error only: serde's messages can quote the input.
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "io error",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "wrong shape",
+            serde_json::error::Category::Eof => "truncated",
+        }
+    }
+}

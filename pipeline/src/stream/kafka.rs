@@ -1,0 +1,274 @@
+//! [`Stream`] on Kafka (rdkafka over the bundled librdkafka): an idempotent producer with
+//! `acks=all`, records keyed by `subject_ref` with Warden's headers; consumer groups with
+//! automatic commits off — positions are committed only after the sink confirmed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+
+use super::{next_offsets, Message, OutRecord, Position, Stream, Subscription};
+use crate::{Error, Result};
+
+/// How long a publish may wait for the broker before it fails.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Producer properties options may not change: they make delivery exactly-once per
+/// partition and durable.
+const PINNED: &[&str] = &[
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "bootstrap.servers",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+];
+
+fn kafka_err(context: &str, e: &KafkaError) -> Error {
+    Error::Stream(format!("kafka {context}: {e}"))
+}
+
+/// [`Stream`] on a Kafka cluster.
+#[derive(Clone)]
+pub struct KafkaStream {
+    brokers: String,
+    producer: FutureProducer,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    replication: i32,
+}
+
+impl std::fmt::Debug for KafkaStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaStream")
+            .field("brokers", &self.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaStream {
+    /// Connects to `brokers` (`host:port,...`). `replication` is the replication factor of
+    /// topics Warden creates (1 for a single broker).
+    ///
+    /// # Errors
+    /// A configuration librdkafka refuses.
+    pub fn new(brokers: &str, replication: i32) -> Result<Self> {
+        Self::with_options(brokers, replication, &[])
+    }
+
+    /// As [`KafkaStream::new`], with librdkafka producer properties on top of Warden's
+    /// (`[streams.producer]` in the config). Idempotence and `acks=all` cannot be turned off.
+    ///
+    /// # Errors
+    /// A configuration librdkafka refuses, or one that weakens delivery.
+    pub fn with_options(brokers: &str, replication: i32, options: &[(&str, &str)]) -> Result<Self> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            );
+        for (k, v) in options {
+            if PINNED.contains(k) {
+                return Err(Error::Invalid(format!(
+                    "streams.producer: {k} is fixed by Warden (idempotent, acks=all)"
+                )));
+            }
+            config.set(*k, *v);
+        }
+        let producer: FutureProducer = config.create().map_err(|e| kafka_err("producer", &e))?;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .map_err(|e| kafka_err("admin client", &e))?;
+        Ok(Self {
+            brokers: brokers.to_owned(),
+            producer,
+            admin: Arc::new(admin),
+            replication: replication.max(1),
+        })
+    }
+
+    /// `host:port,...` from a `kafka://host:port,host:port` URL (or a bare broker list).
+    pub fn brokers_from_url(url: &str) -> &str {
+        url.strip_prefix("kafka://")
+            .unwrap_or(url)
+            .trim_end_matches('/')
+    }
+}
+
+#[async_trait]
+impl Stream for KafkaStream {
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        if !(1..=1024).contains(&partitions) {
+            return Err(Error::Invalid("partitions: 1 to 1024".into()));
+        }
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.replication));
+        let results = self
+            .admin
+            .create_topics([&new], &AdminOptions::new())
+            .await
+            .map_err(|e| kafka_err("create topic", &e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(Error::Stream(format!("kafka create topic {t}: {code}")))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, topic: &str, records: Vec<OutRecord>) -> Result<Vec<Position>> {
+        let sends = records.iter().map(|r| {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let mut record = FutureRecord::to(topic).key(&r.key).headers(headers);
+            if let Some(v) = &r.value {
+                record = record.payload(v);
+            }
+            self.producer.send(record, Timeout::After(DELIVERY_TIMEOUT))
+        });
+        let delivered = futures::future::join_all(sends).await;
+        delivered
+            .into_iter()
+            .map(|d| match d {
+                Ok(d) => Ok(Position {
+                    partition: d.partition,
+                    offset: d.offset,
+                }),
+                Err((e, _)) => Err(kafka_err("publish", &e)),
+            })
+            .collect()
+    }
+
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .create()
+            .map_err(|e| kafka_err("consumer", &e))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| kafka_err("subscribe", &e))?;
+        Ok(Box::new(KafkaSubscription {
+            consumer: Arc::new(consumer),
+            topic: topic.to_owned(),
+        }))
+    }
+
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+}
+
+impl KafkaStream {
+    /// Waits until every record handed to the producer is acknowledged (or `wait` passed).
+    ///
+    /// # Errors
+    /// Records still unacknowledged after `wait`.
+    pub fn flush(&self, wait: Duration) -> Result<()> {
+        self.producer
+            .flush(Timeout::After(wait))
+            .map_err(|e| kafka_err("flush", &e))
+    }
+}
+
+struct KafkaSubscription {
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+}
+
+impl std::fmt::Debug for KafkaSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSubscription")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+    Message {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default(),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|h| {
+                        let v = std::str::from_utf8(h.value?).ok()?;
+                        Some((h.key.to_owned(), v.to_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>> {
+        let mut out = Vec::new();
+        match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(Err(e)) => return Err(kafka_err("poll", &e)),
+            Ok(Ok(m)) => out.push(owned(&m)),
+        }
+        // Then whatever is already fetched, without waiting.
+        while out.len() < max {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => out.push(owned(&m)),
+                Some(Err(e)) => return Err(kafka_err("poll", &e)),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self, messages: &[Message]) -> Result<()> {
+        let next = next_offsets(messages);
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, offset) in next {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(offset))
+                .map_err(|e| kafka_err("commit", &e))?;
+        }
+        let consumer = Arc::clone(&self.consumer);
+        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(|e| Error::Stream(format!("kafka commit: {e}")))?
+            .map_err(|e| kafka_err("commit", &e))
+    }
+}

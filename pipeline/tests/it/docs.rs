@@ -1,0 +1,178 @@
+//! The document-store contract, on the embedded store (SQLite, PostgreSQL) and on MongoDB.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Map};
+use warden_pipeline::docs::{CollectionSpec, Document, DocumentStore, Query};
+
+use crate::{documents, unique, Backend};
+
+crate::on_every_backend!(
+    upserts_replace_by_key_and_finds_page_in_time_order,
+    subjects_are_deleted_whole
+);
+
+fn spec() -> CollectionSpec {
+    CollectionSpec {
+        name: unique("c"),
+        key_field: "transaction_id".to_owned(),
+        subject_field: "user_id".to_owned(),
+    }
+}
+
+fn doc(i: usize, amount: f64) -> Document {
+    let subject = format!("sr_{:032x}", i % 3);
+    let mut fields = Map::new();
+    fields.insert("transaction_id".into(), json!(format!("tx-{i:04}")));
+    fields.insert("user_id".into(), json!(subject));
+    fields.insert("amount".into(), json!(amount));
+    fields.insert("count".into(), json!(i));
+    fields.insert("card_number".into(), json!("tok_4242_abcdefabcdefabcd"));
+    Document {
+        key: format!("tx-{i:04}"),
+        subject_ref: subject,
+        // Every third shares a time with its neighbour, so (time, key) decides the order.
+        ts: 1_700_000_000_000_000 + (i as i64 / 2) * 1_000_000,
+        contract_version: 1,
+        fields,
+    }
+}
+
+async fn all_pages(
+    store: &dyn DocumentStore,
+    spec: &CollectionSpec,
+    mut q: Query,
+) -> Vec<Document> {
+    let mut out: Vec<Document> = Vec::new();
+    loop {
+        let page = store.find(spec, &q).await.unwrap();
+        assert!(page.len() <= q.limit);
+        let Some(last) = page.last() else { break };
+        q.after = Some((last.ts, last.key.clone()));
+        out.extend(page);
+    }
+    out
+}
+
+async fn upserts_replace_by_key_and_finds_page_in_time_order(backend: Backend) {
+    let (store, _g) = documents(backend).await;
+    let spec = spec();
+    store.ensure_collection(&spec).await.unwrap();
+    store.ensure_collection(&spec).await.unwrap(); // idempotent
+    let docs: Vec<Document> = (0..30).map(|i| doc(i, 10.0)).collect();
+    store.upsert(&spec, &docs).await.unwrap();
+    // A replayed, partly changed batch: still one document per key, the latest.
+    let again: Vec<Document> = (20..40).map(|i| doc(i, 99.5)).collect();
+    store.upsert(&spec, &again).await.unwrap();
+    assert_eq!(store.count(&spec, None).await.unwrap(), 40);
+
+    let everything = all_pages(
+        store.as_ref(),
+        &spec,
+        Query {
+            limit: 7,
+            ..Query::default()
+        },
+    )
+    .await;
+    let keys: Vec<&str> = everything.iter().map(|d| d.key.as_str()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(keys, sorted, "(time, key) order");
+    assert_eq!(
+        keys.iter().collect::<BTreeSet<_>>().len(),
+        40,
+        "no page repeats a document"
+    );
+    let d25 = everything.iter().find(|d| d.key == "tx-0025").unwrap();
+    assert_eq!(d25.fields["amount"].as_f64(), Some(99.5));
+    assert_eq!(d25.fields["count"].as_i64(), Some(25));
+    assert_eq!(
+        d25.fields["card_number"],
+        json!("tok_4242_abcdefabcdefabcd")
+    );
+    assert_eq!(d25.subject_ref, doc(25, 0.0).subject_ref);
+    assert_eq!(d25.ts, doc(25, 0.0).ts);
+    assert_eq!(d25.contract_version, 1);
+    let d5 = everything.iter().find(|d| d.key == "tx-0005").unwrap();
+    assert_eq!(d5.fields["amount"].as_f64(), Some(10.0));
+
+    // Subject and time range.
+    let subject = doc(1, 0.0).subject_ref;
+    let (from, to) = (doc(10, 0.0).ts, doc(30, 0.0).ts);
+    let q = Query {
+        subject_ref: Some(subject.clone()),
+        from: Some(from),
+        to: Some(to),
+        limit: 4,
+        ..Query::default()
+    };
+    let got: Vec<String> = all_pages(store.as_ref(), &spec, q)
+        .await
+        .into_iter()
+        .map(|d| d.key)
+        .collect();
+    let want: Vec<String> = (0..40)
+        .map(|i| doc(i, 0.0))
+        .filter(|d| d.subject_ref == subject && d.ts >= from && d.ts < to)
+        .map(|d| d.key)
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+    // The limit is capped.
+    let capped = store
+        .find(
+            &spec,
+            &Query {
+                limit: 1_000_000,
+                ..Query::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(capped.len(), 40);
+    let page = store
+        .find(
+            &spec,
+            &Query {
+                limit: 0,
+                ..Query::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1, "a zero limit reads as one");
+}
+
+async fn subjects_are_deleted_whole(backend: Backend) {
+    let (store, _g) = documents(backend).await;
+    let spec = spec();
+    store.ensure_collection(&spec).await.unwrap();
+    let docs: Vec<Document> = (0..30).map(|i| doc(i, 1.0)).collect();
+    store.upsert(&spec, &docs).await.unwrap();
+    let gone = doc(0, 0.0).subject_ref;
+    assert_eq!(store.count(&spec, Some(&gone)).await.unwrap(), 10);
+    assert_eq!(store.delete_subject(&spec, &gone).await.unwrap(), 10);
+    assert_eq!(store.delete_subject(&spec, &gone).await.unwrap(), 0);
+    assert_eq!(store.count(&spec, Some(&gone)).await.unwrap(), 0);
+    assert_eq!(store.count(&spec, None).await.unwrap(), 20);
+    let left = store
+        .find(
+            &spec,
+            &Query {
+                subject_ref: Some(gone),
+                limit: 100,
+                ..Query::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(left.is_empty());
+    // Other collections are untouched.
+    let other = CollectionSpec {
+        name: unique("c"),
+        ..spec.clone()
+    };
+    store.ensure_collection(&other).await.unwrap();
+    assert_eq!(store.count(&other, None).await.unwrap(), 0);
+}
