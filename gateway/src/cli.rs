@@ -32,7 +32,7 @@ pub enum ExportLine {
         kid: String,
         signature: String,
     },
-    Event(AuditEventView),
+    Event(Box<AuditEventView>),
 }
 
 /// The checkpoint public keys recorded in the state store, as keys and as `(kid, hex)`.
@@ -156,7 +156,7 @@ pub async fn export(config: &Config, out: &mut dyn Write) -> anyhow::Result<u64>
         let Some(last) = page.last() else { break };
         after = last.seq.min(head);
         for e in page.iter().filter(|e| e.seq <= head) {
-            line(&ExportLine::Event(e.to_view()))?;
+            line(&ExportLine::Event(Box::new(e.to_view())))?;
             n += 1;
         }
     }

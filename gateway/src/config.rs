@@ -29,6 +29,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub policy: PolicyConfig,
+    pub streams: StreamsConfig,
+    pub documents: DocumentsConfig,
+    pub pipeline: PipelineConfig,
 }
 
 impl Default for Config {
@@ -43,6 +46,9 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             policy: PolicyConfig::default(),
+            streams: StreamsConfig::default(),
+            documents: DocumentsConfig::default(),
+            pipeline: PipelineConfig::default(),
         }
     }
 }
@@ -175,6 +181,8 @@ fn default_roles_claim() -> String {
 pub struct LimitsConfig {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Largest accepted body of a record ingest (`POST /v1/datasets/{name}/records`).
+    pub max_ingest_bytes: usize,
     /// Longest a request may take.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -188,6 +196,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_ingest_bytes: 16 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             rate_per_second: 50,
             rate_burst: 200,
@@ -206,9 +215,72 @@ pub struct PolicyConfig {
     pub initial_policy: Option<PathBuf>,
 }
 
+/// Where protected records travel: the embedded log or Kafka.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// `embedded` (a durable log in the state database) or `kafka://HOST:PORT[,HOST:PORT]`.
+    /// Env: `WARDEN_STREAMS_URL`.
+    pub url: String,
+    /// Prefix of every topic and consumer group name (one cluster, several installations).
+    pub topic_prefix: String,
+    /// Partitions of the topics Warden creates.
+    pub partitions: i32,
+    /// Replication factor of the topics Warden creates (Kafka).
+    pub replication: i32,
+    /// Extra librdkafka producer properties (`"linger.ms" = "10"`); idempotence and
+    /// `acks=all` are fixed.
+    pub producer: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self {
+            url: "embedded".to_owned(),
+            topic_prefix: String::new(),
+            partitions: warden_pipeline::DEFAULT_PARTITIONS,
+            replication: 1,
+            producer: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// Where records are stored for reads: the embedded document store or MongoDB.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocumentsConfig {
+    /// `embedded` (a table in the state database) or `mongodb://HOST:PORT/DATABASE`.
+    /// Env: `WARDEN_DOCUMENTS_URL`.
+    pub url: String,
+}
+
+impl Default for DocumentsConfig {
+    fn default() -> Self {
+        Self {
+            url: "embedded".to_owned(),
+        }
+    }
+}
+
+/// The data plane run by this process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Run the loaders (stream → document store) in this process. Several replicas may all
+    /// run them: on Kafka they share the work as one consumer group.
+    pub loaders: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { loaders: true }
+    }
+}
+
 impl Config {
-    /// Reads `path` (if any), then applies `WARDEN_DATA_DIR`, `WARDEN_STATE_URL` and
-    /// `WARDEN_AUDIT_URL` from `env`, and validates.
+    /// Reads `path` (if any), then applies `WARDEN_DATA_DIR`, `WARDEN_STATE_URL`,
+    /// `WARDEN_AUDIT_URL`, `WARDEN_STREAMS_URL` and `WARDEN_DOCUMENTS_URL` from `env`, and
+    /// validates.
     ///
     /// # Errors
     /// An unreadable or invalid file, or an invalid value.
@@ -230,6 +302,12 @@ impl Config {
         if let Some(v) = env.get("WARDEN_AUDIT_URL") {
             config.audit.url = Some(v.clone());
         }
+        if let Some(v) = env.get("WARDEN_STREAMS_URL") {
+            config.streams.url = v.clone();
+        }
+        if let Some(v) = env.get("WARDEN_DOCUMENTS_URL") {
+            config.documents.url = v.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -243,10 +321,11 @@ impl Config {
             bail!("auth.mfa_window, auth.mfa_max_failures and auth.login_max_failures must be positive");
         }
         if self.limits.max_body_bytes == 0
+            || self.limits.max_ingest_bytes == 0
             || self.limits.rate_per_second == 0
             || self.limits.request_timeout.is_zero()
         {
-            bail!("limits.max_body_bytes, limits.rate_per_second and limits.request_timeout must be positive");
+            bail!("limits.max_body_bytes, limits.max_ingest_bytes, limits.rate_per_second and limits.request_timeout must be positive");
         }
         if let Some(oidc) = &self.auth.oidc {
             // The JWKS decides whose tokens are accepted: fetch it over TLS (loopback excepted,
@@ -264,6 +343,29 @@ impl Config {
         }
         if self.audit.max_batch == 0 || self.audit.checkpoint_every == 0 {
             bail!("audit.max_batch and audit.checkpoint_every must be positive");
+        }
+        if self.streams.url != "embedded" && !self.streams.url.starts_with("kafka://") {
+            bail!("streams.url must be embedded or kafka://HOST:PORT");
+        }
+        if !(1..=1024).contains(&self.streams.partitions)
+            || !(1..=16).contains(&self.streams.replication)
+        {
+            bail!("streams.partitions must be 1 to 1024 and streams.replication 1 to 16");
+        }
+        let prefix = &self.streams.topic_prefix;
+        if prefix.len() > 100
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            bail!("streams.topic_prefix: at most 100 of a-z, A-Z, 0-9, '.', '_' and '-'");
+        }
+        let docs = &self.documents.url;
+        if docs != "embedded"
+            && !docs.starts_with("mongodb://")
+            && !docs.starts_with("mongodb+srv://")
+        {
+            bail!("documents.url must be embedded or mongodb://HOST:PORT/DATABASE");
         }
         Ok(())
     }

@@ -14,10 +14,10 @@ use warden_policy::contract::Contract;
 use crate::error::{Error, Result};
 use crate::store::StateStore;
 
-/// Contracts in force, by dataset name.
-#[derive(Debug, Default)]
+/// Contracts in force, by dataset name. Clones share the registry.
+#[derive(Debug, Default, Clone)]
 pub struct Datasets {
-    current: RwLock<HashMap<String, Arc<Contract>>>,
+    current: Arc<RwLock<HashMap<String, Arc<Contract>>>>,
 }
 
 impl Datasets {

@@ -29,6 +29,8 @@ pub enum Error {
     Crypto(String),
     #[error("configuration error: {0}")]
     Config(String),
+    #[error(transparent)]
+    Pipeline(#[from] warden_pipeline::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -51,7 +53,8 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
-        ErrorCode::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::AuditUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::RecordsRejected => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -156,6 +159,17 @@ impl From<Error> for ApiError {
                 Self::new(
                     ErrorCode::AuditUnavailable,
                     "the audit log cannot record this request; nothing was done",
+                )
+            }
+            Error::Pipeline(
+                warden_pipeline::Error::Stream(_)
+                | warden_pipeline::Error::Documents(_)
+                | warden_pipeline::Error::Database(_),
+            ) => {
+                error!(error = %e, "data plane unavailable");
+                Self::new(
+                    ErrorCode::Unavailable,
+                    "a backend of the data plane is unavailable; nothing was acknowledged",
                 )
             }
             e => {

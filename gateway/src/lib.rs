@@ -26,6 +26,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod routes;
 pub mod state;
@@ -86,6 +87,12 @@ pub fn app(state: AppState) -> Router {
             get(api::data::get).put(api::data::put),
         )
         .route("/v1/datasets/{name}/protect", post(api::data::protect))
+        .route(
+            "/v1/datasets/{name}/records",
+            get(api::records::read)
+                .post(api::records::ingest)
+                .layer(DefaultBodyLimit::max(limits.max_ingest_bytes)),
+        )
         .route("/v1/detokenize", post(api::data::detokenize))
         // Inside the enforcing layer too, so a handler's panic or timeout is audited as an
         // error like any other outcome (the outer copies guard the layers above).
@@ -143,6 +150,14 @@ pub async fn serve(
             }
         }
     });
+    if state.config.pipeline.loaders {
+        state.loaders.start(
+            state.stream.clone(),
+            state.documents.clone(),
+            state.datasets.clone(),
+            state.config.streams.topic_prefix.clone(),
+        );
+    }
     info!(addr = %listener.local_addr()?, "warden listening");
     let result = axum::serve(
         listener,

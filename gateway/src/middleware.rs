@@ -35,6 +35,8 @@ pub struct AuditNote {
     pub purpose: Option<String>,
     /// Extra details; never clear personal data or secrets.
     pub details: Map<String, Value>,
+    /// Answer only once the event is durable, even for a read (reads of personal data).
+    pub durable: bool,
 }
 
 impl AuditNote {
@@ -427,6 +429,7 @@ impl Ctx<'_> {
             Decision::Error
         };
         self.app.metrics.decision(decision);
+        let durable = durable || note.durable;
         let event = self.event(principal, action, decision, &note, status.as_u16());
         if durable {
             if let Err(e) = self.app.audit.append(event).await {

@@ -96,6 +96,20 @@ pub const ROUTES: &[RouteSpec] = &[
         "write",
         false,
     ),
+    guarded(
+        "POST",
+        "/v1/datasets/{name}/records",
+        "datasets:{name}",
+        "write",
+        false,
+    ),
+    guarded(
+        "GET",
+        "/v1/datasets/{name}/records",
+        "datasets:{name}",
+        "read",
+        false,
+    ),
     guarded("POST", "/v1/detokenize", "pan", "reveal", true),
 ];
 

@@ -64,6 +64,14 @@ pub struct Inner {
     pub tokenizer: Tokenizer,
     pub protector: Protector,
     pub datasets: Datasets,
+    /// Where protected records are published (Kafka or the embedded log).
+    pub stream: Arc<dyn warden_pipeline::stream::Stream>,
+    /// Where records are read from (MongoDB or the embedded document store).
+    pub documents: Arc<dyn warden_pipeline::docs::DocumentStore>,
+    /// Stream → document-store loaders (started by [`crate::serve`] when configured).
+    pub loaders: Arc<crate::pipeline::Loaders>,
+    /// Topics this process has made sure exist.
+    pub topics: crate::api::records::Topics,
     /// The state database, then the audit database if it is another one.
     pub dbs: Vec<Db>,
 }
@@ -312,6 +320,8 @@ pub async fn start(
         .load(&config.datasets_dir, store.as_ref(), clock.now_micros())
         .await
         .context("cannot load the dataset contracts")?;
+    let stream = crate::pipeline::open_stream(&config, &state_db)?;
+    let documents = crate::pipeline::open_documents(&config, &state_db).await?;
     let state = AppState(Arc::new(Inner {
         config,
         clock,
@@ -329,6 +339,10 @@ pub async fn start(
         tokenizer,
         protector,
         datasets,
+        stream,
+        documents,
+        loaders: Arc::default(),
+        topics: crate::api::records::Topics::default(),
         dbs,
     }));
     Ok((state, first_start))
@@ -352,8 +366,14 @@ impl AppState {
         Ok(())
     }
 
-    /// Flushes the audit log and closes the databases.
+    /// The topic of a dataset's stream (with the configured prefix).
+    pub fn topic(&self, contract: &warden_policy::contract::Contract) -> String {
+        format!("{}{}", self.config.streams.topic_prefix, contract.stream)
+    }
+
+    /// Stops the loaders, flushes the audit log and closes the databases.
     pub async fn shutdown(&self) {
+        self.loaders.stop().await;
         self.audit.shutdown().await;
         for db in &self.dbs {
             db.close().await;

@@ -149,17 +149,31 @@ pub async fn step(
     Ok(messages.len())
 }
 
-/// Runs a dataset's loader until `shutdown` turns true: subscribes as `group`, and after any
-/// failure pauses and subscribes again, so uncommitted records are read again.
+/// What a loader reads: a dataset's records, from `topic_prefix` + the contract's stream, as
+/// consumer group `group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderNames {
+    pub dataset: String,
+    pub group: String,
+    pub topic_prefix: String,
+}
+
+/// Runs a dataset's loader until `shutdown` turns true: subscribes to `topic_prefix` + the
+/// contract's stream as `group`, and after any failure pauses and subscribes again, so
+/// uncommitted records are read again.
 pub async fn run(
     stream: Arc<dyn Stream>,
     sink: Arc<dyn Sink>,
     contracts: Arc<dyn Contracts>,
-    dataset: String,
-    group: String,
+    names: LoaderNames,
     stats: Arc<LoaderStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let LoaderNames {
+        dataset,
+        group,
+        topic_prefix,
+    } = names;
     let mut prepared = None;
     'outer: while !*shutdown.borrow() {
         let Some(contract) = contracts.contract(&dataset) else {
@@ -171,10 +185,11 @@ pub async fn run(
                 sink.prepare(&contract).await?;
                 prepared = Some(contract.version);
             }
+            let topic = format!("{topic_prefix}{}", contract.stream);
             stream
-                .ensure_topic(&contract.stream, crate::DEFAULT_PARTITIONS)
+                .ensure_topic(&topic, crate::DEFAULT_PARTITIONS)
                 .await?;
-            stream.subscribe(&contract.stream, &group).await
+            stream.subscribe(&topic, &group).await
         };
         let mut sub = match attempt.await {
             Ok(sub) => sub,

@@ -58,6 +58,12 @@ pub enum ErrorCode {
     Timeout,
     /// The audit log could not record the decision; nothing is acknowledged without it.
     AuditUnavailable,
+    /// In all-or-nothing mode, some records were refused, so none was accepted (the body
+    /// lists the rejections).
+    RecordsRejected,
+    /// A backend the request needs (stream, document store) is unreachable; nothing was
+    /// acknowledged. Retry later.
+    Unavailable,
     /// An internal failure; the detail is in the server log under the request id.
     Internal,
 }
@@ -84,6 +90,8 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Timeout => "timeout",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::RecordsRejected => "records_rejected",
+            Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
     }

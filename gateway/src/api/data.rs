@@ -30,7 +30,7 @@ fn contract_json(c: &Contract) -> Value {
     serde_json::from_str(&c.to_json()).unwrap_or(Value::Null)
 }
 
-fn dataset(app: &AppState, name: &str) -> Result<std::sync::Arc<Contract>, ApiError> {
+pub(crate) fn dataset(app: &AppState, name: &str) -> Result<std::sync::Arc<Contract>, ApiError> {
     app.datasets
         .get(name)
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such dataset"))
@@ -87,7 +87,7 @@ pub async fn put(
 }
 
 /// The purpose as stated (header, else claim), for the audit log; validated or absent.
-fn stated_purpose(headers: &HeaderMap, principal: &Principal) -> Option<String> {
+pub(crate) fn stated_purpose(headers: &HeaderMap, principal: &Principal) -> Option<String> {
     headers
         .get(PURPOSE_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -98,7 +98,7 @@ fn stated_purpose(headers: &HeaderMap, principal: &Principal) -> Option<String> 
 
 /// The purpose of processing: the `X-Purpose` header, or the token's `purpose` claim. When
 /// both are there they must agree.
-fn purpose(headers: &HeaderMap, principal: &Principal) -> Result<String, ApiError> {
+pub(crate) fn purpose(headers: &HeaderMap, principal: &Principal) -> Result<String, ApiError> {
     let header = headers
         .get(PURPOSE_HEADER)
         .map(|v| v.to_str().unwrap_or_default());
@@ -116,6 +116,32 @@ fn purpose(headers: &HeaderMap, principal: &Principal) -> Result<String, ApiErro
             "state the purpose of processing in the X-Purpose header (or in the token's purpose claim)",
         )),
     }
+}
+
+/// The audit details of a protection outcome: counts, and the names of the fields refused or
+/// stripped — never their values.
+pub(crate) fn protection_note(
+    note: AuditNote,
+    out: &warden_policy::protect::Protected,
+) -> AuditNote {
+    let rejected: BTreeSet<&str> = out
+        .rejections
+        .iter()
+        .filter_map(|r| r.field.as_deref())
+        .collect();
+    let stripped: BTreeSet<&str> = out.stripped.iter().map(|(_, f)| f.as_str()).collect();
+    note.detail("accepted", out.records.len())
+        .detail("rejected", out.rejections.len())
+        .detail("rejected_fields", rejected.into_iter().collect::<Vec<_>>())
+        .detail("stripped_fields", stripped.into_iter().collect::<Vec<_>>())
+}
+
+/// The purpose-limitation error.
+pub(crate) fn purpose_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::PurposeNotAllowed,
+        "the dataset's contract does not allow this purpose",
+    )
 }
 
 /// One protected record in a response.
@@ -171,18 +197,7 @@ pub async fn protect(
     }
     .await;
     let result = result.map(|out| {
-        // Field names only: which fields were refused or stripped, never their values.
-        let rejected: BTreeSet<&str> = out
-            .rejections
-            .iter()
-            .filter_map(|r| r.field.as_deref())
-            .collect();
-        let stripped: BTreeSet<&str> = out.stripped.iter().map(|(_, f)| f.as_str()).collect();
-        note = std::mem::take(&mut note)
-            .detail("accepted", out.records.len())
-            .detail("rejected", out.rejections.len())
-            .detail("rejected_fields", rejected.into_iter().collect::<Vec<_>>())
-            .detail("stripped_fields", stripped.into_iter().collect::<Vec<_>>());
+        note = protection_note(std::mem::take(&mut note), &out);
         Json(ProtectResponse {
             records: out
                 .records

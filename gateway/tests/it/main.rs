@@ -12,6 +12,7 @@ mod data;
 mod matrix;
 mod mfa;
 mod oidc;
+mod records;
 mod state_contract;
 mod support;
 mod tokens;

@@ -48,6 +48,19 @@ impl std::fmt::Debug for Reply {
 
 pub(crate) const START: i64 = 1_800_000_000;
 
+/// The Kafka-protocol broker of `scripts/dev-services.sh`; a test that needs it and does not
+/// find it fails.
+pub(crate) fn kafka_brokers() -> String {
+    std::env::var("WARDEN_TEST_KAFKA")
+        .expect("WARDEN_TEST_KAFKA is not set: run the tests with scripts/test.sh")
+}
+
+/// The MongoDB-wire server of `scripts/dev-services.sh`.
+pub(crate) fn mongodb_url() -> String {
+    std::env::var("WARDEN_TEST_MONGODB_URL")
+        .expect("WARDEN_TEST_MONGODB_URL is not set: run the tests with scripts/test.sh")
+}
+
 pub(crate) fn test_config(dir: &std::path::Path, state_url: &str) -> Config {
     let mut c = Config::load(None, &HashMap::new()).unwrap();
     c.data_dir = dir.to_path_buf();
@@ -199,11 +212,23 @@ impl Gateway {
         roles: &[&str],
         mfa: bool,
     ) -> (String, String) {
+        let name = format!("p-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        self.named_principal_token(kind, &name, roles, mfa).await
+    }
+
+    /// As [`Gateway::principal_token`], with a chosen name (a data subject's identifier).
+    pub(crate) async fn named_principal_token(
+        &self,
+        kind: PrincipalKind,
+        name: &str,
+        roles: &[&str],
+        mfa: bool,
+    ) -> (String, String) {
         let id = uuid::Uuid::new_v4().to_string();
         let record = PrincipalRecord {
             id: id.clone(),
             kind,
-            name: format!("p-{}", &id[..8]),
+            name: name.to_owned(),
             secret_hash: "unused".to_owned(),
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             disabled: false,

@@ -143,8 +143,11 @@ async fn the_run_loop_loads_and_stops(backend: Backend) {
         Arc::clone(&s),
         Arc::new(DocumentSink(Arc::clone(&docs))),
         contracts,
-        c.name.clone(),
-        unique("g"),
+        loader::LoaderNames {
+            dataset: c.name.clone(),
+            group: unique("g"),
+            topic_prefix: String::new(),
+        },
         Arc::clone(&stats),
         shutdown,
     ));

@@ -1,0 +1,178 @@
+//! The gateway's data plane: the configured stream and document store, and the loaders that
+//! carry each dataset's records from its stream into the document store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+use warden_audit::Db;
+use warden_pipeline::docs::embedded::EmbeddedDocuments;
+use warden_pipeline::docs::mongo::MongoDocuments;
+use warden_pipeline::docs::DocumentStore;
+use warden_pipeline::loader::{self, DocumentSink, LoaderStats};
+use warden_pipeline::stream::embedded::EmbeddedStream;
+use warden_pipeline::stream::kafka::KafkaStream;
+use warden_pipeline::stream::Stream;
+
+use crate::config::Config;
+use crate::datasets::Datasets;
+
+/// How often the supervisor looks for datasets without a loader.
+const SUPERVISE: Duration = Duration::from_secs(2);
+
+/// The stream as configured.
+///
+/// # Errors
+/// A Kafka configuration librdkafka refuses.
+pub fn open_stream(config: &Config, state_db: &Db) -> anyhow::Result<Arc<dyn Stream>> {
+    let s = &config.streams;
+    if s.url == "embedded" {
+        return Ok(Arc::new(EmbeddedStream::new(state_db.clone())));
+    }
+    let options: Vec<(&str, &str)> = s
+        .producer
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let brokers = KafkaStream::brokers_from_url(&s.url);
+    let kafka = KafkaStream::with_options(brokers, s.replication, &options)
+        .context("invalid streams configuration")?;
+    info!(brokers, "streams on Kafka");
+    Ok(Arc::new(kafka))
+}
+
+/// The document store as configured.
+///
+/// # Errors
+/// A MongoDB URL the driver refuses.
+pub async fn open_documents(
+    config: &Config,
+    state_db: &Db,
+) -> anyhow::Result<Arc<dyn DocumentStore>> {
+    let url = &config.documents.url;
+    if url == "embedded" {
+        return Ok(Arc::new(EmbeddedDocuments::new(state_db.clone())));
+    }
+    let mongo = MongoDocuments::connect(url)
+        .await
+        .context("invalid documents.url")?;
+    info!(url = %warden_audit::db::redact_url(url), "documents in MongoDB");
+    Ok(Arc::new(mongo))
+}
+
+/// A loader's counters and task.
+type Running = (Arc<LoaderStats>, JoinHandle<()>);
+
+/// The running loaders, one per dataset, and their counters.
+#[derive(Debug, Default)]
+pub struct Loaders {
+    running: Mutex<HashMap<String, Running>>,
+    stop: Mutex<Option<watch::Sender<bool>>>,
+}
+
+impl Loaders {
+    /// Starts the supervisor: every few seconds, a loader for each dataset that has none.
+    /// Topics and consumer groups carry `topic_prefix`.
+    pub fn start(
+        self: &Arc<Self>,
+        stream: Arc<dyn Stream>,
+        docs: Arc<dyn DocumentStore>,
+        datasets: Datasets,
+        topic_prefix: String,
+    ) -> JoinHandle<()> {
+        let (stop, shutdown) = watch::channel(false);
+        *self
+            .stop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stop);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let sink: Arc<dyn loader::Sink> = Arc::new(DocumentSink(docs));
+            let contracts: Arc<dyn loader::Contracts> = {
+                let datasets = datasets.clone();
+                Arc::new(move |name: &str| datasets.get(name))
+            };
+            let mut tick = tokio::time::interval(SUPERVISE);
+            let mut shutdown_seen = shutdown.clone();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown_seen.changed() => break,
+                }
+                if *shutdown.borrow() {
+                    break;
+                }
+                let mut running = this
+                    .running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                running.retain(|_, (_, task)| !task.is_finished());
+                for contract in datasets.all() {
+                    if running.contains_key(&contract.name) {
+                        continue;
+                    }
+                    let stats = Arc::new(LoaderStats::default());
+                    let task = tokio::spawn(loader::run(
+                        Arc::clone(&stream),
+                        Arc::clone(&sink),
+                        Arc::clone(&contracts),
+                        loader::LoaderNames {
+                            dataset: contract.name.clone(),
+                            group: format!(
+                                "{topic_prefix}{}",
+                                loader::documents_group(&contract.name)
+                            ),
+                            topic_prefix: topic_prefix.clone(),
+                        },
+                        Arc::clone(&stats),
+                        shutdown.clone(),
+                    ));
+                    info!(dataset = %contract.name, "document loader started");
+                    running.insert(contract.name.clone(), (stats, task));
+                }
+            }
+        })
+    }
+
+    /// Counters of a dataset's loader.
+    pub fn stats(&self, dataset: &str) -> Option<Arc<LoaderStats>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(dataset)
+            .map(|(s, _)| Arc::clone(s))
+    }
+
+    /// Stops every loader after its current batch (uncommitted records are read again on the
+    /// next start).
+    pub async fn stop(&self) {
+        if let Some(stop) = self
+            .stop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            // No receiver left means every loader has stopped already.
+            stop.send(true).ok();
+        }
+        let tasks: Vec<JoinHandle<()>> = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, (_, t))| t)
+            .collect();
+        for t in tasks {
+            if tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a loader did not stop within 10 s");
+            }
+        }
+    }
+}

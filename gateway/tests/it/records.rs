@@ -1,0 +1,448 @@
+//! Records over HTTP: ingest (JSON and NDJSON, partial and atomic) → stream → loader →
+//! document store → reads masked by role, a data subject's own rows only. On the embedded
+//! plane (SQLite, PostgreSQL) and on Kafka (tansu) + MongoDB (nx-27017).
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+use warden_sdk::PrincipalKind;
+
+use crate::support::{assert_error, gateway_with, Backend, Gateway, Reply};
+
+mod embedded {
+    use super::*;
+    warden_audit::on_both_backends!(crate::support::Backend; ingest_then_read_masked, ingest_input_is_checked);
+    async fn ingest_then_read_masked(backend: Backend) {
+        super::ingest_then_read_masked(super::plane(backend, false).await).await;
+    }
+    async fn ingest_input_is_checked(backend: Backend) {
+        super::ingest_input_is_checked(super::plane(backend, false).await).await;
+    }
+}
+
+mod kafka_mongo {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ingest_then_read_masked() {
+        super::ingest_then_read_masked(super::plane(super::Backend::Sqlite, true).await).await;
+    }
+}
+
+/// A gateway on the embedded plane, or on Kafka + MongoDB (topics, groups and database of
+/// its own).
+async fn plane(backend: Backend, remote: bool) -> Gateway {
+    let g = gateway_with(backend, |c| {
+        if remote {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            c.streams.url = format!("kafka://{}", crate::support::kafka_brokers());
+            c.streams.topic_prefix = format!("t{id}.");
+            // tansu serves fetches only from batch starts (see warden-pipeline's tests).
+            c.streams
+                .producer
+                .insert("batch.num.messages".into(), "1".into());
+            c.documents.url = format!("{}/t{id}", crate::support::mongodb_url());
+        }
+    })
+    .await;
+    let kinds = (g.state.stream.kind(), g.state.documents.kind());
+    assert_eq!(
+        kinds,
+        if remote {
+            ("kafka", "mongodb")
+        } else {
+            ("embedded", "embedded")
+        }
+    );
+    g
+}
+
+async fn send(
+    g: &Gateway,
+    method: Method,
+    uri: &str,
+    token: &str,
+    purpose: Option<&str>,
+    content_type: &str,
+    body: String,
+) -> Reply {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", content_type);
+    if let Some(p) = purpose {
+        req = req.header("x-purpose", p);
+    }
+    g.send(req.body(Body::from(body)).unwrap()).await
+}
+
+async fn ingest(g: &Gateway, token: &str, query: &str, records: &Value) -> Reply {
+    send(
+        g,
+        Method::POST,
+        &format!("/v1/datasets/payments/records{query}"),
+        token,
+        Some("fraud_detection"),
+        "application/json",
+        records.to_string(),
+    )
+    .await
+}
+
+async fn read(g: &Gateway, token: &str, query: &str) -> Reply {
+    send(
+        g,
+        Method::GET,
+        &format!("/v1/datasets/payments/records{query}"),
+        token,
+        Some("fraud_detection"),
+        "application/json",
+        String::new(),
+    )
+    .await
+}
+
+fn tx(i: usize, user: &str, pan: &str) -> Value {
+    json!({"transaction_id": format!("t-{i:03}"), "user_id": user, "card_number": pan,
+           "email": format!("{user}@example.com"), "ip": "198.51.100.23", "amount": i,
+           "country": "DE", "created_at": format!("2026-11-24T10:{:02}:00Z", i % 60)})
+}
+
+/// Runs the loaders and waits until the document store holds `n` payments.
+async fn loaded(g: &Gateway, n: u64) {
+    let s = &g.state;
+    let spec = warden_pipeline::loader::collection_spec(&s.datasets.get("payments").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = s.documents.count(&spec, None).await.unwrap();
+        if count >= n {
+            assert_eq!(count, n, "each record once");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {count} of {n} documents loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn start_loaders(g: &Gateway) {
+    let s = &g.state;
+    s.loaders.start(
+        s.stream.clone(),
+        s.documents.clone(),
+        s.datasets.clone(),
+        s.config.streams.topic_prefix.clone(),
+    );
+}
+
+async fn ingest_then_read_masked(g: Gateway) {
+    start_loaders(&g);
+    let (_, stage) = g
+        .principal_token(PrincipalKind::Service, &["stage"], false)
+        .await;
+    let mut batch: Vec<Value> = (0..30)
+        .map(|i| tx(i, &format!("u-{}", i % 3), "4111111111111111"))
+        .collect();
+    batch[7]["cvv"] = json!("123");
+    batch[9]["card_number"] = json!("4111111111111112"); // fails Luhn
+    let r = ingest(&g, &stage, "", &Value::Array(batch)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    assert_eq!(r.json["accepted"], 28);
+    assert_eq!(r.json["rejected"], 2);
+    let rejected: Vec<(u64, &str)> = r.json["rejections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["index"].as_u64().unwrap(), x["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rejected, vec![(7, "cvv"), (9, "card_number")]);
+    let positions = r.json["positions"].as_array().unwrap();
+    assert_eq!(positions.len(), 28);
+    assert!(positions.iter().all(|p| p["index"] != 7 && p["index"] != 9));
+    let body = String::from_utf8_lossy(&r.bytes);
+    assert!(
+        !body.contains("4111111111111111")
+            && !body.contains("@example.com")
+            && !body.contains("123\"")
+    );
+
+    // NDJSON, with a line that is not a record.
+    let nd = format!(
+        "{}\n{}\n[1]\n\n",
+        tx(100, "u-0", "5500000000000004"),
+        tx(101, "u-1", "5500000000000004")
+    );
+    let r = send(
+        &g,
+        Method::POST,
+        "/v1/datasets/payments/records",
+        &stage,
+        Some("fraud_detection"),
+        "application/x-ndjson",
+        nd,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    assert_eq!(r.json["accepted"], 2);
+    assert_eq!(
+        r.json["rejections"],
+        json!([{"index": 2, "field": null, "reason": "not a JSON object"}])
+    );
+    loaded(&g, 30).await;
+
+    // An analyst: card numbers as the last four, personal data masked.
+    let (_, analyst) = g
+        .principal_token(PrincipalKind::User, &["analyst"], false)
+        .await;
+    let r = read(&g, &analyst, "?limit=1000").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let recs = r.json["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 30);
+    assert!(r.json["next_cursor"].is_null());
+    let first = recs
+        .iter()
+        .find(|x| x["transaction_id"] == "t-000")
+        .unwrap();
+    assert_eq!(first["card_number"], "****1111");
+    assert_eq!(first["email"], "****");
+    assert_eq!(first["ip"], "198.51.100.0");
+    assert_eq!(first["amount"], 0);
+    assert!(first["user_id"].as_str().unwrap().starts_with("sr_"));
+    assert!(first
+        .as_object()
+        .unwrap()
+        .keys()
+        .all(|k| !k.ends_with("__bidx")));
+    let body = String::from_utf8_lossy(&r.bytes);
+    assert!(
+        !body.contains("411111") && !body.contains("@example.com") && !body.contains("enc:v1:")
+    );
+
+    // The DPO reads personal data in clear; card operations see first six and last four.
+    let (_, dpo) = g
+        .principal_token(PrincipalKind::User, &["dpo"], false)
+        .await;
+    let r = read(&g, &dpo, "?subject=u-1&limit=1000").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let recs = r.json["records"].as_array().unwrap();
+    assert_eq!(
+        recs.len(),
+        9 + 1,
+        "u-1's nine JSON records (t-007 was refused) and one NDJSON"
+    );
+    assert!(recs.iter().all(|x| x["email"] == "u-1@example.com"));
+    assert!(recs
+        .iter()
+        .all(|x| x["card_number"].as_str().unwrap().starts_with("****")));
+    let (_, card_ops) = g
+        .principal_token(PrincipalKind::User, &["card_ops"], false)
+        .await;
+    let r = read(&g, &card_ops, "?subject=u-2&limit=1").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json["records"][0]["card_number"], "411111******1111");
+    assert_eq!(r.json["records"][0]["email"], "****");
+
+    // Pages follow (time, key) order through the cursor, each record once.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let r = read(&g, &analyst, &format!("?limit=7{cursor}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        for x in r.json["records"].as_array().unwrap() {
+            seen.push(x["transaction_id"].as_str().unwrap().to_owned());
+        }
+        match r.json["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 30);
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 30);
+    // A time range.
+    let r = read(
+        &g,
+        &analyst,
+        "?from=2026-11-24T10:10:00Z&to=2026-11-24T10:20:00Z&limit=1000",
+    )
+    .await;
+    assert_eq!(r.json["records"].as_array().unwrap().len(), 10);
+
+    // A data subject sees its own rows only, in clear, and cannot ask for another's.
+    let (_, subject) = g
+        .named_principal_token(PrincipalKind::Subject, "u-2", &["subject"], false)
+        .await;
+    let r = read(&g, &subject, "?limit=1000").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let recs = r.json["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 10, "u-2's ten records");
+    assert!(recs.iter().all(|x| x["email"] == "u-2@example.com"));
+    let r = read(&g, &subject, "?subject=u-1").await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+
+    // Purpose limitation and the read's audit event.
+    let r = send(
+        &g,
+        Method::GET,
+        "/v1/datasets/payments/records",
+        &analyst,
+        Some("marketing"),
+        "application/json",
+        String::new(),
+    )
+    .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "purpose_not_allowed");
+    let r = send(
+        &g,
+        Method::GET,
+        "/v1/datasets/payments/records",
+        &analyst,
+        None,
+        "application/json",
+        String::new(),
+    )
+    .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    g.audit_settled().await;
+    let events = g.state.audit_store.scan(0, 10_000).await.unwrap();
+    let reads: Vec<_> = events
+        .iter()
+        .filter(|e| e.body.action == "datasets:payments.read")
+        .collect();
+    assert!(reads.iter().any(|e| e
+        .body
+        .subject_ref
+        .as_deref()
+        .is_some_and(|s| s.starts_with("sr_"))));
+    let ingests: Vec<_> = events
+        .iter()
+        .filter(|e| e.body.action == "datasets:payments.write")
+        .collect();
+    assert_eq!(ingests.len(), 2);
+    let details: Value = serde_json::from_str(&ingests[0].body.details).unwrap();
+    assert_eq!(details["rejected_fields"], json!(["card_number", "cvv"]));
+    for e in &events {
+        let d = &e.body.details;
+        assert!(
+            !d.contains("@example.com") && !d.contains("4111111111111111") && !d.contains("u-1"),
+            "{d}"
+        );
+    }
+}
+
+async fn ingest_input_is_checked(g: Gateway) {
+    let (_, stage) = g
+        .principal_token(PrincipalKind::Service, &["stage"], false)
+        .await;
+    // All or nothing.
+    let batch = json!([tx(1, "u-1", "4111111111111111"), tx(2, "u-2", "1234")]);
+    let r = ingest(&g, &stage, "?mode=atomic", &batch).await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "records_rejected");
+    assert_eq!(r.json["rejections"][0]["index"], 1);
+    assert_eq!(r.json["rejections"][0]["field"], "card_number");
+    assert!(!String::from_utf8_lossy(&r.bytes).contains("1234"));
+    let r = ingest(
+        &g,
+        &stage,
+        "?mode=atomic",
+        &json!([tx(3, "u-3", "4111111111111111")]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    // Nothing from the refused batch reached the stream: the next offset follows the one
+    // accepted record only.
+    assert_eq!(r.json["positions"].as_array().unwrap().len(), 1);
+    let mut sub = g
+        .state
+        .stream
+        .subscribe("payments", "test-probe")
+        .await
+        .unwrap();
+    let got = sub.poll(100, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(!String::from_utf8_lossy(got[0].value.as_deref().unwrap()).contains("4111111111111111"));
+
+    let r = ingest(&g, &stage, "?mode=sometimes", &batch).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    let r = ingest(&g, &stage, "?unknown=1", &batch).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = send(
+        &g,
+        Method::POST,
+        "/v1/datasets/payments/records",
+        &stage,
+        Some("fraud_detection"),
+        "application/json",
+        "{\"not\": \"an array\"}".into(),
+    )
+    .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "malformed_json");
+    let r = send(
+        &g,
+        Method::POST,
+        "/v1/datasets/payments/records",
+        &stage,
+        Some("fraud_detection"),
+        "text/csv",
+        "a,b\n1,2".into(),
+    )
+    .await;
+    assert_error(
+        &r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    let r = ingest(&g, &stage, "", &json!([])).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    let many = Value::Array((0..10_001).map(|_| json!({})).collect());
+    let r = ingest(&g, &stage, "", &many).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    let r = send(
+        &g,
+        Method::POST,
+        "/v1/datasets/payments/records",
+        &stage,
+        Some("marketing"),
+        "application/json",
+        batch.to_string(),
+    )
+    .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "purpose_not_allowed");
+    let r = send(
+        &g,
+        Method::POST,
+        "/v1/datasets/nope/records",
+        &stage,
+        Some("fraud_detection"),
+        "application/json",
+        batch.to_string(),
+    )
+    .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    // Analysts read but do not write; bad read parameters are named.
+    let (_, analyst) = g
+        .principal_token(PrincipalKind::User, &["analyst"], false)
+        .await;
+    let r = ingest(&g, &analyst, "", &batch).await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    for (q, what) in [
+        ("?limit=0", "limit"),
+        ("?limit=1001", "limit"),
+        ("?from=yesterday", "from"),
+        ("?cursor=%%%", "cursor"),
+    ] {
+        let r = read(&g, &analyst, q).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(
+            r.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(what),
+            "{r:?}"
+        );
+    }
+}
