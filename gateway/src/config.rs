@@ -269,11 +269,55 @@ pub struct PipelineConfig {
     /// Run the loaders (stream → document store) in this process. Several replicas may all
     /// run them: on Kafka they share the work as one consumer group.
     pub loaders: bool,
+    /// The stage graph: per dataset, the built-in stages its records pass, in order
+    /// (`dedupe`, `normalize`, `geo_enrich`). External stages connect datasets through the
+    /// SDK (read one, write the next).
+    pub stages: std::collections::BTreeMap<String, Vec<String>>,
+    /// MaxMind DB file (GeoIP2/GeoLite2 City or Country) for `geo_enrich`.
+    pub geoip_db: Option<PathBuf>,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { loaders: true }
+        Self {
+            loaders: true,
+            stages: std::collections::BTreeMap::new(),
+            geoip_db: None,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The stage graph, parsed.
+    ///
+    /// # Errors
+    /// An unknown stage, or `geo_enrich` without a geo database.
+    pub fn stage_graph(
+        &self,
+    ) -> anyhow::Result<HashMap<String, Vec<warden_pipeline::stages::StageKind>>> {
+        use warden_pipeline::stages::StageKind;
+        let mut graph = HashMap::new();
+        for (dataset, stages) in &self.stages {
+            let kinds = stages
+                .iter()
+                .map(|s| s.parse::<StageKind>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("pipeline.stages.{dataset}: {e}"))?;
+            if kinds.contains(&StageKind::GeoEnrich) && self.geoip_db.is_none() {
+                bail!("pipeline.stages.{dataset}: geo_enrich needs pipeline.geoip_db");
+            }
+            graph.insert(dataset.clone(), kinds);
+        }
+        Ok(graph)
+    }
+
+    /// The datasets whose stages include `geo_enrich`.
+    pub fn geo_datasets(&self) -> std::collections::HashSet<String> {
+        self.stages
+            .iter()
+            .filter(|(_, s)| s.iter().any(|s| s == "geo_enrich"))
+            .map(|(d, _)| d.clone())
+            .collect()
     }
 }
 
@@ -352,6 +396,7 @@ impl Config {
         {
             bail!("streams.partitions must be 1 to 1024 and streams.replication 1 to 16");
         }
+        self.pipeline.stage_graph()?;
         let prefix = &self.streams.topic_prefix;
         if prefix.len() > 100
             || !prefix

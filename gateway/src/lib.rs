@@ -156,6 +156,7 @@ pub async fn serve(
             state.documents.clone(),
             state.datasets.clone(),
             state.config.streams.topic_prefix.clone(),
+            state.stage_graph.clone(),
         );
     }
     info!(addr = %listener.local_addr()?, "warden listening");

@@ -83,6 +83,7 @@ impl Loaders {
         docs: Arc<dyn DocumentStore>,
         datasets: Datasets,
         topic_prefix: String,
+        stages: HashMap<String, Vec<warden_pipeline::stages::StageKind>>,
     ) -> JoinHandle<()> {
         let (stop, shutdown) = watch::channel(false);
         *self
@@ -120,13 +121,14 @@ impl Loaders {
                         Arc::clone(&stream),
                         Arc::clone(&sink),
                         Arc::clone(&contracts),
-                        loader::LoaderNames {
+                        loader::LoaderSpec {
                             dataset: contract.name.clone(),
                             group: format!(
                                 "{topic_prefix}{}",
                                 loader::documents_group(&contract.name)
                             ),
                             topic_prefix: topic_prefix.clone(),
+                            stages: stages.get(&contract.name).cloned().unwrap_or_default(),
                         },
                         Arc::clone(&stats),
                         shutdown.clone(),

@@ -70,6 +70,8 @@ pub struct Inner {
     pub documents: Arc<dyn warden_pipeline::docs::DocumentStore>,
     /// Stream → document-store loaders (started by [`crate::serve`] when configured).
     pub loaders: Arc<crate::pipeline::Loaders>,
+    /// Built-in stages per dataset (validated at start).
+    pub stage_graph: HashMap<String, Vec<warden_pipeline::stages::StageKind>>,
     /// Topics this process has made sure exist.
     pub topics: crate::api::records::Topics,
     /// The state database, then the audit database if it is another one.
@@ -314,7 +316,13 @@ pub async fn start(
         CachePolicy::default(),
     ));
     let tokenizer = Tokenizer::new(keys.clone(), vault, clock.clone());
-    let protector = Protector::new(keys.clone(), tokenizer.clone());
+    let stage_graph = config.pipeline.stage_graph()?;
+    let mut protector = Protector::new(keys.clone(), tokenizer.clone());
+    if let Some(path) = &config.pipeline.geoip_db {
+        let geo = warden_pipeline::geo::GeoEnricher::open(path, config.pipeline.geo_datasets())?;
+        info!(path = %path.display(), "geo enrichment at the edge");
+        protector = protector.with_enricher(Arc::new(geo));
+    }
     let datasets = Datasets::default();
     datasets
         .load(&config.datasets_dir, store.as_ref(), clock.now_micros())
@@ -343,6 +351,7 @@ pub async fn start(
         documents,
         loaders: Arc::default(),
         topics: crate::api::records::Topics::default(),
+        stage_graph,
         dbs,
     }));
     Ok((state, first_start))

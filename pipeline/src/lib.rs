@@ -6,8 +6,10 @@
 //! this crate sees a clear value, so nothing here can leak one.
 
 pub mod docs;
+pub mod geo;
 pub mod loader;
 pub mod record;
+pub mod stages;
 pub mod stream;
 
 pub use record::StreamedRecord;

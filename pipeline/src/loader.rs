@@ -12,6 +12,7 @@ use warden_policy::contract::Contract;
 
 use crate::docs::{CollectionSpec, Document, DocumentStore};
 use crate::record::{StreamedRecord, H_DATASET};
+use crate::stages::{Delivered, StageKind, Stages};
 use crate::stream::{Message, Stream, Subscription};
 use crate::Result;
 
@@ -59,6 +60,8 @@ pub struct LoaderStats {
     pub skipped: AtomicU64,
     /// Failed batches (each retried).
     pub failures: AtomicU64,
+    /// Records `dedupe` dropped.
+    pub deduplicated: AtomicU64,
 }
 
 /// A sink a loader writes batches of one dataset into.
@@ -66,8 +69,9 @@ pub struct LoaderStats {
 pub trait Sink: Send + Sync + 'static {
     /// Makes the sink ready for the dataset (collection, indexes, table).
     async fn prepare(&self, contract: &Contract) -> Result<()>;
-    /// Writes records durably; returns when they are safe.
-    async fn write(&self, contract: &Contract, records: &[StreamedRecord]) -> Result<u64>;
+    /// Writes records read from `topic` durably; returns how many it wrote (a sink may skip
+    /// records it holds already), once they are safe.
+    async fn write(&self, contract: &Contract, topic: &str, records: &[Delivered]) -> Result<u64>;
 }
 
 /// The document store as a sink: upserts by record key.
@@ -80,9 +84,10 @@ impl Sink for DocumentSink {
         self.0.ensure_collection(&collection_spec(contract)).await
     }
 
-    async fn write(&self, contract: &Contract, records: &[StreamedRecord]) -> Result<u64> {
+    async fn write(&self, contract: &Contract, _topic: &str, records: &[Delivered]) -> Result<u64> {
         let docs: Vec<Document> = records
             .iter()
+            .map(|d| &d.record)
             .filter_map(|r| {
                 Some(Document {
                     key: r.key(contract)?,
@@ -99,7 +104,7 @@ impl Sink for DocumentSink {
 }
 
 /// Decodes a batch: this dataset's records, in stream order.
-fn decode(dataset: &str, messages: &[Message], stats: &LoaderStats) -> Vec<StreamedRecord> {
+fn decode(dataset: &str, messages: &[Message], stats: &LoaderStats) -> Vec<Delivered> {
     let mut out = Vec::with_capacity(messages.len());
     for m in messages {
         if m.header(H_DATASET).is_some_and(|d| d != dataset) {
@@ -107,7 +112,11 @@ fn decode(dataset: &str, messages: &[Message], stats: &LoaderStats) -> Vec<Strea
             continue;
         }
         match StreamedRecord::from_message(m) {
-            Ok(Some(r)) if r.dataset == dataset => out.push(r),
+            Ok(Some(r)) if r.dataset == dataset => out.push(Delivered {
+                partition: m.partition,
+                offset: m.offset,
+                record: r,
+            }),
             Ok(_) => {
                 stats.skipped.fetch_add(1, Ordering::Relaxed);
             }
@@ -129,33 +138,41 @@ fn decode(dataset: &str, messages: &[Message], stats: &LoaderStats) -> Vec<Strea
 pub async fn step(
     sub: &mut dyn Subscription,
     sink: &dyn Sink,
+    stages: &mut Stages,
     contract: &Contract,
     stats: &LoaderStats,
     wait: Duration,
 ) -> Result<usize> {
     let messages = sub.poll(BATCH, wait).await?;
-    if messages.is_empty() {
+    let Some(topic) = messages.first().map(|m| m.topic.clone()) else {
         return Ok(0);
-    }
+    };
     let records = decode(&contract.name, &messages, stats);
-    if !records.is_empty() {
-        let stored = sink.write(contract, &records).await?;
-        stats
-            .skipped
-            .fetch_add(records.len() as u64 - stored, Ordering::Relaxed);
+    let staged = stages.apply(contract, records);
+    if !staged.records.is_empty() {
+        let stored = sink.write(contract, &topic, &staged.records).await?;
+        stats.skipped.fetch_add(
+            (staged.records.len() as u64).saturating_sub(stored),
+            Ordering::Relaxed,
+        );
         stats.stored.fetch_add(stored, Ordering::Relaxed);
     }
+    stats
+        .deduplicated
+        .fetch_add(staged.dropped as u64, Ordering::Relaxed);
+    stages.written(staged);
     sub.commit(&messages).await?;
     Ok(messages.len())
 }
 
 /// What a loader reads: a dataset's records, from `topic_prefix` + the contract's stream, as
-/// consumer group `group`.
+/// consumer group `group`, through `stages`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoaderNames {
+pub struct LoaderSpec {
     pub dataset: String,
     pub group: String,
     pub topic_prefix: String,
+    pub stages: Vec<StageKind>,
 }
 
 /// Runs a dataset's loader until `shutdown` turns true: subscribes to `topic_prefix` + the
@@ -165,15 +182,17 @@ pub async fn run(
     stream: Arc<dyn Stream>,
     sink: Arc<dyn Sink>,
     contracts: Arc<dyn Contracts>,
-    names: LoaderNames,
+    spec: LoaderSpec,
     stats: Arc<LoaderStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let LoaderNames {
+    let LoaderSpec {
         dataset,
         group,
         topic_prefix,
-    } = names;
+        stages,
+    } = spec;
+    let mut stages = Stages::new(&stages);
     let mut prepared = None;
     'outer: while !*shutdown.borrow() {
         let Some(contract) = contracts.contract(&dataset) else {
@@ -210,7 +229,7 @@ pub async fn run(
                 .contract(&dataset)
                 .unwrap_or_else(|| contract.clone());
             let stepped = tokio::select! {
-                r = step(sub.as_mut(), sink.as_ref(), &contract, &stats, POLL_WAIT) => r,
+                r = step(sub.as_mut(), sink.as_ref(), &mut stages, &contract, &stats, POLL_WAIT) => r,
                 _ = shutdown.changed() => break 'outer,
             };
             if let Err(e) = stepped {

@@ -70,27 +70,15 @@ impl StreamedRecord {
         }
     }
 
-    /// The record's time (the contract's `time_field`) in Unix microseconds: an RFC 3339 time
-    /// or epoch seconds.
+    /// The record's time (the contract's `time_field`) in Unix microseconds.
     pub fn time_micros(&self, contract: &Contract) -> Option<i64> {
         time_micros(self.fields.get(&contract.time_field)?)
     }
 }
 
-/// Unix microseconds of an RFC 3339 time or of epoch seconds.
+/// Unix microseconds of a time value (see [`warden_policy::timefmt`]).
 pub fn time_micros(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n
-            .as_i64()
-            .and_then(|s| s.checked_mul(1_000_000))
-            .or_else(|| n.as_f64().map(|f| (f * 1e6) as i64)),
-        Value::String(s) => {
-            let t = humantime::parse_rfc3339_weak(s).ok()?;
-            let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-            i64::try_from(d.as_micros()).ok()
-        }
-        _ => None,
-    }
+    warden_policy::timefmt::time_micros(v)
 }
 
 trait ClassifyName {

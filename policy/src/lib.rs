@@ -22,6 +22,7 @@ pub mod keys;
 pub mod kms;
 pub mod pan;
 pub mod protect;
+pub mod timefmt;
 pub mod vault;
 
 pub use clock::{Clock, SystemClock, TestClock};

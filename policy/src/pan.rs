@@ -43,7 +43,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Normalizes and checks a card number: spaces and dashes dropped, 12 to 19 digits, Luhn.

@@ -77,7 +77,7 @@ pub struct Protector {
 /// returns fields to add to the record. Only `public` fields of the contract that the record
 /// does not carry itself are added; anything else is dropped.
 pub trait NetworkEnricher: Send + Sync + std::fmt::Debug {
-    fn enrich(&self, field: &str, ip: IpAddr) -> Map<String, Value>;
+    fn enrich(&self, dataset: &str, field: &str, ip: IpAddr) -> Map<String, Value>;
 }
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> Result<[u8; 32]> {
@@ -112,11 +112,7 @@ fn type_ok(ty: FieldType, v: &Value) -> bool {
         FieldType::Integer => v.as_i64().is_some() || v.as_u64().is_some(),
         FieldType::Number => v.is_number(),
         FieldType::Boolean => v.is_boolean(),
-        FieldType::Timestamp => {
-            v.as_i64().is_some()
-                || v.as_str()
-                    .is_some_and(|s| humantime::parse_rfc3339_weak(s).is_ok())
-        }
+        FieldType::Timestamp => crate::timefmt::parse_time(v).is_some(),
         FieldType::Ip => v.as_str().is_some_and(|s| s.parse::<IpAddr>().is_ok()),
     }
 }
@@ -127,7 +123,7 @@ fn type_name(ty: FieldType) -> &'static str {
         FieldType::Integer => "an integer",
         FieldType::Number => "a number",
         FieldType::Boolean => "true or false",
-        FieldType::Timestamp => "an RFC 3339 time or epoch seconds",
+        FieldType::Timestamp => "a time (RFC 3339, RFC 2822, YYYY-MM-DD[ HH:MM:SS] or epoch)",
         FieldType::Ip => "an IP address",
     }
 }
@@ -350,7 +346,7 @@ impl Protector {
                             .parse()
                             .map_err(|_| Error::Store("ip checked above".to_owned()))?;
                         if let Some(e) = &self.enricher {
-                            enriched.extend(e.enrich(name, ip));
+                            enriched.extend(e.enrich(&contract.name, name, ip));
                         }
                         Value::String(truncate_ip(ip).to_string())
                     }

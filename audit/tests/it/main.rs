@@ -46,20 +46,20 @@ pub(crate) fn event(i: u64) -> NewEvent {
         1_700_000_000_000_000 + i as i64,
         format!("actor-{}", i % 3),
         "user",
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             "audit.read"
         } else {
             "policy.write"
         },
         "audit",
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             Decision::Deny
         } else {
             Decision::Allow
         },
     )
     .request_id(Some(format!("req-{i}")))
-    .subject_ref(if i % 4 == 0 {
+    .subject_ref(if i.is_multiple_of(4) {
         Some(format!("sr-{}", i % 8))
     } else {
         None

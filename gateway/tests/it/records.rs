@@ -135,6 +135,7 @@ fn start_loaders(g: &Gateway) {
         s.documents.clone(),
         s.datasets.clone(),
         s.config.streams.topic_prefix.clone(),
+        s.stage_graph.clone(),
     );
 }
 

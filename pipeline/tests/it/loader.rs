@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map};
 use warden_pipeline::docs::Query;
 use warden_pipeline::loader::{self, collection_spec, DocumentSink, LoaderStats, Sink};
+use warden_pipeline::stages::{Delivered, StageKind, Stages};
 use warden_pipeline::stream::{OutRecord, Stream};
 use warden_pipeline::StreamedRecord;
 use warden_policy::contract::Contract;
@@ -80,23 +81,37 @@ async fn records_land_once_even_when_a_commit_is_lost(backend: Backend) {
     let mut sub = s.subscribe(&c.stream, &group).await.unwrap();
     let batch = sub.poll(1000, Duration::from_secs(5)).await.unwrap();
     assert!(!batch.is_empty());
-    let decoded: Vec<StreamedRecord> = batch
+    let decoded: Vec<Delivered> = batch
         .iter()
-        .filter_map(|m| StreamedRecord::from_message(m).ok().flatten())
-        .filter(|r| r.dataset == c.name)
+        .filter_map(|m| {
+            let record = StreamedRecord::from_message(m).ok().flatten()?;
+            (record.dataset == c.name).then_some(Delivered {
+                partition: m.partition,
+                offset: m.offset,
+                record,
+            })
+        })
         .collect();
-    sink.write(&c, &decoded).await.unwrap();
+    sink.write(&c, &c.stream, &decoded).await.unwrap();
     drop(sub);
 
     // ...is replaced by one that reads from the last commit: everything lands, once.
     let stats = LoaderStats::default();
+    let mut stages = Stages::new(&[]);
     let mut sub = s.subscribe(&c.stream, &group).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while stats.stored.load(Ordering::Relaxed) + stats.skipped.load(Ordering::Relaxed) < 302 {
         assert!(Instant::now() < deadline, "loader stalled: {stats:?}");
-        loader::step(sub.as_mut(), &sink, &c, &stats, Duration::from_millis(500))
-            .await
-            .unwrap();
+        loader::step(
+            sub.as_mut(),
+            &sink,
+            &mut stages,
+            &c,
+            &stats,
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(stats.stored.load(Ordering::Relaxed), 300);
     assert_eq!(
@@ -143,10 +158,11 @@ async fn the_run_loop_loads_and_stops(backend: Backend) {
         Arc::clone(&s),
         Arc::new(DocumentSink(Arc::clone(&docs))),
         contracts,
-        loader::LoaderNames {
+        loader::LoaderSpec {
             dataset: c.name.clone(),
             group: unique("g"),
             topic_prefix: String::new(),
+            stages: vec![StageKind::Normalize, StageKind::Dedupe],
         },
         Arc::clone(&stats),
         shutdown,

@@ -279,8 +279,11 @@ struct Geo {
 }
 
 impl warden_policy::protect::NetworkEnricher for Geo {
-    fn enrich(&self, field: &str, ip: std::net::IpAddr) -> Map<String, Value> {
-        self.seen.lock().unwrap().push(format!("{field}={ip}"));
+    fn enrich(&self, dataset: &str, field: &str, ip: std::net::IpAddr) -> Map<String, Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("{dataset}.{field}={ip}"));
         record(json!({"country": "FR", "not_in_contract": "x", "amount": 999}))
     }
 }
@@ -298,7 +301,7 @@ async fn enrichment_sees_the_address_before_truncation(kind: Kind) {
     let fields = &out.records[0].1.fields;
     assert_eq!(
         geo.seen.lock().unwrap().as_slice(),
-        ["ip=2001:db8:abcd:12::1"],
+        ["payments.ip=2001:db8:abcd:12::1"],
         "the full address, before truncation"
     );
     assert_eq!(fields["ip"], "2001:db8:abcd::");

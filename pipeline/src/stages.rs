@@ -1,0 +1,304 @@
+//! Built-in stages, run by each loader between the stream and its sink, in the order the
+//! configuration lists them:
+//!
+//! - `normalize`: times to RFC 3339 UTC (from the forms [`warden_policy::timefmt`] reads),
+//!   public strings trimmed, country fields (`country`, `*_country`, `country_code`) to
+//!   ISO 3166-1 alpha-2 from alpha-2, alpha-3 or English names;
+//! - `dedupe`: drops a record whose record key this loader has already written (a bounded
+//!   memory of recent keys; sinks are idempotent by key besides);
+//! - `geo_enrich`: runs at the edge instead, where the full address is still there (the
+//!   protection engine's enrichment hook, see [`crate::geo`]); listed here so the graph is
+//!   declared in one place.
+
+use std::collections::{HashSet, VecDeque};
+use std::str::FromStr;
+
+use serde_json::Value;
+use warden_policy::contract::{Contract, DataClass, FieldType};
+use warden_policy::timefmt::{parse_time, to_rfc3339};
+
+use crate::StreamedRecord;
+
+/// Keys a `dedupe` stage remembers, by default.
+pub const DEDUPE_MEMORY: usize = 1_000_000;
+
+/// A built-in stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageKind {
+    Dedupe,
+    Normalize,
+    GeoEnrich,
+}
+
+impl FromStr for StageKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dedupe" => Ok(Self::Dedupe),
+            "normalize" => Ok(Self::Normalize),
+            "geo_enrich" => Ok(Self::GeoEnrich),
+            _ => Err(format!(
+                "unknown stage {s:?}: the built-ins are dedupe, normalize and geo_enrich"
+            )),
+        }
+    }
+}
+
+/// A record read from a stream, with where it was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+    pub record: StreamedRecord,
+}
+
+/// A dataset's stages, as one loader runs them.
+#[derive(Debug)]
+pub struct Stages {
+    kinds: Vec<StageKind>,
+    seen: Option<Seen>,
+}
+
+/// A bounded memory of record keys, oldest forgotten first.
+#[derive(Debug, Default)]
+struct Seen {
+    keys: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Seen {
+    fn remember(&mut self, key: String) {
+        if self.capacity == 0 || !self.keys.insert(key.clone()) {
+            return;
+        }
+        self.order.push_back(key);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+    }
+}
+
+/// The outcome of a batch: the records to write, and what `dedupe` must remember once they
+/// are written.
+#[derive(Debug, Default)]
+pub struct Staged {
+    pub records: Vec<Delivered>,
+    pub dropped: usize,
+    new_keys: Vec<String>,
+}
+
+impl Stages {
+    pub fn new(kinds: &[StageKind]) -> Self {
+        Self::with_memory(kinds, DEDUPE_MEMORY)
+    }
+
+    /// As [`Stages::new`], with `dedupe` remembering `memory` keys.
+    pub fn with_memory(kinds: &[StageKind], memory: usize) -> Self {
+        Self {
+            kinds: kinds.to_vec(),
+            seen: kinds.contains(&StageKind::Dedupe).then(|| Seen {
+                capacity: memory,
+                ..Seen::default()
+            }),
+        }
+    }
+
+    /// Runs the stages over a batch. Nothing is remembered yet: call [`Stages::written`]
+    /// once the sink confirmed, so a batch that failed and is read again is not dropped as
+    /// a duplicate of itself.
+    pub fn apply(&self, contract: &Contract, batch: Vec<Delivered>) -> Staged {
+        let mut out = Staged::default();
+        let mut records = batch;
+        for kind in &self.kinds {
+            match kind {
+                StageKind::Normalize => {
+                    for d in &mut records {
+                        normalize(contract, &mut d.record);
+                    }
+                }
+                StageKind::Dedupe => {
+                    let seen = self.seen.as_ref();
+                    let mut in_batch: HashSet<String> = HashSet::new();
+                    records.retain(|d| match d.record.key(contract) {
+                        None => true,
+                        Some(k) => {
+                            let fresh = !seen.is_some_and(|s| s.keys.contains(&k))
+                                && in_batch.insert(k.clone());
+                            if fresh {
+                                out.new_keys.push(k);
+                            } else {
+                                out.dropped += 1;
+                            }
+                            fresh
+                        }
+                    });
+                }
+                StageKind::GeoEnrich => {}
+            }
+        }
+        out.records = records;
+        out
+    }
+
+    /// Remembers the keys of a batch the sink confirmed.
+    pub fn written(&mut self, staged: Staged) {
+        if let Some(seen) = &mut self.seen {
+            for k in staged.new_keys {
+                seen.remember(k);
+            }
+        }
+    }
+}
+
+fn is_country_field(name: &str) -> bool {
+    name == "country" || name == "country_code" || name.ends_with("_country")
+}
+
+/// ISO 3166-1 alpha-2 of a country given as alpha-2, alpha-3 or English short name.
+pub fn country_code(s: &str) -> Option<&'static str> {
+    use isocountry::CountryCode;
+    let s = s.trim();
+    let code = match s.len() {
+        2 => CountryCode::for_alpha2_caseless(s).ok(),
+        3 => CountryCode::for_alpha3_caseless(s).ok(),
+        _ => None,
+    }
+    .or_else(|| {
+        CountryCode::iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+            .copied()
+    })?;
+    Some(code.alpha2())
+}
+
+/// Normalizes a record's public fields in place.
+pub fn normalize(contract: &Contract, record: &mut StreamedRecord) {
+    for (name, spec) in &contract.fields {
+        if spec.class != DataClass::Public {
+            continue;
+        }
+        let Some(v) = record.fields.get_mut(name) else {
+            continue;
+        };
+        match spec.ty {
+            FieldType::Timestamp => {
+                if let Some(t) = parse_time(v) {
+                    *v = Value::String(to_rfc3339(t));
+                }
+            }
+            FieldType::String => {
+                if let Value::String(s) = v {
+                    let trimmed = s.trim();
+                    let new = if is_country_field(name) {
+                        country_code(trimmed).map_or_else(|| trimmed.to_owned(), str::to_owned)
+                    } else {
+                        trimmed.to_owned()
+                    };
+                    if new != *s {
+                        *s = new;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Map};
+
+    fn contract() -> Contract {
+        Contract::from_toml(include_str!("../../config/datasets/payments.toml")).unwrap()
+    }
+
+    fn delivered(offset: i64, fields: Value) -> Delivered {
+        let Value::Object(fields) = fields else {
+            panic!("an object")
+        };
+        Delivered {
+            partition: 0,
+            offset,
+            record: StreamedRecord {
+                dataset: "payments".into(),
+                subject_ref: "sr_00000000000000000000000000000001".into(),
+                contract_version: 1,
+                fields,
+            },
+        }
+    }
+
+    #[test]
+    fn normalize_times_strings_and_countries() {
+        let c = contract();
+        let mut d = delivered(
+            0,
+            json!({"transaction_id": "  t-1 ", "created_at": 1_795_514_400_000_i64,
+                   "country": " deu", "amount": 5, "email": " enc:v1:abc ",
+                   "card_number": "tok_x"}),
+        );
+        normalize(&c, &mut d.record);
+        let f: &Map<String, Value> = &d.record.fields;
+        assert_eq!(f["transaction_id"], "t-1");
+        assert_eq!(f["created_at"], "2026-11-24T10:00:00Z");
+        assert_eq!(f["country"], "DE");
+        assert_eq!(f["amount"], 5);
+        assert_eq!(
+            f["email"], " enc:v1:abc ",
+            "protected values are not touched"
+        );
+        for (given, code) in [
+            ("fr", "FR"),
+            ("FRA", "FR"),
+            ("France", "FR"),
+            ("germany", "DE"),
+        ] {
+            assert_eq!(country_code(given), Some(code), "{given}");
+        }
+        assert_eq!(country_code("Atlantis"), None);
+        let mut odd = delivered(1, json!({"country": "Atlantis", "created_at": "someday"}));
+        normalize(&c, &mut odd.record);
+        assert_eq!(
+            odd.record.fields["country"], "Atlantis",
+            "unknown values are kept"
+        );
+        assert_eq!(odd.record.fields["created_at"], "someday");
+    }
+
+    #[test]
+    fn dedupe_remembers_only_what_was_written() {
+        let c = contract();
+        let mut stages = Stages::with_memory(&[StageKind::Normalize, StageKind::Dedupe], 2);
+        let batch = || {
+            vec![
+                delivered(0, json!({"transaction_id": "a"})),
+                delivered(1, json!({"transaction_id": " a "})),
+                delivered(2, json!({"transaction_id": "b"})),
+            ]
+        };
+        // Normalized first, so " a " is a duplicate of "a" within the batch.
+        let staged = stages.apply(&c, batch());
+        assert_eq!(staged.records.len(), 2);
+        assert_eq!(staged.dropped, 1);
+        // Not written: the same batch read again passes again.
+        let staged = stages.apply(&c, batch());
+        assert_eq!(staged.records.len(), 2);
+        stages.written(staged);
+        let staged = stages.apply(&c, batch());
+        assert!(staged.records.is_empty(), "written keys are duplicates now");
+        // The memory is bounded: the oldest key is forgotten.
+        let staged = stages.apply(&c, vec![delivered(3, json!({"transaction_id": "c"}))]);
+        stages.written(staged);
+        let again = stages.apply(&c, batch());
+        assert_eq!(again.records.len(), 1, "a was forgotten, b is remembered");
+        assert_eq!(again.records[0].record.fields["transaction_id"], "a");
+        // Without dedupe nothing is dropped.
+        let plain = Stages::new(&[]);
+        assert_eq!(plain.apply(&c, batch()).records.len(), 3);
+        assert!("shuffle".parse::<StageKind>().is_err());
+    }
+}
