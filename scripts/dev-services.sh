@@ -92,6 +92,11 @@ if ! moto_running; then
   for _ in $(seq 1 150); do moto_ready && break; sleep 0.1; done
   moto_ready || { log "moto did not start (see $CACHE/moto.log)"; exit 1; }
 fi
+# The bucket the lake tests write to (moto refuses unsigned requests; any key signs).
+S3_BUCKET=warden-test
+curl -sf -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user test:test \
+  -X PUT "http://127.0.0.1:$MOTO_PORT/$S3_BUCKET" \
+  || { log "cannot create the S3 bucket $S3_BUCKET in moto"; exit 1; }
 log "moto ready at 127.0.0.1:$MOTO_PORT"
 
 # --- tansu: a Kafka-protocol broker --------------------------------------------------------
@@ -135,5 +140,6 @@ log "nx-27017 (MongoDB wire) ready at 127.0.0.1:$MONGO_PORT"
 
 echo "export WARDEN_TEST_POSTGRES_URL=$PG_URL"
 echo "export WARDEN_TEST_AWS_ENDPOINT=http://127.0.0.1:$MOTO_PORT"
+echo "export WARDEN_TEST_S3_BUCKET=$S3_BUCKET"
 echo "export WARDEN_TEST_KAFKA=127.0.0.1:$KAFKA_PORT"
 echo "export WARDEN_TEST_MONGODB_URL=mongodb://127.0.0.1:$MONGO_PORT"

@@ -164,6 +164,7 @@ impl From<Error> for ApiError {
             Error::Pipeline(
                 warden_pipeline::Error::Stream(_)
                 | warden_pipeline::Error::Documents(_)
+                | warden_pipeline::Error::Lake(_)
                 | warden_pipeline::Error::Database(_),
             ) => {
                 error!(error = %e, "data plane unavailable");

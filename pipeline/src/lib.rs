@@ -7,6 +7,7 @@
 
 pub mod docs;
 pub mod geo;
+pub mod lake;
 pub mod loader;
 pub mod record;
 pub mod stages;
@@ -25,6 +26,8 @@ pub enum Error {
     Stream(String),
     #[error("document store: {0}")]
     Documents(String),
+    #[error("lake: {0}")]
+    Lake(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("invalid: {0}")]

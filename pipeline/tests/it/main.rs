@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod docs;
+mod lake;
 mod loader;
 mod streams;
 

@@ -1,0 +1,456 @@
+//! The lake: one Delta table per dataset (local disk or S3), schema from the contract,
+//! partitioned by a subject bucket so erasing one subject rewrites one partition's files.
+//!
+//! Appends are exactly-once per stream partition: each commit carries an application
+//! transaction per partition (`warden-lake:<topic>:<partition>` → the next offset), and a
+//! batch read again after a crash skips what the table already holds. Protected columns
+//! (tokens, ciphertext, blind indexes, addresses) are left out of the file statistics the
+//! Delta log keeps; delete predicates name `subject_ref` only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deltalake::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
+use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema as ArrowSchema, TimeUnit};
+use deltalake::datafusion::datasource::TableProvider;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{DataType, StructField, Transaction};
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, TableProperty};
+use serde_json::Value;
+use tokio::sync::Mutex;
+use url::Url;
+use warden_policy::contract::{Contract, DataClass, FieldType};
+use warden_policy::protect::BLIND_INDEX_SUFFIX;
+
+use crate::loader::Sink;
+use crate::stages::Delivered;
+use crate::{Error, Result, StreamedRecord};
+
+/// Subject buckets (the partition column): a subject's rows are in one of them.
+pub const BUCKETS: u32 = 16;
+/// Columns Warden adds to every table.
+pub const SUBJECT_REF: &str = "subject_ref";
+pub const SUBJECT_BUCKET: &str = "subject_bucket";
+pub const CONTRACT_VERSION: &str = "contract_version";
+
+fn lake_err(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Lake(format!("{context}: {e}"))
+}
+
+/// The bucket of a subject: from its pseudonym, so it says nothing about the person.
+pub fn subject_bucket(subject_ref: &str) -> i32 {
+    let hex = subject_ref.strip_prefix("sr_").unwrap_or(subject_ref);
+    let n = hex
+        .get(..8)
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .unwrap_or_else(|| {
+            hex.bytes()
+                .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)))
+        });
+    (n % BUCKETS) as i32
+}
+
+/// A column of a dataset's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub ty: FieldType,
+    pub class: DataClass,
+}
+
+/// The table's data columns for a contract, in order: the contract's fields (never
+/// `pci.sad`), each `pii.direct` field followed by its blind index.
+pub fn columns(contract: &Contract) -> Vec<Column> {
+    let mut out = Vec::new();
+    for (name, spec) in &contract.fields {
+        match spec.class {
+            DataClass::PciSad => {}
+            DataClass::PiiDirect => {
+                out.push(Column {
+                    name: name.clone(),
+                    ty: FieldType::String,
+                    class: spec.class,
+                });
+                out.push(Column {
+                    name: format!("{name}{BLIND_INDEX_SUFFIX}"),
+                    ty: FieldType::String,
+                    class: spec.class,
+                });
+            }
+            DataClass::PciPan | DataClass::PiiId | DataClass::PiiNetwork => out.push(Column {
+                name: name.clone(),
+                ty: FieldType::String,
+                class: spec.class,
+            }),
+            DataClass::Public => out.push(Column {
+                name: name.clone(),
+                ty: spec.ty,
+                class: spec.class,
+            }),
+        }
+    }
+    out
+}
+
+fn delta_type(ty: FieldType) -> DataType {
+    match ty {
+        FieldType::Integer => DataType::LONG,
+        FieldType::Number => DataType::DOUBLE,
+        FieldType::Boolean => DataType::BOOLEAN,
+        FieldType::Timestamp => DataType::TIMESTAMP,
+        FieldType::String | FieldType::Ip => DataType::STRING,
+    }
+}
+
+fn arrow_type(ty: FieldType) -> ArrowType {
+    match ty {
+        FieldType::Integer => ArrowType::Int64,
+        FieldType::Number => ArrowType::Float64,
+        FieldType::Boolean => ArrowType::Boolean,
+        FieldType::Timestamp => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        FieldType::String | FieldType::Ip => ArrowType::Utf8,
+    }
+}
+
+/// The Arrow schema of the batches written for a contract.
+pub fn arrow_schema(contract: &Contract) -> ArrowSchema {
+    let mut fields = vec![
+        Field::new(SUBJECT_REF, ArrowType::Utf8, false),
+        Field::new(SUBJECT_BUCKET, ArrowType::Int32, false),
+        Field::new(CONTRACT_VERSION, ArrowType::Int32, false),
+    ];
+    fields.extend(
+        columns(contract)
+            .into_iter()
+            .map(|c| Field::new(c.name, arrow_type(c.ty), true)),
+    );
+    ArrowSchema::new(fields)
+}
+
+/// Builds the Arrow batch of records (values of the wrong type become nulls; the edge has
+/// checked types already).
+pub fn to_batch(contract: &Contract, records: &[&StreamedRecord]) -> Result<RecordBatch> {
+    let schema = Arc::new(arrow_schema(contract));
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    let mut sr = StringBuilder::new();
+    let mut bucket = Int32Builder::new();
+    let mut version = Int32Builder::new();
+    for r in records {
+        sr.append_value(&r.subject_ref);
+        bucket.append_value(subject_bucket(&r.subject_ref));
+        version.append_value(i32::try_from(r.contract_version).unwrap_or(i32::MAX));
+    }
+    arrays.push(Arc::new(sr.finish()));
+    arrays.push(Arc::new(bucket.finish()));
+    arrays.push(Arc::new(version.finish()));
+    for c in columns(contract) {
+        let values = records.iter().map(|r| r.fields.get(&c.name));
+        let array: ArrayRef = match c.ty {
+            FieldType::Integer => {
+                let mut b = Int64Builder::new();
+                for v in values {
+                    b.append_option(v.and_then(|v| {
+                        v.as_i64()
+                            .or_else(|| v.as_u64().map(|u| i64::try_from(u).unwrap_or(i64::MAX)))
+                    }));
+                }
+                Arc::new(b.finish())
+            }
+            FieldType::Number => {
+                let mut b = Float64Builder::new();
+                for v in values {
+                    b.append_option(v.and_then(Value::as_f64));
+                }
+                Arc::new(b.finish())
+            }
+            FieldType::Boolean => {
+                let mut b = BooleanBuilder::new();
+                for v in values {
+                    b.append_option(v.and_then(Value::as_bool));
+                }
+                Arc::new(b.finish())
+            }
+            FieldType::Timestamp => {
+                let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+                for v in values {
+                    b.append_option(v.and_then(warden_policy::timefmt::time_micros));
+                }
+                Arc::new(b.finish())
+            }
+            FieldType::String | FieldType::Ip => {
+                let mut b = StringBuilder::new();
+                for v in values {
+                    match v {
+                        Some(Value::String(s)) => b.append_value(s),
+                        Some(Value::Null) | None => b.append_null(),
+                        Some(other) => b.append_value(other.to_string()),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+        };
+        arrays.push(array);
+    }
+    RecordBatch::try_new(schema, arrays).map_err(|e| lake_err("building a batch", e))
+}
+
+/// Where the lake is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct LakeConfig {
+    /// `file:///abs/dir/`, a plain directory path, or `s3://bucket/prefix/`.
+    pub root: String,
+    /// Object-store options (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ALLOW_HTTP`, ...).
+    pub storage_options: HashMap<String, String>,
+}
+
+/// The Delta tables of the datasets.
+#[derive(Debug)]
+pub struct Lake {
+    root: Url,
+    options: HashMap<String, String>,
+    tables: Mutex<HashMap<String, DeltaTable>>,
+}
+
+impl Lake {
+    /// # Errors
+    /// A root that is neither a directory nor a URL.
+    pub fn new(config: &LakeConfig) -> Result<Self> {
+        let root = if config.root.contains("://") {
+            Url::parse(&config.root).map_err(|e| lake_err("lake root", e))?
+        } else {
+            let path = std::path::Path::new(&config.root);
+            std::fs::create_dir_all(path).map_err(|e| lake_err("lake directory", e))?;
+            let abs = path
+                .canonicalize()
+                .map_err(|e| lake_err("lake directory", e))?;
+            Url::from_directory_path(abs)
+                .map_err(|()| lake_err("lake directory", "not absolute"))?
+        };
+        let mut root = root;
+        if !root.path().ends_with('/') {
+            root.set_path(&format!("{}/", root.path()));
+        }
+        Ok(Self {
+            root,
+            options: config.storage_options.clone(),
+            tables: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The URL of a dataset's table.
+    pub fn table_url(&self, contract: &Contract) -> Result<Url> {
+        self.root
+            .join(&format!("{}/", contract.lake_table))
+            .map_err(|e| lake_err("table URL", e))
+    }
+
+    async fn open_or_create(&self, contract: &Contract) -> Result<DeltaTable> {
+        for c in [SUBJECT_REF, SUBJECT_BUCKET, CONTRACT_VERSION] {
+            if contract.fields.contains_key(c) {
+                return Err(Error::Invalid(format!(
+                    "fields.{c}: the lake reserves this column name"
+                )));
+            }
+        }
+        let url = self.table_url(contract)?;
+        if url.scheme() == "file" {
+            if let Ok(path) = url.to_file_path() {
+                std::fs::create_dir_all(&path).map_err(|e| lake_err("table directory", e))?;
+            }
+        }
+        let table = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
+            .await
+            .map_err(|e| lake_err("open table", e))?;
+        if table.version().is_some() {
+            return Ok(table);
+        }
+        // Statistics only for columns that hold nothing personal.
+        let mut stats: Vec<String> = vec![
+            SUBJECT_REF.into(),
+            SUBJECT_BUCKET.into(),
+            CONTRACT_VERSION.into(),
+        ];
+        stats.extend(
+            columns(contract)
+                .into_iter()
+                .filter(|c| c.class == DataClass::Public)
+                .map(|c| c.name),
+        );
+        let mut fields = vec![
+            StructField::new(SUBJECT_REF, DataType::STRING, false),
+            StructField::new(SUBJECT_BUCKET, DataType::INTEGER, false),
+            StructField::new(CONTRACT_VERSION, DataType::INTEGER, false),
+        ];
+        fields.extend(
+            columns(contract)
+                .into_iter()
+                .map(|c| StructField::new(c.name, delta_type(c.ty), true)),
+        );
+        table
+            .create()
+            .with_table_name(&contract.lake_table)
+            .with_comment(format!("Warden dataset {}", contract.name))
+            .with_columns(fields)
+            .with_partition_columns([SUBJECT_BUCKET])
+            .with_configuration([
+                ("delta.dataSkippingStatsColumns", Some(stats.join(","))),
+                (
+                    "delta.logRetentionDuration",
+                    Some("interval 30 days".to_owned()),
+                ),
+                ("delta.checkpointInterval", Some("10".to_owned())),
+            ])
+            .with_configuration_property(
+                TableProperty::DeletedFileRetentionDuration,
+                Some("interval 7 days"),
+            )
+            .with_save_mode(SaveMode::Ignore)
+            .await
+            .map_err(|e| lake_err("create table", e))
+    }
+
+    /// A dataset's table, current (another writer may have committed).
+    ///
+    /// # Errors
+    /// The table cannot be opened, created or refreshed.
+    pub async fn table(&self, contract: &Contract) -> Result<DeltaTable> {
+        let mut tables = self.tables.lock().await;
+        let table = match tables.get_mut(&contract.lake_table) {
+            Some(t) => {
+                t.update_state()
+                    .await
+                    .map_err(|e| lake_err("refresh table", e))?;
+                t.clone()
+            }
+            None => {
+                let t = self.open_or_create(contract).await?;
+                tables.insert(contract.lake_table.clone(), t.clone());
+                t
+            }
+        };
+        Ok(table)
+    }
+
+    /// The next offset of a stream partition the table holds records up to (`None`: none).
+    ///
+    /// # Errors
+    /// The table's log cannot be read.
+    pub async fn committed(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+        table
+            .snapshot()
+            .map_err(|e| lake_err("snapshot", e))?
+            .transaction_version(table.log_store().as_ref(), app_id)
+            .await
+            .map_err(|e| lake_err("read transaction", e))
+    }
+
+    /// Appends the records of one poll, exactly once per stream partition: what the table
+    /// holds already (by its application transactions) is skipped. Returns how many rows
+    /// were appended.
+    ///
+    /// # Errors
+    /// The commit failed; nothing was appended.
+    pub async fn append(
+        &self,
+        contract: &Contract,
+        topic: &str,
+        records: &[Delivered],
+    ) -> Result<u64> {
+        let table = self.table(contract).await?;
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut keep: Vec<&StreamedRecord> = Vec::with_capacity(records.len());
+        let mut done: HashMap<i32, Option<i64>> = HashMap::new();
+        for d in records {
+            let committed = match done.get(&d.partition) {
+                Some(c) => *c,
+                None => {
+                    let c = Self::committed(&table, &app_id(topic, d.partition)).await?;
+                    done.insert(d.partition, c);
+                    c
+                }
+            };
+            if committed.is_some_and(|c| d.offset < c) {
+                continue;
+            }
+            keep.push(&d.record);
+            let n = next.entry(d.partition).or_insert(d.offset + 1);
+            *n = (*n).max(d.offset + 1);
+        }
+        if keep.is_empty() {
+            return Ok(0);
+        }
+        let batch = to_batch(contract, &keep)?;
+        let txns = next
+            .into_iter()
+            .map(|(p, n)| Transaction::new(app_id(topic, p), n))
+            .collect();
+        let written = table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .with_schema_mode(SchemaMode::Merge)
+            .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+            .await
+            .map_err(|e| lake_err("append", e))?;
+        self.tables
+            .lock()
+            .await
+            .insert(contract.lake_table.clone(), written);
+        Ok(keep.len() as u64)
+    }
+
+    /// The table as a DataFusion table (its current snapshot).
+    ///
+    /// # Errors
+    /// The table cannot be opened.
+    pub async fn provider(&self, contract: &Contract) -> Result<Arc<dyn TableProvider>> {
+        let table = self.table(contract).await?;
+        table
+            .table_provider()
+            .await
+            .map_err(|e| lake_err("table provider", e))
+    }
+
+    /// The data files of the table's current snapshot, as URIs (plain paths on local disk).
+    ///
+    /// # Errors
+    /// The table cannot be opened.
+    pub async fn data_files(&self, contract: &Contract) -> Result<Vec<String>> {
+        let table = self.table(contract).await?;
+        let files = table
+            .get_file_uris()
+            .map_err(|e| lake_err("list files", e))?
+            .collect();
+        Ok(files)
+    }
+}
+
+/// The application id of a stream partition's appends.
+pub fn app_id(topic: &str, partition: i32) -> String {
+    format!("warden-lake:{topic}:{partition}")
+}
+
+/// The consumer group of the lake loader of a dataset.
+pub fn lake_group(dataset: &str) -> String {
+    format!("warden-lake-{dataset}")
+}
+
+/// The lake as a loader's sink.
+#[derive(Debug, Clone)]
+pub struct LakeSink(pub Arc<Lake>);
+
+#[async_trait]
+impl Sink for LakeSink {
+    async fn prepare(&self, contract: &Contract) -> Result<()> {
+        self.0.table(contract).await.map(|_| ())
+    }
+
+    async fn write(&self, contract: &Contract, topic: &str, records: &[Delivered]) -> Result<u64> {
+        self.0.append(contract, topic, records).await
+    }
+}

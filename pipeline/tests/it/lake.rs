@@ -1,0 +1,203 @@
+//! The lake: Delta tables from contracts, exactly-once appends per stream partition, one
+//! partition per subject bucket, no personal column in the log's statistics — on local disk
+//! and on S3 (moto).
+
+use std::collections::{BTreeSet, HashMap};
+
+use deltalake::datafusion::prelude::SessionContext;
+use serde_json::{json, Map};
+use warden_pipeline::lake::{self, Lake, LakeConfig};
+use warden_pipeline::stages::Delivered;
+use warden_pipeline::StreamedRecord;
+use warden_policy::contract::Contract;
+
+use crate::unique;
+
+fn contract() -> Contract {
+    let mut c =
+        Contract::from_toml(include_str!("../../../config/datasets/payments.toml")).unwrap();
+    c.lake_table = unique("payments");
+    c
+}
+
+fn delivered(c: &Contract, partition: i32, offset: i64, i: usize) -> Delivered {
+    // Pseudonyms look random: spread their leading bits.
+    let k = (i % 7) as u32;
+    let subject_ref = format!("sr_{:08x}{:024x}", k.wrapping_mul(0x9e37_79b9), k);
+    let mut fields = Map::new();
+    fields.insert("transaction_id".into(), json!(format!("tx-{i}")));
+    fields.insert("user_id".into(), json!(subject_ref));
+    fields.insert("card_number".into(), json!(format!("tok_{i:012}_4242")));
+    fields.insert("email".into(), json!(format!("enc:v1:ciphertext{i}")));
+    fields.insert("email__bidx".into(), json!(format!("bidx{i}")));
+    fields.insert("ip".into(), json!("198.51.100.0"));
+    fields.insert("amount".into(), json!(i as f64 + 0.5));
+    fields.insert("country".into(), json!("DE"));
+    fields.insert("created_at".into(), json!("2026-11-24T10:00:00Z"));
+    Delivered {
+        partition,
+        offset,
+        record: StreamedRecord {
+            dataset: c.name.clone(),
+            subject_ref,
+            contract_version: c.version,
+            fields,
+        },
+    }
+}
+
+async fn count(lake: &Lake, c: &Contract, sql_where: &str) -> i64 {
+    let ctx = SessionContext::new();
+    ctx.register_table("t", lake.provider(c).await.unwrap())
+        .unwrap();
+    let batches = ctx
+        .sql(&format!("SELECT count(*) AS n FROM t {sql_where}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let col = batches[0].column(0);
+    col.as_any()
+        .downcast_ref::<deltalake::arrow::array::Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
+async fn exactly_once_and_bucketed(root: String, options: HashMap<String, String>) {
+    let lake = Lake::new(&LakeConfig {
+        root,
+        storage_options: options,
+    })
+    .unwrap();
+    let c = contract();
+    let topic = "payments";
+    // Two stream partitions, 40 records each.
+    let batch: Vec<Delivered> = (0..80)
+        .map(|i| delivered(&c, (i % 2) as i32, (i / 2) as i64, i))
+        .collect();
+    assert_eq!(lake.append(&c, topic, &batch[..50]).await.unwrap(), 50);
+    // A crash after the commit, before the stream commit: the whole poll comes again, and
+    // with it the rest.
+    assert_eq!(
+        lake.append(&c, topic, &batch).await.unwrap(),
+        30,
+        "only the new ones"
+    );
+    assert_eq!(lake.append(&c, topic, &batch).await.unwrap(), 0);
+    assert_eq!(count(&lake, &c, "").await, 80);
+    let table = lake.table(&c).await.unwrap();
+    assert_eq!(
+        Lake::committed(&table, &lake::app_id(topic, 0))
+            .await
+            .unwrap(),
+        Some(40)
+    );
+    assert_eq!(
+        Lake::committed(&table, &lake::app_id(topic, 1))
+            .await
+            .unwrap(),
+        Some(40)
+    );
+    assert_eq!(
+        Lake::committed(&table, &lake::app_id("other", 1))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // One subject, one bucket, one partition directory.
+    let subject = batch[3].record.subject_ref.clone();
+    let bucket = lake::subject_bucket(&subject);
+    assert_eq!(
+        count(&lake, &c, &format!("WHERE subject_ref = '{subject}'")).await,
+        count(
+            &lake,
+            &c,
+            &format!("WHERE subject_ref = '{subject}' AND subject_bucket = {bucket}")
+        )
+        .await
+    );
+    let files = lake.data_files(&c).await.unwrap();
+    assert!(!files.is_empty());
+    assert!(
+        files.iter().all(|f| f.contains("subject_bucket=")),
+        "{files:?}"
+    );
+    let buckets: BTreeSet<&str> = files
+        .iter()
+        .filter_map(|f| f.split("subject_bucket=").nth(1)?.split('/').next())
+        .collect();
+    assert!(
+        buckets.len() > 1,
+        "seven subjects spread over buckets: {buckets:?}"
+    );
+
+    // Types from the contract; the statistics exclude protected columns.
+    let ctx = SessionContext::new();
+    ctx.register_table("t", lake.provider(&c).await.unwrap())
+        .unwrap();
+    let df = ctx.sql("SELECT * FROM t LIMIT 1").await.unwrap();
+    let schema = df.schema().clone();
+    assert!(
+        schema.field_with_unqualified_name("cvv").is_err(),
+        "pci.sad is never a column"
+    );
+    assert_eq!(
+        schema
+            .field_with_unqualified_name("amount")
+            .unwrap()
+            .data_type()
+            .to_string(),
+        "Float64"
+    );
+    assert!(schema
+        .field_with_unqualified_name("created_at")
+        .unwrap()
+        .data_type()
+        .to_string()
+        .starts_with("Timestamp"));
+    let config = table.snapshot().unwrap().metadata().configuration().clone();
+    let stats = config
+        .get("delta.dataSkippingStatsColumns")
+        .unwrap()
+        .clone();
+    let stats: Vec<&str> = stats.split(',').collect();
+    for protected in ["card_number", "email", "email__bidx", "ip", "user_id"] {
+        assert!(
+            !stats.contains(&protected),
+            "{protected} in statistics: {stats:?}"
+        );
+    }
+    assert!(stats.contains(&"subject_ref") && stats.contains(&"amount"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    exactly_once_and_bucketed(
+        dir.path().join("lake").display().to_string(),
+        HashMap::new(),
+    )
+    .await;
+}
+
+/// Object-store options for the S3 endpoint of `scripts/dev-services.sh` (moto).
+pub(crate) fn s3_options() -> HashMap<String, String> {
+    let endpoint = std::env::var("WARDEN_TEST_AWS_ENDPOINT")
+        .expect("WARDEN_TEST_AWS_ENDPOINT is not set: run the tests with scripts/test.sh");
+    HashMap::from([
+        ("AWS_ENDPOINT_URL".into(), endpoint),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+        ("AWS_ALLOW_HTTP".into(), "true".into()),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3() {
+    let bucket = std::env::var("WARDEN_TEST_S3_BUCKET")
+        .expect("WARDEN_TEST_S3_BUCKET is not set: run the tests with scripts/test.sh");
+    exactly_once_and_bucketed(format!("s3://{bucket}/{}/", unique("lake")), s3_options()).await;
+}
