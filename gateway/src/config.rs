@@ -31,6 +31,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub streams: StreamsConfig,
     pub documents: DocumentsConfig,
+    pub lake: LakeConfig,
     pub pipeline: PipelineConfig,
 }
 
@@ -48,6 +49,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             streams: StreamsConfig::default(),
             documents: DocumentsConfig::default(),
+            lake: LakeConfig::default(),
             pipeline: PipelineConfig::default(),
         }
     }
@@ -262,6 +264,18 @@ impl Default for DocumentsConfig {
     }
 }
 
+/// The lake: one Delta table per dataset.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// A directory, `file:///DIR/` or `s3://BUCKET/PREFIX/`. Default: `<data_dir>/lake`.
+    /// Env: `WARDEN_LAKE_URL`.
+    pub url: Option<String>,
+    /// Object-store options (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...); credentials are better
+    /// left to the AWS environment.
+    pub storage_options: std::collections::BTreeMap<String, String>,
+}
+
 /// The data plane run by this process.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -352,6 +366,9 @@ impl Config {
         if let Some(v) = env.get("WARDEN_DOCUMENTS_URL") {
             config.documents.url = v.clone();
         }
+        if let Some(v) = env.get("WARDEN_LAKE_URL") {
+            config.lake.url = Some(v.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -428,6 +445,14 @@ impl Config {
         self.audit.url.clone().unwrap_or_else(|| self.state_url())
     }
 
+    /// The lake's root as configured.
+    pub fn lake_url(&self) -> String {
+        self.lake
+            .url
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("lake").display().to_string())
+    }
+
     /// The key-encryption key as configured.
     ///
     /// # Errors
@@ -455,6 +480,7 @@ impl Config {
     /// True when something lives in the data directory (SQLite or the key file).
     pub fn uses_data_dir(&self) -> bool {
         self.keys.kek.is_none()
+            || self.lake.url.is_none()
             || self.state_url().starts_with("sqlite:")
             || self.audit_url().starts_with("sqlite:")
     }
@@ -522,6 +548,11 @@ mod tests {
         assert!(c.uses_data_dir(), "the state is still embedded");
         let c =
             load("[state]\nurl = \"postgres://h/db\"\n[keys]\nkek = \"aws-kms:k-1\"\n").unwrap();
+        assert!(c.uses_data_dir(), "the lake is still on local disk");
+        let c = load(
+            "[state]\nurl = \"postgres://h/db\"\n[keys]\nkek = \"aws-kms:k-1\"\n[lake]\nurl = \"s3://b/p/\"\n",
+        )
+        .unwrap();
         assert!(!c.uses_data_dir(), "nothing embedded");
         let c = load("[keys]\nkek = \"vault://x\"\n").unwrap();
         assert!(c.kek_source().is_err());

@@ -94,6 +94,7 @@ pub fn app(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(limits.max_ingest_bytes)),
         )
         .route("/v1/detokenize", post(api::data::detokenize))
+        .route("/v1/query", post(api::query::query))
         // Inside the enforcing layer too, so a handler's panic or timeout is audited as an
         // error like any other outcome (the outer copies guard the layers above).
         .route_layer(CatchPanicLayer::new())
@@ -153,7 +154,7 @@ pub async fn serve(
     if state.config.pipeline.loaders {
         state.loaders.start(
             state.stream.clone(),
-            state.documents.clone(),
+            state.sinks(),
             state.datasets.clone(),
             state.config.streams.topic_prefix.clone(),
             state.stage_graph.clone(),

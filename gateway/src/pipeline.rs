@@ -13,6 +13,7 @@ use warden_audit::Db;
 use warden_pipeline::docs::embedded::EmbeddedDocuments;
 use warden_pipeline::docs::mongo::MongoDocuments;
 use warden_pipeline::docs::DocumentStore;
+use warden_pipeline::lake::{Lake, LakeConfig, LakeSink};
 use warden_pipeline::loader::{self, DocumentSink, LoaderStats};
 use warden_pipeline::stream::embedded::EmbeddedStream;
 use warden_pipeline::stream::kafka::KafkaStream;
@@ -67,6 +68,31 @@ pub async fn open_documents(
 /// A loader's counters and task.
 type Running = (Arc<LoaderStats>, JoinHandle<()>);
 
+/// The lake as configured.
+///
+/// # Errors
+/// A lake URL that is not a directory or URL.
+pub fn open_lake(config: &Config) -> anyhow::Result<Arc<Lake>> {
+    let lake = Lake::new(&LakeConfig {
+        root: config.lake_url(),
+        storage_options: config
+            .lake
+            .storage_options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    })
+    .context("invalid lake.url")?;
+    Ok(Arc::new(lake))
+}
+
+/// The sinks every dataset is loaded into.
+#[derive(Clone)]
+pub struct Sinks {
+    pub documents: Arc<dyn DocumentStore>,
+    pub lake: Arc<Lake>,
+}
+
 /// The running loaders, one per dataset, and their counters.
 #[derive(Debug, Default)]
 pub struct Loaders {
@@ -80,7 +106,7 @@ impl Loaders {
     pub fn start(
         self: &Arc<Self>,
         stream: Arc<dyn Stream>,
-        docs: Arc<dyn DocumentStore>,
+        sinks: Sinks,
         datasets: Datasets,
         topic_prefix: String,
         stages: HashMap<String, Vec<warden_pipeline::stages::StageKind>>,
@@ -92,7 +118,10 @@ impl Loaders {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stop);
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let sink: Arc<dyn loader::Sink> = Arc::new(DocumentSink(docs));
+            let kinds: [(&str, Arc<dyn loader::Sink>); 2] = [
+                ("documents", Arc::new(DocumentSink(sinks.documents))),
+                ("lake", Arc::new(LakeSink(sinks.lake))),
+            ];
             let contracts: Arc<dyn loader::Contracts> = {
                 let datasets = datasets.clone();
                 Arc::new(move |name: &str| datasets.get(name))
@@ -113,39 +142,43 @@ impl Loaders {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 running.retain(|_, (_, task)| !task.is_finished());
                 for contract in datasets.all() {
-                    if running.contains_key(&contract.name) {
-                        continue;
+                    for (kind, sink) in &kinds {
+                        let key = format!("{}/{kind}", contract.name);
+                        if running.contains_key(&key) {
+                            continue;
+                        }
+                        let group = match *kind {
+                            "lake" => warden_pipeline::lake::lake_group(&contract.name),
+                            _ => loader::documents_group(&contract.name),
+                        };
+                        let stats = Arc::new(LoaderStats::default());
+                        let task = tokio::spawn(loader::run(
+                            Arc::clone(&stream),
+                            Arc::clone(sink),
+                            Arc::clone(&contracts),
+                            loader::LoaderSpec {
+                                dataset: contract.name.clone(),
+                                group: format!("{topic_prefix}{group}"),
+                                topic_prefix: topic_prefix.clone(),
+                                stages: stages.get(&contract.name).cloned().unwrap_or_default(),
+                            },
+                            Arc::clone(&stats),
+                            shutdown.clone(),
+                        ));
+                        info!(dataset = %contract.name, sink = kind, "loader started");
+                        running.insert(key, (stats, task));
                     }
-                    let stats = Arc::new(LoaderStats::default());
-                    let task = tokio::spawn(loader::run(
-                        Arc::clone(&stream),
-                        Arc::clone(&sink),
-                        Arc::clone(&contracts),
-                        loader::LoaderSpec {
-                            dataset: contract.name.clone(),
-                            group: format!(
-                                "{topic_prefix}{}",
-                                loader::documents_group(&contract.name)
-                            ),
-                            topic_prefix: topic_prefix.clone(),
-                            stages: stages.get(&contract.name).cloned().unwrap_or_default(),
-                        },
-                        Arc::clone(&stats),
-                        shutdown.clone(),
-                    ));
-                    info!(dataset = %contract.name, "document loader started");
-                    running.insert(contract.name.clone(), (stats, task));
                 }
             }
         })
     }
 
-    /// Counters of a dataset's loader.
-    pub fn stats(&self, dataset: &str) -> Option<Arc<LoaderStats>> {
+    /// Counters of a dataset's loader into `sink` (`documents`, `lake`).
+    pub fn stats(&self, dataset: &str, sink: &str) -> Option<Arc<LoaderStats>> {
         self.running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(dataset)
+            .get(&format!("{dataset}/{sink}"))
             .map(|(s, _)| Arc::clone(s))
     }
 

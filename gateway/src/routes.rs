@@ -111,6 +111,8 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
     ),
     guarded("POST", "/v1/detokenize", "pan", "reveal", true),
+    // Per dataset, the handler registers only what `datasets:<name> read` allows.
+    guarded("POST", "/v1/query", "query", "run", false),
 ];
 
 /// The resource of a request: the route's resource with `{param}` replaced by the value in

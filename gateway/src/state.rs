@@ -68,6 +68,8 @@ pub struct Inner {
     pub stream: Arc<dyn warden_pipeline::stream::Stream>,
     /// Where records are read from (MongoDB or the embedded document store).
     pub documents: Arc<dyn warden_pipeline::docs::DocumentStore>,
+    /// The Delta tables of the datasets.
+    pub lake: Arc<warden_pipeline::lake::Lake>,
     /// Stream → document-store loaders (started by [`crate::serve`] when configured).
     pub loaders: Arc<crate::pipeline::Loaders>,
     /// Built-in stages per dataset (validated at start).
@@ -330,6 +332,7 @@ pub async fn start(
         .context("cannot load the dataset contracts")?;
     let stream = crate::pipeline::open_stream(&config, &state_db)?;
     let documents = crate::pipeline::open_documents(&config, &state_db).await?;
+    let lake = crate::pipeline::open_lake(&config)?;
     let state = AppState(Arc::new(Inner {
         config,
         clock,
@@ -349,6 +352,7 @@ pub async fn start(
         datasets,
         stream,
         documents,
+        lake,
         loaders: Arc::default(),
         topics: crate::api::records::Topics::default(),
         stage_graph,
@@ -373,6 +377,14 @@ impl AppState {
             info!(version, rules = rules.len(), "policy reloaded");
         }
         Ok(())
+    }
+
+    /// The sinks the loaders write into.
+    pub fn sinks(&self) -> crate::pipeline::Sinks {
+        crate::pipeline::Sinks {
+            documents: self.documents.clone(),
+            lake: self.lake.clone(),
+        }
     }
 
     /// The topic of a dataset's stream (with the configured prefix).

@@ -446,6 +446,10 @@ pub struct LakeSink(pub Arc<Lake>);
 
 #[async_trait]
 impl Sink for LakeSink {
+    fn name(&self) -> &'static str {
+        "lake"
+    }
+
     async fn prepare(&self, contract: &Contract) -> Result<()> {
         self.0.table(contract).await.map(|_| ())
     }

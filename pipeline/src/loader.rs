@@ -69,6 +69,8 @@ pub struct LoaderStats {
 pub trait Sink: Send + Sync + 'static {
     /// Makes the sink ready for the dataset (collection, indexes, table).
     async fn prepare(&self, contract: &Contract) -> Result<()>;
+    /// The sink's name for logs, metrics and consumer groups (`documents`, `lake`).
+    fn name(&self) -> &'static str;
     /// Writes records read from `topic` durably; returns how many it wrote (a sink may skip
     /// records it holds already), once they are safe.
     async fn write(&self, contract: &Contract, topic: &str, records: &[Delivered]) -> Result<u64>;
@@ -80,6 +82,10 @@ pub struct DocumentSink(pub Arc<dyn DocumentStore>);
 
 #[async_trait]
 impl Sink for DocumentSink {
+    fn name(&self) -> &'static str {
+        "documents"
+    }
+
     async fn prepare(&self, contract: &Contract) -> Result<()> {
         self.0.ensure_collection(&collection_spec(contract)).await
     }
@@ -130,6 +136,20 @@ fn decode(dataset: &str, messages: &[Message], stats: &LoaderStats) -> Vec<Deliv
     out
 }
 
+/// The environment variable naming a sink whose loader dies (abort, as from `kill -9`)
+/// right after its first write, before the stream commit: the crash window exactly-once
+/// delivery is about. For the end-to-end tests; unset in any real deployment.
+pub const CRASH_ENV: &str = "WARDEN_CRASH_AFTER_SINK_WRITE";
+
+fn crash_point(sink: &str) {
+    static CRASH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = CRASH.get_or_init(|| std::env::var(CRASH_ENV).ok());
+    if armed.as_deref() == Some(sink) {
+        eprintln!("{CRASH_ENV}={sink}: dying between the sink write and the stream commit");
+        std::process::abort();
+    }
+}
+
 /// Handles one poll: reads up to [`BATCH`] records, writes this dataset's into the sink,
 /// then commits. Returns how many messages were read.
 ///
@@ -161,6 +181,7 @@ pub async fn step(
         .deduplicated
         .fetch_add(staged.dropped as u64, Ordering::Relaxed);
     stages.written(staged);
+    crash_point(sink.name());
     sub.commit(&messages).await?;
     Ok(messages.len())
 }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod data;
 pub mod ops;
+pub mod query;
 pub mod records;
 
 use axum::response::{IntoResponse, Response};

@@ -336,7 +336,10 @@ fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
 }
 
 /// The `subject_ref` a data subject principal may read: its own.
-async fn own_subject_ref(app: &AppState, principal: &Principal) -> Result<String, ApiError> {
+pub(crate) async fn own_subject_ref(
+    app: &AppState,
+    principal: &Principal,
+) -> Result<String, ApiError> {
     let record = app
         .store
         .principal_by_id(&principal.id)
@@ -363,9 +366,12 @@ pub async fn read(
     Query(params): Query<ReadParams>,
     headers: HeaderMap,
 ) -> Response {
-    let mut note = AuditNote::default().detail("dataset", name.clone());
-    note.durable = true;
-    note.purpose = stated_purpose(&headers, &principal);
+    let mut note = AuditNote {
+        durable: true,
+        purpose: stated_purpose(&headers, &principal),
+        ..AuditNote::default()
+    }
+    .detail("dataset", name.clone());
     let result = async {
         let contract = dataset(&app, &name)?;
         if !contract.allows_purpose(&purpose(&headers, &principal)?) {

@@ -403,8 +403,16 @@ async fn admin_password_from_environment_and_postgres_by_config() {
     })
     .await;
     let key = kms.create_key("warden e2e").await.unwrap();
+    let bucket = std::env::var("WARDEN_TEST_S3_BUCKET")
+        .expect("WARDEN_TEST_S3_BUCKET is not set: run the tests with scripts/test.sh");
+    let prefix = uuid::Uuid::new_v4().simple().to_string();
+    // Everything distributed: PostgreSQL, AWS KMS, the lake on S3 (credentials from the
+    // environment).
     let config = |key: &str| {
-        format!("[state]\nurl = \"{url}\"\n[keys]\nkek = \"aws-kms:{key}\"\nkms_region = \"us-east-1\"\nkms_endpoint = \"{endpoint}\"\n")
+        format!(
+            "[state]\nurl = \"{url}\"\n[keys]\nkek = \"aws-kms:{key}\"\nkms_region = \"us-east-1\"\nkms_endpoint = \"{endpoint}\"\n\
+             [lake]\nurl = \"s3://{bucket}/{prefix}/\"\n[lake.storage_options]\nAWS_ENDPOINT_URL = \"{endpoint}\"\nAWS_REGION = \"us-east-1\"\nAWS_ALLOW_HTTP = \"true\"\n"
+        )
     };
     std::fs::write(dir.join("warden.toml"), config(&key)).unwrap();
     let aws = [
@@ -612,9 +620,7 @@ async fn canary_values_appear_nowhere() {
     .success());
 
     let mut files = vec![dir.join("stdout.txt"), dir.join("stderr.txt"), export];
-    for e in std::fs::read_dir(dir.join("warden-data")).unwrap() {
-        files.push(e.unwrap().path());
-    }
+    files.extend(files_under(&dir.join("warden-data")));
     let mut scanned = 0;
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
@@ -804,4 +810,21 @@ async fn key_rotation_is_complete_and_resumable() {
         ],
     );
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

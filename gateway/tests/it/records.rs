@@ -29,8 +29,8 @@ mod kafka_mongo {
     }
 }
 
-/// A gateway on the embedded plane, or on Kafka + MongoDB (topics, groups and database of
-/// its own).
+/// A gateway on the embedded plane, or on Kafka + MongoDB + a lake on S3 (topics, groups,
+/// database and prefix of its own).
 async fn plane(backend: Backend, remote: bool) -> Gateway {
     let g = gateway_with(backend, |c| {
         if remote {
@@ -42,6 +42,10 @@ async fn plane(backend: Backend, remote: bool) -> Gateway {
                 .producer
                 .insert("batch.num.messages".into(), "1".into());
             c.documents.url = format!("{}/t{id}", crate::support::mongodb_url());
+            let bucket = std::env::var("WARDEN_TEST_S3_BUCKET")
+                .expect("WARDEN_TEST_S3_BUCKET is not set: run the tests with scripts/test.sh");
+            c.lake.url = Some(format!("s3://{bucket}/t{id}/"));
+            c.lake.storage_options = crate::support::s3_options();
         }
     })
     .await;
@@ -128,11 +132,45 @@ async fn loaded(g: &Gateway, n: u64) {
     }
 }
 
+/// Waits until the lake loader has appended `n` payments.
+async fn lake_loaded(g: &Gateway, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = g
+            .state
+            .loaders
+            .stats("payments", "lake")
+            .map_or(0, |s| s.stored.load(std::sync::atomic::Ordering::Relaxed));
+        if stored >= n {
+            assert_eq!(stored, n, "each record once");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {stored} of {n} rows in the lake"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn query(g: &Gateway, token: &str, sql: &str) -> Reply {
+    send(
+        g,
+        Method::POST,
+        "/v1/query",
+        token,
+        Some("fraud_detection"),
+        "application/json",
+        json!({"sql": sql}).to_string(),
+    )
+    .await
+}
+
 fn start_loaders(g: &Gateway) {
     let s = &g.state;
     s.loaders.start(
         s.stream.clone(),
-        s.documents.clone(),
+        s.sinks(),
         s.datasets.clone(),
         s.config.streams.topic_prefix.clone(),
         s.stage_graph.clone(),
@@ -193,6 +231,7 @@ async fn ingest_then_read_masked(g: Gateway) {
         json!([{"index": 2, "field": null, "reason": "not a JSON object"}])
     );
     loaded(&g, 30).await;
+    lake_loaded(&g, 30).await;
 
     // An analyst: card numbers as the last four, personal data masked.
     let (_, analyst) = g
@@ -284,6 +323,48 @@ async fn ingest_then_read_masked(g: Gateway) {
     assert!(recs.iter().all(|x| x["email"] == "u-2@example.com"));
     let r = read(&g, &subject, "?subject=u-1").await;
     assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+
+    // SQL over the lake: masked views of what the role may read.
+    let r = query(
+        &g,
+        &analyst,
+        "SELECT card_number, email, amount, country FROM payments ORDER BY amount LIMIT 3",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(
+        r.json["rows"][0],
+        json!({"card_number": "****1111", "email": "****", "amount": 0.0, "country": "DE"})
+    );
+    let r = query(
+        &g,
+        &analyst,
+        "SELECT count(*) AS n, sum(amount) AS total FROM payments",
+    )
+    .await;
+    assert_eq!(r.json["rows"][0]["n"], 30, "{r:?}");
+    let r = query(&g, &analyst, "SELECT email__bidx FROM payments").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    let r = query(&g, &analyst, "SELECT * FROM t").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    for sql in [
+        "CREATE TABLE x AS SELECT 1",
+        "COPY payments TO '/tmp/warden-x.csv'",
+        "SET datafusion.execution.batch_size = 1",
+        "INSERT INTO payments SELECT * FROM payments",
+    ] {
+        let r = query(&g, &analyst, sql).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let r = query(&g, &subject, "SELECT count(*) AS n FROM payments").await;
+    assert_eq!(
+        r.json["rows"][0]["n"], 10,
+        "a subject's view holds its own rows: {r:?}"
+    );
+    let r = query(&g, &stage, "SELECT 1").await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    let body = String::from_utf8_lossy(&r.bytes);
+    assert!(!body.contains("4111111111111111"));
 
     // Purpose limitation and the read's audit event.
     let r = send(

@@ -61,6 +61,22 @@ pub(crate) fn mongodb_url() -> String {
         .expect("WARDEN_TEST_MONGODB_URL is not set: run the tests with scripts/test.sh")
 }
 
+/// Object-store options for the S3 endpoint (moto) of `scripts/dev-services.sh`.
+pub(crate) fn s3_options() -> std::collections::BTreeMap<String, String> {
+    let endpoint = std::env::var("WARDEN_TEST_AWS_ENDPOINT")
+        .expect("WARDEN_TEST_AWS_ENDPOINT is not set: run the tests with scripts/test.sh");
+    [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 pub(crate) fn test_config(dir: &std::path::Path, state_url: &str) -> Config {
     let mut c = Config::load(None, &HashMap::new()).unwrap();
     c.data_dir = dir.to_path_buf();

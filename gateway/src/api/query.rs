@@ -1,0 +1,192 @@
+//! `POST /v1/query`: SQL (DataFusion) over the lake, limited to what the principal may read.
+//!
+//! Each dataset the principal may read (`datasets:<name> read`) whose contract allows the
+//! stated purpose is registered under its name as a *view*: card-number tokens masked to the
+//! last four, personal data (`pii.direct`) masked, blind indexes left out; a data subject's
+//! views hold its own rows only. The tables themselves are never registered, so no SQL reaches
+//! them; DDL, DML and statements are refused.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::{Extension, Json};
+use deltalake::arrow::array::RecordBatch;
+use deltalake::datafusion::execution::context::SQLOptions;
+use deltalake::datafusion::prelude::SessionContext;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use warden_policy::contract::{Contract, DataClass};
+use warden_policy::protect::BLIND_INDEX_SUFFIX;
+use warden_sdk::{ErrorCode, PrincipalKind};
+
+use super::data::{purpose, stated_purpose};
+use super::noted;
+use crate::auth::Principal;
+use crate::error::{ApiError, Error};
+use crate::extract::ApiJson;
+use crate::middleware::AuditNote;
+use crate::state::AppState;
+
+/// Longest accepted SQL text.
+pub const MAX_SQL: usize = 16 * 1024;
+/// Most rows one query returns.
+pub const MAX_ROWS: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub sql: String,
+    /// Rows to return at most (default 1000, at most 10 000).
+    pub limit: Option<usize>,
+}
+
+/// The masked projection of a dataset's table.
+fn view_sql(contract: &Contract, subject_ref: Option<&str>) -> String {
+    let mut cols = vec![
+        "\"subject_ref\"".to_owned(),
+        "\"contract_version\"".to_owned(),
+    ];
+    for c in warden_pipeline::lake::columns(contract) {
+        let name = &c.name;
+        if name.ends_with(BLIND_INDEX_SUFFIX) {
+            continue;
+        }
+        cols.push(match c.class {
+            DataClass::PciPan => format!(
+                "CASE WHEN \"{name}\" IS NULL THEN NULL ELSE concat('****', right(\"{name}\", 4)) END AS \"{name}\""
+            ),
+            DataClass::PiiDirect => {
+                format!("CASE WHEN \"{name}\" IS NULL THEN NULL ELSE '****' END AS \"{name}\"")
+            }
+            _ => format!("\"{name}\""),
+        });
+    }
+    let filter = subject_ref
+        .map(|s| format!(" WHERE \"subject_ref\" = '{s}'"))
+        .unwrap_or_default();
+    format!("SELECT {} FROM t{filter}", cols.join(", "))
+}
+
+fn datafusion_err(e: impl std::fmt::Display) -> ApiError {
+    // The planner's message names tables, columns and syntax — the client's own query.
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect::<String>();
+    ApiError::invalid(format!("sql: {first}"))
+}
+
+/// `POST /v1/query`.
+pub async fn query(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<QueryRequest>,
+) -> Response {
+    let mut note = AuditNote {
+        durable: true,
+        purpose: stated_purpose(&headers, &principal),
+        ..AuditNote::default()
+    }
+    // The query's fingerprint, not its text: literals may hold anything.
+    .detail(
+        "sql_sha256",
+        hex::encode(Sha256::digest(body.sql.as_bytes())),
+    );
+    let result = async {
+        let purpose = purpose(&headers, &principal)?;
+        if body.sql.trim().is_empty() || body.sql.len() > MAX_SQL {
+            return Err(ApiError::invalid(format!("sql: 1 to {MAX_SQL} bytes")));
+        }
+        let limit = body.limit.unwrap_or(1000);
+        if !(1..=MAX_ROWS).contains(&limit) {
+            return Err(ApiError::invalid(format!("limit: 1 to {MAX_ROWS}")));
+        }
+        let own = if principal.kind == PrincipalKind::Subject {
+            Some(super::records::own_subject_ref(&app, &principal).await?)
+        } else {
+            None
+        };
+        let ctx = SessionContext::new();
+        let mut visible = Vec::new();
+        for contract in app.datasets.all() {
+            let allowed = app
+                .authz
+                .allows(
+                    &principal.roles,
+                    &format!("datasets:{}", contract.name),
+                    "read",
+                )
+                .map_err(Error::from)?;
+            if !allowed || !contract.allows_purpose(&purpose) {
+                continue;
+            }
+            let provider = app
+                .lake
+                .provider(&contract)
+                .await
+                .map_err(|e| ApiError::from(Error::from(e)))?;
+            // The table is known to an inner context only; the outer one sees the view.
+            let inner = SessionContext::new();
+            inner
+                .register_table("t", provider)
+                .map_err(datafusion_err)?;
+            let view = inner
+                .sql(&view_sql(&contract, own.as_deref()))
+                .await
+                .map_err(datafusion_err)?
+                .into_view();
+            ctx.register_table(contract.name.as_str(), view)
+                .map_err(datafusion_err)?;
+            visible.push(contract.name.clone());
+        }
+        if visible.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "no dataset is readable by this principal for this purpose",
+            ));
+        }
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = ctx
+            .sql_with_options(&body.sql, options)
+            .await
+            .map_err(datafusion_err)?
+            .limit(0, Some(limit))
+            .map_err(datafusion_err)?;
+        let batches: Vec<RecordBatch> = df.collect().await.map_err(datafusion_err)?;
+        let rows = to_json_rows(&batches)?;
+        Ok((visible, rows))
+    }
+    .await;
+    let result = result.map(|(visible, rows)| {
+        note = std::mem::take(&mut note)
+            .detail("datasets", visible.clone())
+            .detail("rows", rows.len());
+        Json(json!({ "rows": rows }))
+    });
+    noted(note, result)
+}
+
+fn to_json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>, ApiError> {
+    let mut writer = deltalake::arrow::json::ArrayWriter::new(Vec::new());
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    writer
+        .write_batches(&refs)
+        .map_err(|e| ApiError::from(Error::Invalid(format!("result encoding: {e}"))))?;
+    writer
+        .finish()
+        .map_err(|e| ApiError::from(Error::Invalid(format!("result encoding: {e}"))))?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).map_err(|_| ApiError::internal())
+}
