@@ -270,12 +270,9 @@ impl Lake {
         if table.version().is_some() {
             return Ok(table);
         }
-        // Statistics only for columns that hold nothing personal.
-        let mut stats: Vec<String> = vec![
-            SUBJECT_REF.into(),
-            SUBJECT_BUCKET.into(),
-            CONTRACT_VERSION.into(),
-        ];
+        // Statistics only for columns that hold nothing personal (partition columns have
+        // none).
+        let mut stats: Vec<String> = vec![SUBJECT_REF.into(), CONTRACT_VERSION.into()];
         stats.extend(
             columns(contract)
                 .into_iter()

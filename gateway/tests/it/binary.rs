@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden");
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     dir: PathBuf,
 }
 
@@ -24,7 +24,7 @@ fn free_port() -> u16 {
 }
 
 impl Server {
-    async fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut cmd = Command::new(BIN);
         cmd.current_dir(dir)
@@ -55,12 +55,12 @@ impl Server {
         );
     }
 
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.join("stdout.txt")).unwrap()
     }
 
     /// SIGTERM, then waits for a clean exit.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -74,6 +74,70 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("warden did not stop on SIGTERM");
+    }
+}
+
+impl Server {
+    /// Waits (up to `wait`) for the process to end by itself; its exit status.
+    pub(crate) fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub(crate) fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.txt")).unwrap_or_default()
+    }
+
+    /// Signs in as the admin (password, then the TOTP code from the first start's
+    /// enrolment URI), creates service accounts with the given roles and returns a token for
+    /// each. For a server started with `WARDEN_ADMIN_PASSWORD=admin_password`.
+    pub(crate) async fn service_tokens(
+        &self,
+        admin_password: &str,
+        accounts: &[(&str, &[&str])],
+    ) -> Vec<String> {
+        let base = &self.base;
+        let seed = crate::support::seed_from_uri(
+            self.stdout()
+                .lines()
+                .find_map(|l| l.split("authenticator app): ").nth(1))
+                .unwrap(),
+        );
+        let (_, body) = post(
+            base,
+            "/v1/auth/token",
+            None,
+            json!({"grant_type": "password", "username": "admin", "password": admin_password}),
+        )
+        .await;
+        let token = body["access_token"].as_str().unwrap().to_owned();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let code = warden_gateway::auth::totp::code_at(&seed, now).unwrap();
+        let (_, body) = post(base, "/v1/auth/mfa", Some(&token), json!({"code": code})).await;
+        let admin = body["access_token"].as_str().unwrap().to_owned();
+        let mut tokens = Vec::new();
+        for (name, roles) in accounts {
+            let (status, svc) = post(
+                base,
+                "/v1/service-accounts",
+                Some(&admin),
+                json!({"name": name, "roles": roles}),
+            )
+            .await;
+            assert_eq!(status, 201, "{svc}");
+            let (_, body) = post(base, "/v1/auth/token", None, json!({"grant_type": "client_credentials", "client_id": name, "client_secret": svc["client_secret"]})).await;
+            tokens.push(body["access_token"].as_str().unwrap().to_owned());
+        }
+        tokens
     }
 }
 
@@ -100,7 +164,7 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+pub(crate) async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
     let mut req = reqwest::Client::new()
         .post(format!("{base}{path}"))
         .json(&body);
@@ -530,38 +594,10 @@ async fn canary_values_appear_nowhere() {
     )
     .await;
     let base = server.base.clone();
-    let seed = crate::support::seed_from_uri(
-        server
-            .stdout()
-            .lines()
-            .find_map(|l| l.split("authenticator app): ").nth(1))
-            .unwrap(),
-    );
-    let (_, body) = post(
-        &base,
-        "/v1/auth/token",
-        None,
-        json!({"grant_type": "password", "username": "admin", "password": "canary admin pass"}),
-    )
-    .await;
-    let token = body["access_token"].as_str().unwrap().to_owned();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let code = warden_gateway::auth::totp::code_at(&seed, now).unwrap();
-    let (_, body) = post(&base, "/v1/auth/mfa", Some(&token), json!({"code": code})).await;
-    let admin = body["access_token"].as_str().unwrap().to_owned();
-    let (status, svc) = post(
-        &base,
-        "/v1/service-accounts",
-        Some(&admin),
-        json!({"name": "canary-stage", "roles": ["stage"]}),
-    )
-    .await;
-    assert_eq!(status, 201, "{svc}");
-    let (_, body) = post(&base, "/v1/auth/token", None, json!({"grant_type": "client_credentials", "client_id": "canary-stage", "client_secret": svc["client_secret"]})).await;
-    let stage = body["access_token"].as_str().unwrap().to_owned();
+    let stage = server
+        .service_tokens("canary admin pass", &[("canary-stage", &["stage"])])
+        .await
+        .remove(0);
 
     let records = json!([
         {"transaction_id": "c-1", "user_id": SUBJECT, "card_number": PAN_SPACED, "email": EMAIL, "ip": IP, "amount": 1, "created_at": 1},
@@ -813,7 +849,7 @@ async fn key_rotation_is_complete_and_resumable() {
 }
 
 /// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {

@@ -9,6 +9,7 @@ mod audit_api;
 mod bad_input;
 mod binary;
 mod data;
+mod e2e;
 mod matrix;
 mod mfa;
 mod oidc;
