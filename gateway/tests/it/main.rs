@@ -8,6 +8,7 @@ mod admin;
 mod audit_api;
 mod bad_input;
 mod binary;
+mod broker_restart;
 mod data;
 mod e2e;
 mod matrix;

@@ -1,0 +1,161 @@
+//! A broker restart mid-stream loses nothing acknowledged: a tansu broker of the test's own,
+//! storing its log in S3 (moto), is killed and started again between two ingests.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use warden_sdk::PrincipalKind;
+
+use crate::support::{gateway_with, Backend};
+
+struct Broker {
+    child: Child,
+}
+
+impl Broker {
+    fn start(port: u16, bucket: &str) -> Self {
+        let tansu = std::env::var("WARDEN_TEST_TANSU")
+            .expect("WARDEN_TEST_TANSU is not set: run the tests with scripts/test.sh");
+        let endpoint = std::env::var("WARDEN_TEST_AWS_ENDPOINT")
+            .expect("WARDEN_TEST_AWS_ENDPOINT is not set: run the tests with scripts/test.sh");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", &format!("s3://{bucket}/")])
+            .envs([
+                ("AWS_ENDPOINT", endpoint.as_str()),
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+                ("AWS_DEFAULT_REGION", "us-east-1"),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ALLOW_HTTP", "true"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child }
+    }
+
+    /// SIGKILL: no chance to flush anything it had not made durable.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn create_bucket(bucket: &str) {
+    let endpoint = std::env::var("WARDEN_TEST_AWS_ENDPOINT").unwrap();
+    let status = Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            "test:test",
+            "-X",
+            "PUT",
+        ])
+        .arg(format!("{endpoint}/{bucket}"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot create bucket {bucket}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_nothing_acknowledged() {
+    let bucket = format!("tansu-{}", uuid::Uuid::new_v4().simple());
+    create_bucket(&bucket);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let broker = Broker::start(port, &bucket);
+    let g = gateway_with(Backend::Sqlite, |c| {
+        c.streams.url = format!("kafka://127.0.0.1:{port}");
+        c.streams
+            .producer
+            .insert("batch.num.messages".into(), "1".into());
+    })
+    .await;
+    let s = &g.state;
+    s.loaders.start(
+        s.stream.clone(),
+        s.sinks(),
+        s.datasets.clone(),
+        String::new(),
+        s.stage_graph.clone(),
+    );
+    let (_, stage) = g
+        .principal_token(PrincipalKind::Service, &["stage"], false)
+        .await;
+    let tx = |i: usize| {
+        json!({"transaction_id": format!("r-{i}"), "user_id": format!("u-{}", i % 9),
+        "card_number": "4111111111111111", "amount": i, "created_at": "2026-11-24T10:00:00Z"})
+    };
+    let ingest = |range: std::ops::Range<usize>| {
+        let body = serde_json::Value::Array(range.map(tx).collect());
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/v1/datasets/payments/records")
+            .header("authorization", format!("Bearer {stage}"))
+            .header("content-type", "application/json")
+            .header("x-purpose", "fraud_detection")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        g.send(req)
+    };
+    let r = ingest(0..150).await;
+    assert_eq!(r.status, 202, "{r:?}");
+
+    // Killed mid-stream (the loaders are reading), started again on the same storage.
+    broker.kill();
+    let broker = Broker::start(port, &bucket);
+    let r = ingest(150..300).await;
+    assert_eq!(r.status, 202, "{r:?}");
+
+    let spec = warden_pipeline::loader::collection_spec(&s.datasets.get("payments").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let docs = s.documents.count(&spec, None).await.unwrap();
+        let lake = s
+            .loaders
+            .stats("payments", "lake")
+            .map_or(0, |l| l.stored.load(std::sync::atomic::Ordering::Relaxed));
+        if docs == 300 && lake == 300 {
+            break;
+        }
+        assert!(
+            docs <= 300 && lake <= 300,
+            "duplicates: {docs} documents, {lake} lake rows"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "after the restart: {docs} documents, {lake} lake rows of 300"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(broker);
+}
