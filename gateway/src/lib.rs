@@ -95,6 +95,14 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/detokenize", post(api::data::detokenize))
         .route("/v1/query", post(api::query::query))
+        .route(
+            "/v1/datasets/{name}/subscriptions/{group}/poll",
+            post(api::subscriptions::poll),
+        )
+        .route(
+            "/v1/datasets/{name}/subscriptions/{group}/commit",
+            post(api::subscriptions::commit),
+        )
         // Inside the enforcing layer too, so a handler's panic or timeout is audited as an
         // error like any other outcome (the outer copies guard the layers above).
         .route_layer(CatchPanicLayer::new())

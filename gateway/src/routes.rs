@@ -111,6 +111,20 @@ pub const ROUTES: &[RouteSpec] = &[
         false,
     ),
     guarded("POST", "/v1/detokenize", "pan", "reveal", true),
+    guarded(
+        "POST",
+        "/v1/datasets/{name}/subscriptions/{group}/poll",
+        "datasets:{name}",
+        "subscribe",
+        false,
+    ),
+    guarded(
+        "POST",
+        "/v1/datasets/{name}/subscriptions/{group}/commit",
+        "datasets:{name}",
+        "subscribe",
+        false,
+    ),
     // Per dataset, the handler registers only what `datasets:<name> read` allows.
     guarded("POST", "/v1/query", "query", "run", false),
 ];

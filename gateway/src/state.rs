@@ -74,6 +74,8 @@ pub struct Inner {
     pub loaders: Arc<crate::pipeline::Loaders>,
     /// Built-in stages per dataset (validated at start).
     pub stage_graph: HashMap<String, Vec<warden_pipeline::stages::StageKind>>,
+    /// Subscriptions of external stages.
+    pub subscriptions: crate::api::subscriptions::Subscriptions,
     /// Topics this process has made sure exist.
     pub topics: crate::api::records::Topics,
     /// The state database, then the audit database if it is another one.
@@ -355,6 +357,7 @@ pub async fn start(
         lake,
         loaders: Arc::default(),
         topics: crate::api::records::Topics::default(),
+        subscriptions: crate::api::subscriptions::Subscriptions::default(),
         stage_graph,
         dbs,
     }));
@@ -377,6 +380,14 @@ impl AppState {
             info!(version, rules = rules.len(), "policy reloaded");
         }
         Ok(())
+    }
+
+    /// Makes sure a topic exists (once per process).
+    ///
+    /// # Errors
+    /// The stream cannot create it.
+    pub async fn topics_ensure(&self, topic: &str) -> crate::error::Result<()> {
+        self.topics.ensure(self, topic).await
     }
 
     /// The sinks the loaders write into.

@@ -92,6 +92,15 @@ fn pii_aad(dataset: &str, field: &str, subject_ref: &str) -> Vec<u8> {
     format!("warden:pii:{dataset}:{field}:{subject_ref}").into_bytes()
 }
 
+/// Whether `s` is a subject pseudonym: `sr_` and 32 lowercase hex digits.
+pub fn is_subject_ref(s: &str) -> bool {
+    s.len() == 35
+        && s.starts_with("sr_")
+        && s[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Truncates an address: /24 for IPv4, /48 for IPv6.
 pub fn truncate_ip(ip: IpAddr) -> IpAddr {
     match ip {
@@ -157,6 +166,11 @@ impl Protector {
             .await?;
         ids.iter()
             .map(|id| {
+                // A pseudonym already (a stage writing derived records): kept, so the
+                // subject stays one subject across datasets (and erasure finds it).
+                if is_subject_ref(id) {
+                    return Ok((*id).to_owned());
+                }
                 Ok(format!(
                     "sr_{}",
                     hex::encode(&hmac(key.expose(), &[b"warden:subject:", id.as_bytes()])?[..16])

@@ -354,3 +354,114 @@ pub struct VerifyReport {
     /// Why it does not verify.
     pub reason: Option<String>,
 }
+
+/// `POST /v1/datasets/{name}/subscriptions/{group}/poll`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    /// Records to return at most (1 to 1000; default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<usize>,
+    /// How long to wait for a first record, in milliseconds (at most 10 000; default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// A protected record read from a dataset's stream (card numbers as tokens, personal data as
+/// ciphertext, the subject as its pseudonym).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub subject_ref: String,
+    pub contract_version: u32,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Answer to a poll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollResponse {
+    pub records: Vec<StreamRecord>,
+}
+
+/// A position to commit: the next offset to read in a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextOffset {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// `POST /v1/datasets/{name}/subscriptions/{group}/commit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    pub offsets: Vec<NextOffset>,
+}
+
+impl CommitRequest {
+    /// The positions after `records` (per partition, the highest offset plus one).
+    pub fn after(records: &[StreamRecord]) -> Self {
+        let mut next: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+        for r in records {
+            let e = next.entry(r.partition).or_insert(r.offset + 1);
+            *e = (*e).max(r.offset + 1);
+        }
+        Self {
+            offsets: next
+                .into_iter()
+                .map(|(partition, offset)| NextOffset { partition, offset })
+                .collect(),
+        }
+    }
+}
+
+/// A refused record of an ingest: which, which field, why — never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordRejection {
+    pub index: usize,
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+/// Where an accepted record was published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedRecord {
+    pub index: usize,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// `202` answer to an ingest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestResponse {
+    pub topic: String,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub positions: Vec<PublishedRecord>,
+    pub rejections: Vec<RecordRejection>,
+}
+
+/// `200` answer to a read of records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadResponse {
+    pub records: Vec<serde_json::Map<String, serde_json::Value>>,
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/query`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub sql: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// `200` answer to a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryResponse {
+    pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[cfg(feature = "client")]
+pub mod client;

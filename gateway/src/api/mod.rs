@@ -7,6 +7,7 @@ pub mod data;
 pub mod ops;
 pub mod query;
 pub mod records;
+pub mod subscriptions;
 
 use axum::response::{IntoResponse, Response};
 use axum::Extension;

@@ -40,7 +40,7 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub struct Topics(Mutex<HashSet<String>>);
 
 impl Topics {
-    async fn ensure(&self, app: &AppState, topic: &str) -> Result<(), Error> {
+    pub(crate) async fn ensure(&self, app: &AppState, topic: &str) -> Result<(), Error> {
         let known = self
             .0
             .lock()
@@ -298,14 +298,6 @@ pub struct ReadResponse {
     pub next_cursor: Option<String>,
 }
 
-fn is_subject_ref(s: &str) -> bool {
-    s.len() == 35
-        && s.starts_with("sr_")
-        && s[3..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 fn parse_time(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
     let Some(v) = v else { return Ok(None) };
     let parsed = match v.parse::<i64>() {
@@ -386,7 +378,6 @@ pub async fn read(
             Some(s) if s.is_empty() || s.len() > 256 => {
                 return Err(ApiError::invalid("subject: 1 to 256 bytes"))
             }
-            Some(s) if is_subject_ref(s) => Some(s.to_owned()),
             Some(s) => Some(
                 app.protector
                     .subject_refs(&[s])

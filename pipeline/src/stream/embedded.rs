@@ -11,7 +11,7 @@ use sqlx::{Any, Row};
 use tokio::sync::{Mutex, Notify};
 use warden_audit::Db;
 
-use super::{next_offsets, partition_of, Message, OutRecord, Position, Stream, Subscription};
+use super::{partition_of, Message, OutRecord, Position, Stream, Subscription};
 use crate::{Error, Result};
 
 /// Rows per multi-row INSERT (seven parameters each).
@@ -286,13 +286,12 @@ impl Subscription for EmbeddedSubscription {
         }
     }
 
-    async fn commit(&mut self, messages: &[Message]) -> Result<()> {
-        let next = next_offsets(messages);
+    async fn commit_offsets(&mut self, next: &[(i32, i64)]) -> Result<()> {
         if next.is_empty() {
             return Ok(());
         }
         let mut tx = self.stream.db.pool().begin().await?;
-        for (p, pos) in next {
+        for &(p, pos) in next {
             sqlx::query::<Any>(
                 "INSERT INTO stream_offsets (grp, topic, part, next_pos) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (grp, topic, part) DO UPDATE SET next_pos = excluded.next_pos",

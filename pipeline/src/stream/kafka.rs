@@ -17,7 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
-use super::{next_offsets, Message, OutRecord, Position, Stream, Subscription};
+use super::{Message, OutRecord, Position, Stream, Subscription};
 use crate::{Error, Result};
 
 /// How long a publish may wait for the broker before it fails.
@@ -255,13 +255,12 @@ impl Subscription for KafkaSubscription {
         Ok(out)
     }
 
-    async fn commit(&mut self, messages: &[Message]) -> Result<()> {
-        let next = next_offsets(messages);
+    async fn commit_offsets(&mut self, next: &[(i32, i64)]) -> Result<()> {
         if next.is_empty() {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
-        for (p, offset) in next {
+        for &(p, offset) in next {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(offset))
                 .map_err(|e| kafka_err("commit", &e))?;
         }

@@ -81,7 +81,11 @@ pub trait Subscription: Send + std::fmt::Debug {
     /// Up to `max` records, waiting at most `wait` for the first one; empty when none came.
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>>;
     /// Commits the positions after `messages` (the highest offset per partition, plus one).
-    async fn commit(&mut self, messages: &[Message]) -> Result<()>;
+    async fn commit(&mut self, messages: &[Message]) -> Result<()> {
+        self.commit_offsets(&next_offsets(messages)).await
+    }
+    /// Commits, per partition, the next offset to read.
+    async fn commit_offsets(&mut self, next: &[(i32, i64)]) -> Result<()>;
 }
 
 /// The next offset to consume per partition after `messages`.
