@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prints Warden's benchmark figures (release build): authorization decisions/s, durable
 # audit appends/s on SQLite and PostgreSQL, audit verification events/s, PAN
-# tokenizations/s on SQLite and PostgreSQL.
+# tokenizations/s on SQLite and PostgreSQL, and the data plane end to end (HTTP → Kafka →
+# stages → Delta) beside a bare rdkafka producer into the same broker. The release build of
+# the data plane (DataFusion, Delta) takes about an hour cold on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/warden/target}"
@@ -12,3 +14,4 @@ eval "$(scripts/dev-services.sh)"
 trap 'scripts/dev-services.sh --stop' EXIT
 cargo bench --locked -p warden-gateway --bench foundation
 cargo bench --locked -p warden-policy --bench protection
+cargo bench --locked -p warden-gateway --bench pipeline

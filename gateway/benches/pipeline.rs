@@ -1,0 +1,253 @@
+//! The data plane's throughput (figures, not assertions), in one run against one broker:
+//!
+//! 1. a bare rdkafka producer (no gateway) sending the same number of keyed JSON records of
+//!    the same size into the broker: the raw rate;
+//! 2. end to end: HTTP ingest → contract check and protection (tokens, encryption,
+//!    pseudonyms) → Kafka → the lake loader (stages) → Delta, timed from the first request
+//!    to the last row committed in the lake.
+//!
+//! Run with `scripts/bench.sh` (it starts the broker and sets `WARDEN_TEST_KAFKA`).
+//! `WARDEN_BENCH_RECORDS` sets the record count (default 100 000).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use serde_json::{json, Value};
+use warden_gateway::store::PrincipalRecord;
+use warden_pipeline::stream::Stream as _;
+use warden_sdk::PrincipalKind;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+fn brokers() -> String {
+    std::env::var("WARDEN_TEST_KAFKA")
+        .expect("WARDEN_TEST_KAFKA is not set: run scripts/bench.sh (it starts the broker)")
+}
+
+fn records() -> usize {
+    std::env::var("WARDEN_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+fn luhn_pan(n: u64) -> String {
+    let body = format!("5{:014}", n % 100_000_000_000_000);
+    let sum: u32 = body
+        .chars()
+        .rev()
+        .enumerate()
+        .map(|(i, c)| {
+            let d = c.to_digit(10).unwrap();
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    format!("{body}{}", (10 - sum % 10) % 10)
+}
+
+fn transaction(i: usize) -> Value {
+    let user = i % 5000;
+    json!({"transaction_id": format!("bench-{i:08}"), "user_id": format!("customer-{user}"),
+           "card_number": luhn_pan(user as u64 * 7919), "email": format!("person.{user}@bench.example.org"),
+           "ip": format!("198.51.{}.{}", user % 200, i % 250), "amount": (i % 1000) as f64 / 4.0,
+           "country": "DE", "created_at": "2026-11-24T10:00:00Z"})
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+async fn raw_producer(n: usize, topic: &str, payload_len: usize) -> f64 {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()
+        .unwrap();
+    let payload = vec![b'x'; payload_len];
+    let start = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("sr_{:032x}", i % 5000))
+            .collect();
+        let sends = keys.iter().map(|k| {
+            producer.send(
+                FutureRecord::to(topic).key(k).payload(&payload),
+                Timeout::After(Duration::from_secs(30)),
+            )
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e).unwrap();
+        }
+    }
+    producer
+        .flush(Timeout::After(Duration::from_secs(30)))
+        .unwrap();
+    rate(n, start.elapsed())
+}
+
+async fn run() {
+    let n = records();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = tempfile::tempdir().unwrap();
+
+    // The gateway: embedded state, Kafka, the lake on local disk, loaders on.
+    let mut config = warden_gateway::config::Config::load(None, &HashMap::new()).unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    config.datasets_dir =
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/datasets"));
+    config.limits.rate_per_second = 1_000_000;
+    config.limits.rate_burst = 1_000_000;
+    config.limits.max_ingest_bytes = 64 * 1024 * 1024;
+    config.streams.url = format!("kafka://{}", brokers());
+    config.streams.topic_prefix = format!("bench{id}.");
+    config
+        .pipeline
+        .stages
+        .insert("payments".into(), vec!["normalize".into(), "dedupe".into()]);
+    let env = HashMap::from([(
+        "WARDEN_ADMIN_PASSWORD".to_owned(),
+        "bench admin pass".to_owned(),
+    )]);
+    let (state, _) =
+        warden_gateway::state::start(config, &env, Arc::new(warden_policy::SystemClock))
+            .await
+            .unwrap();
+    let principal = PrincipalRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: PrincipalKind::Service,
+        name: "bench-stage".into(),
+        secret_hash: "unused".into(),
+        roles: vec!["stage".into()],
+        disabled: false,
+        failed_logins: 0,
+        locked_until: 0,
+        must_change_password: false,
+        created_at: 0,
+    };
+    state.store.create_principal(&principal).await.unwrap();
+    let token = state
+        .tokens
+        .issue(
+            &principal.id,
+            PrincipalKind::Service,
+            &principal.roles,
+            &["client_secret"],
+            None,
+        )
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(warden_gateway::serve(state.clone(), listener, async {
+        stopped.await.ok();
+    }));
+
+    // The batches, encoded before the clock starts.
+    let batch = 5000;
+    let bodies: Vec<String> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(|c| Value::Array(c.iter().map(|i| transaction(*i)).collect()).to_string())
+        .collect();
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut next = bodies.into_iter();
+    let post = |body: String| {
+        let req = client
+            .post(format!("{base}/v1/datasets/payments/records"))
+            .bearer_auth(&token)
+            .header("x-purpose", "fraud_detection")
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+        }
+    };
+    for _ in 0..4 {
+        if let Some(b) = next.next() {
+            in_flight.push(post(b));
+        }
+    }
+    use futures::StreamExt;
+    while in_flight.next().await.is_some() {
+        if let Some(b) = next.next() {
+            in_flight.push(post(b));
+        }
+    }
+    let accepted = start.elapsed();
+    loop {
+        let stored = state
+            .loaders
+            .stats("payments", "lake")
+            .map_or(0, |s| s.stored.load(Ordering::Relaxed));
+        if stored >= n as u64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1800),
+            "the lake holds {stored} of {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let end_to_end = start.elapsed();
+    stop.send(()).ok();
+    server.await.unwrap().unwrap();
+
+    // The same number of records, the same size, straight into the broker.
+    let email = format!("enc:v1:{}", "A".repeat(64));
+    let sample = warden_pipeline::StreamedRecord {
+        dataset: "payments".into(),
+        subject_ref: format!("sr_{:032x}", 1),
+        contract_version: 1,
+        fields: serde_json::from_value(json!({"transaction_id": "bench-00000001", "user_id": "sr_00000000000000000000000000000001",
+            "card_number": "tok_abcdefghijklmnop1234", "email": email,
+            "email__bidx": "b".repeat(64), "ip": "198.51.1.0", "amount": 1.25, "country": "DE",
+            "created_at": "2026-11-24T10:00:00Z"})).unwrap(),
+    };
+    let payload_len = serde_json::to_vec(&sample).unwrap().len();
+    let raw_topic = format!("bench{id}.raw");
+    warden_pipeline::stream::kafka::KafkaStream::new(&brokers(), 1)
+        .unwrap()
+        .ensure_topic(&raw_topic, warden_pipeline::DEFAULT_PARTITIONS)
+        .await
+        .unwrap();
+    let raw = raw_producer(n, &raw_topic, payload_len).await;
+
+    let e2e = rate(n, end_to_end);
+    println!("pipeline: {n} records of ~{payload_len} bytes on the stream");
+    println!(
+        "  accepted over HTTP (protected, published): {:>9.0} records/s",
+        rate(n, accepted)
+    );
+    println!("  end to end (HTTP → Kafka → stages → Delta): {e2e:>9.0} records/s");
+    println!("  bare rdkafka producer into the same broker:  {raw:>9.0} records/s");
+    println!("  end to end / raw: {:.2}", e2e / raw);
+}
