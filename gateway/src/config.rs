@@ -274,6 +274,21 @@ pub struct LakeConfig {
     /// Object-store options (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...); credentials are better
     /// left to the AWS environment.
     pub storage_options: std::collections::BTreeMap<String, String>,
+    /// Aggregate tables materialized from SQL over the datasets' masked views.
+    pub aggregates: Vec<AggregateConfig>,
+}
+
+/// An aggregate table: `warden materialize` (and, with `every`, the server on a schedule)
+/// runs `sql` over the datasets' masked views and replaces the table `agg_<name>` with the
+/// result.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    pub name: String,
+    pub sql: String,
+    /// Materialize this often while serving (none: only by `warden materialize`).
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
 }
 
 /// The data plane run by this process.
@@ -414,6 +429,20 @@ impl Config {
             bail!("streams.partitions must be 1 to 1024 and streams.replication 1 to 16");
         }
         self.pipeline.stage_graph()?;
+        for a in &self.lake.aggregates {
+            if !warden_policy::contract::valid_name(&a.name) {
+                bail!(
+                    "lake.aggregates: name {:?}: 1 to 64 of a-z, 0-9 and _",
+                    a.name
+                );
+            }
+            if a.sql.trim().is_empty() || a.every.is_some_and(|e| e < Duration::from_secs(1)) {
+                bail!(
+                    "lake.aggregates.{}: sql must be set and every at least 1s",
+                    a.name
+                );
+            }
+        }
         let prefix = &self.streams.topic_prefix;
         if prefix.len() > 100
             || !prefix

@@ -24,6 +24,8 @@ pub mod config;
 pub mod datasets;
 pub mod error;
 pub mod extract;
+pub mod ingest;
+pub mod materialize;
 pub mod metrics;
 pub mod middleware;
 pub mod pipeline;
@@ -168,6 +170,7 @@ pub async fn serve(
             state.stage_graph.clone(),
         );
     }
+    let aggregates = materialize::schedule(state.clone());
     info!(addr = %listener.local_addr()?, "warden listening");
     let result = axum::serve(
         listener,
@@ -176,6 +179,9 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await;
     sync.abort();
+    for a in aggregates {
+        a.abort();
+    }
     state.shutdown().await;
     info!("warden stopped; audit log flushed");
     result

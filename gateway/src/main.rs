@@ -43,6 +43,32 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Send a batch file (JSON, NDJSON, CSV, Parquet) through a running gateway's ingest API,
+    /// in batches, with a progress bar. Credentials from the environment: WARDEN_TOKEN, or
+    /// WARDEN_CLIENT_ID and WARDEN_CLIENT_SECRET. Exit 0 when every record was accepted, 1
+    /// when some were refused (listed by record number and field), 2 on errors.
+    Ingest {
+        file: PathBuf,
+        #[arg(long)]
+        dataset: String,
+        /// The purpose of processing.
+        #[arg(long, env = "WARDEN_PURPOSE")]
+        purpose: String,
+        /// The gateway (default: http:// and the configured listen address).
+        #[arg(long, env = "WARDEN_URL")]
+        url: Option<String>,
+        /// Default: from the file's extension.
+        #[arg(long, value_enum)]
+        format: Option<warden_gateway::ingest::Format>,
+        /// Records per request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Stop at the first batch with a refused record (that batch is not accepted).
+        #[arg(long)]
+        atomic: bool,
+    },
+    /// Materialize the configured aggregate tables (all, or those named) now.
+    Materialize { names: Vec<String> },
     /// Work with the keys.
     Keys {
         #[command(subcommand)]
@@ -162,6 +188,86 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             eprintln!("exported {n} audit events");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest {
+            file,
+            dataset,
+            purpose,
+            url,
+            format,
+            batch,
+            atomic,
+        } => {
+            let url = url.unwrap_or_else(|| format!("http://{}", config.listen));
+            let client = warden_sdk::client::Client::new(&url)?.with_purpose(purpose);
+            let client = match (
+                env.get("WARDEN_TOKEN"),
+                env.get("WARDEN_CLIENT_ID"),
+                env.get("WARDEN_CLIENT_SECRET"),
+            ) {
+                (Some(t), _, _) => client.with_token(t.clone()),
+                (None, Some(id), Some(secret)) => {
+                    client.with_client_credentials(id, secret).await?
+                }
+                _ => {
+                    anyhow::bail!("set WARDEN_TOKEN, or WARDEN_CLIENT_ID and WARDEN_CLIENT_SECRET")
+                }
+            };
+            let options = warden_gateway::ingest::Options {
+                dataset,
+                format,
+                batch,
+                atomic,
+                progress: true,
+            };
+            let summary =
+                warden_gateway::ingest::ingest(&client, &file, &options, &mut std::io::stderr())
+                    .await?;
+            println!(
+                "{} records read, {} accepted, {} refused",
+                summary.read, summary.accepted, summary.rejected
+            );
+            Ok(if summary.rejected == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Materialize { names } => {
+            // An installation that exists: a first start here would create an admin whose
+            // password nobody sees.
+            state::open_existing(&config).await?;
+            let aggregates: Vec<_> = config
+                .lake
+                .aggregates
+                .iter()
+                .filter(|a| names.is_empty() || names.contains(&a.name))
+                .cloned()
+                .collect();
+            if let Some(unknown) = names
+                .iter()
+                .find(|n| !aggregates.iter().any(|a| &a.name == *n))
+            {
+                anyhow::bail!("no aggregate {unknown} in lake.aggregates");
+            }
+            let (state, _) =
+                state::start(config, &env, Arc::new(warden_policy::SystemClock)).await?;
+            let mut failed = false;
+            for agg in &aggregates {
+                match warden_gateway::materialize::materialize(&state, agg).await {
+                    Ok(rows) => println!("{}: {rows} rows", agg.name),
+                    Err(e) => {
+                        eprintln!("{}: {}", agg.name, e.message);
+                        failed = true;
+                    }
+                }
+            }
+            state.shutdown().await;
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Keys {
             command: KeysCommand::Rotate { from },

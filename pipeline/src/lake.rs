@@ -427,6 +427,69 @@ impl Lake {
     }
 }
 
+impl Lake {
+    fn aggregate_url(&self, name: &str) -> Result<Url> {
+        if !warden_policy::contract::valid_name(name) {
+            return Err(Error::Invalid(format!("aggregate name {name:?}")));
+        }
+        self.root
+            .join(&format!("aggregates/{name}/"))
+            .map_err(|e| lake_err("aggregate URL", e))
+    }
+
+    /// Replaces an aggregate table's content with `batches` (creating the table, with their
+    /// schema, the first time). Returns the rows written.
+    ///
+    /// # Errors
+    /// The write failed; the table keeps its previous content.
+    pub async fn overwrite_aggregate(&self, name: &str, batches: Vec<RecordBatch>) -> Result<u64> {
+        let url = self.aggregate_url(name)?;
+        if url.scheme() == "file" {
+            if let Ok(path) = url.to_file_path() {
+                std::fs::create_dir_all(&path).map_err(|e| lake_err("aggregate directory", e))?;
+            }
+        }
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let table = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
+            .await
+            .map_err(|e| lake_err("open aggregate", e))?;
+        table
+            .write(batches)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_schema_mode(SchemaMode::Overwrite)
+            .with_table_name(name)
+            .await
+            .map_err(|e| lake_err("write aggregate", e))?;
+        Ok(rows as u64)
+    }
+
+    /// An aggregate table as a DataFusion table; `None` before its first materialization.
+    ///
+    /// # Errors
+    /// The table cannot be read.
+    pub async fn aggregate_provider(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let url = self.aggregate_url(name)?;
+        if url.scheme() == "file"
+            && url
+                .to_file_path()
+                .is_ok_and(|p| !p.join("_delta_log").exists())
+        {
+            return Ok(None);
+        }
+        let table = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
+            .await
+            .map_err(|e| lake_err("open aggregate", e))?;
+        if table.version().is_none() {
+            return Ok(None);
+        }
+        table
+            .table_provider()
+            .await
+            .map(Some)
+            .map_err(|e| lake_err("aggregate provider", e))
+    }
+}
+
 /// The application id of a stream partition's appends.
 pub fn app_id(topic: &str, partition: i32) -> String {
     format!("warden-lake:{topic}:{partition}")

@@ -468,7 +468,8 @@ pub const MASKED: &str = "****";
 impl Protector {
     /// Protected records as a reader with `rights` sees them: card numbers masked (never in
     /// clear here — that is detokenization, with its own permission and second factor),
-    /// personal data decrypted or masked, blind indexes dropped. Values of erased subjects
+    /// personal data decrypted or masked, blind indexes and fields the contract no longer
+    /// lists dropped. Values of erased subjects
     /// read as `null`.
     ///
     /// # Errors
@@ -515,10 +516,12 @@ impl Protector {
                 if name.ends_with(BLIND_INDEX_SUFFIX) {
                     continue;
                 }
-                let class = contract
-                    .fields
-                    .get(name)
-                    .map_or(DataClass::Public, |s| s.class);
+                // A field the contract in force does not list (a later version dropped it) is
+                // not shown: classes never change across versions, so the contract in force
+                // classifies every field it lists, and anything else is denied by default.
+                let Some(class) = contract.fields.get(name).map(|s| s.class) else {
+                    continue;
+                };
                 let shown = match class {
                     DataClass::PciPan => {
                         let token = v.as_str().unwrap_or_default();

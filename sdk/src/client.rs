@@ -113,6 +113,19 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/datasets/{dataset}`: the dataset's contract in force.
+    ///
+    /// # Errors
+    /// An unknown dataset (`not_found`), a refusal, or the gateway unreachable.
+    pub async fn dataset(&self, dataset: &str) -> Result<Value, ClientError> {
+        self.call::<(), _>(
+            reqwest::Method::GET,
+            &format!("/v1/datasets/{dataset}"),
+            None,
+        )
+        .await
+    }
+
     /// `POST /v1/datasets/{dataset}/records`: protects and publishes records; `atomic`
     /// refuses the whole batch if any record is refused.
     ///

@@ -68,7 +68,7 @@ fn view_sql(contract: &Contract, subject_ref: Option<&str>) -> String {
     format!("SELECT {} FROM t{filter}", cols.join(", "))
 }
 
-fn datafusion_err(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn datafusion_err(e: impl std::fmt::Display) -> ApiError {
     // The planner's message names tables, columns and syntax — the client's own query.
     let text = e.to_string();
     let first = text
@@ -79,6 +79,89 @@ fn datafusion_err(e: impl std::fmt::Display) -> ApiError {
         .take(300)
         .collect::<String>();
     ApiError::invalid(format!("sql: {first}"))
+}
+
+/// Registers, in `ctx`, the masked view of every dataset `wanted` accepts (a subject's own
+/// rows only when `own` is set); the names registered.
+///
+/// # Errors
+/// A lake failure, or `wanted`'s own.
+pub(crate) async fn register_views(
+    app: &AppState,
+    ctx: &SessionContext,
+    own: Option<&str>,
+    wanted: impl Fn(&Contract) -> Result<bool, ApiError>,
+) -> Result<Vec<String>, ApiError> {
+    let mut visible = Vec::new();
+    for contract in app.datasets.all() {
+        if !wanted(&contract)? {
+            continue;
+        }
+        let provider = app
+            .lake
+            .provider(&contract)
+            .await
+            .map_err(|e| ApiError::from(Error::from(e)))?;
+        // The table is known to an inner context only; the outer one sees the view.
+        let inner = SessionContext::new();
+        inner
+            .register_table("t", provider)
+            .map_err(datafusion_err)?;
+        let view = inner
+            .sql(&view_sql(&contract, own))
+            .await
+            .map_err(datafusion_err)?
+            .into_view();
+        ctx.register_table(contract.name.as_str(), view)
+            .map_err(datafusion_err)?;
+        visible.push(contract.name.clone());
+    }
+    Ok(visible)
+}
+
+/// Registers the materialized aggregate tables `wanted` accepts, as `agg_<name>`.
+///
+/// # Errors
+/// A lake failure, or `wanted`'s own.
+pub(crate) async fn register_aggregates(
+    app: &AppState,
+    ctx: &SessionContext,
+    wanted: impl Fn(&str) -> Result<bool, ApiError>,
+) -> Result<(), ApiError> {
+    for agg in &app.config.lake.aggregates {
+        if !wanted(&agg.name)? {
+            continue;
+        }
+        // Not materialized yet: not there.
+        if let Some(provider) = app
+            .lake
+            .aggregate_provider(&agg.name)
+            .await
+            .map_err(|e| ApiError::from(Error::from(e)))?
+        {
+            ctx.register_table(format!("agg_{}", agg.name).as_str(), provider)
+                .map_err(datafusion_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Plans `sql` as a query only: DDL (`CREATE`, `COPY`), DML and statements (`SET`) are
+/// refused.
+///
+/// # Errors
+/// SQL the planner refuses, named in an `invalid_request`.
+pub(crate) async fn read_only_sql(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<deltalake::datafusion::dataframe::DataFrame, ApiError> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    ctx.sql_with_options(sql, options)
+        .await
+        .map_err(datafusion_err)
 }
 
 /// `POST /v1/query`.
@@ -113,52 +196,33 @@ pub async fn query(
             None
         };
         let ctx = SessionContext::new();
-        let mut visible = Vec::new();
-        for contract in app.datasets.all() {
-            let allowed = app
+        let visible = register_views(&app, &ctx, own.as_deref(), |contract| {
+            Ok(app
                 .authz
                 .allows(
                     &principal.roles,
                     &format!("datasets:{}", contract.name),
                     "read",
                 )
-                .map_err(Error::from)?;
-            if !allowed || !contract.allows_purpose(&purpose) {
-                continue;
-            }
-            let provider = app
-                .lake
-                .provider(&contract)
-                .await
-                .map_err(|e| ApiError::from(Error::from(e)))?;
-            // The table is known to an inner context only; the outer one sees the view.
-            let inner = SessionContext::new();
-            inner
-                .register_table("t", provider)
-                .map_err(datafusion_err)?;
-            let view = inner
-                .sql(&view_sql(&contract, own.as_deref()))
-                .await
-                .map_err(datafusion_err)?
-                .into_view();
-            ctx.register_table(contract.name.as_str(), view)
-                .map_err(datafusion_err)?;
-            visible.push(contract.name.clone());
-        }
+                .map_err(Error::from)?
+                && contract.allows_purpose(&purpose))
+        })
+        .await?;
+        register_aggregates(&app, &ctx, |name| {
+            Ok(app
+                .authz
+                .allows(&principal.roles, &format!("aggregates:{name}"), "read")
+                .map_err(Error::from)?)
+        })
+        .await?;
         if visible.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
                 "no dataset is readable by this principal for this purpose",
             ));
         }
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let df = ctx
-            .sql_with_options(&body.sql, options)
-            .await
-            .map_err(datafusion_err)?
+        let df = read_only_sql(&ctx, &body.sql)
+            .await?
             .limit(0, Some(limit))
             .map_err(datafusion_err)?;
         let batches: Vec<RecordBatch> = df.collect().await.map_err(datafusion_err)?;
@@ -175,7 +239,7 @@ pub async fn query(
     noted(note, result)
 }
 
-fn to_json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>, ApiError> {
+pub(crate) fn to_json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>, ApiError> {
     let mut writer = deltalake::arrow::json::ArrayWriter::new(Vec::new());
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     writer

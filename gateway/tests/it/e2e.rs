@@ -395,3 +395,198 @@ async fn a_loader_killed_between_the_delta_commit_and_the_offset_commit_writes_e
     let _ = post(&server.base, "/healthz", None, json!({})).await;
     server.stop();
 }
+
+/// `warden ingest` sends CSV, NDJSON, JSON and Parquet files through the gateway; refusals
+/// are listed by record number and field, never by value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warden_ingest_sends_batch_files_through_the_gateway() {
+    use deltalake::arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let datasets = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/datasets");
+    std::fs::write(
+        dir.join("warden.toml"),
+        format!("datasets_dir = \"{datasets}\"\n[[lake.aggregates]]\nname = \"amounts\"\nsql = \"SELECT count(*) AS n FROM payments\"\n"),
+    )
+    .unwrap();
+    let server = Server::start(
+        dir,
+        &["--config", "warden.toml"],
+        &[("WARDEN_ADMIN_PASSWORD", ADMIN_PASSWORD)],
+    )
+    .await;
+    let tokens = server
+        .service_tokens(
+            ADMIN_PASSWORD,
+            &[("files-stage", &["stage"]), ("files-analyst", &["analyst"])],
+        )
+        .await;
+
+    std::fs::write(
+        dir.join("a.csv"),
+        "transaction_id,user_id,card_number,email,amount,created_at\n\
+         f-1,cust-1,4111111111111111,one@files.example.org,10.5,2026-11-24T10:00:00Z\n\
+         f-2,cust-2,4111111111111112,two@files.example.org,11,1795514400\n\
+         f-3,cust-3,5500000000000004,,12.25,2026-11-24 10:00:00\n",
+    )
+    .unwrap();
+    let nd: Vec<String> = (4..8)
+        .map(|i| transaction(i).to_string().replace("e2e-", "f-"))
+        .collect();
+    std::fs::write(dir.join("b.ndjson"), nd.join("\n")).unwrap();
+    std::fs::write(
+        dir.join("c.json"),
+        json!([transaction(8)]).to_string().replace("e2e-", "f-"),
+    )
+    .unwrap();
+    let batch = RecordBatch::try_from_iter([
+        (
+            "transaction_id",
+            Arc::new(StringArray::from(vec!["f-9", "f-10"])) as ArrayRef,
+        ),
+        (
+            "user_id",
+            Arc::new(StringArray::from(vec!["cust-9", "cust-10"])) as ArrayRef,
+        ),
+        (
+            "amount",
+            Arc::new(Float64Array::from(vec![1.0, 2.0])) as ArrayRef,
+        ),
+        (
+            "created_at",
+            Arc::new(StringArray::from(vec![
+                "2026-11-24T10:00:00Z",
+                "2026-11-24T11:00:00Z",
+            ])) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let file = std::fs::File::create(dir.join("d.parquet")).unwrap();
+    let mut w =
+        deltalake::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .current_dir(dir)
+            .args(["--config", "warden.toml", "ingest"])
+            .args(args)
+            .args([
+                "--dataset",
+                "payments",
+                "--purpose",
+                "fraud_detection",
+                "--url",
+                &server.base,
+                "--batch",
+                "2",
+            ])
+            .env("WARDEN_TOKEN", &tokens[0])
+            .output()
+            .unwrap()
+    };
+    let out = run(&["a.csv"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "one refused: {stdout} {stderr}");
+    assert!(
+        stdout.contains("3 records read, 2 accepted, 1 refused"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("record 2: card_number: not a card number"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("4111111111111112") && !stderr.contains("two@files"),
+        "{stderr}"
+    );
+    for f in ["b.ndjson", "c.json", "d.parquet"] {
+        let out = run(&[f]);
+        assert!(
+            out.status.success(),
+            "{f}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run(&["a.csv", "--atomic"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the refused batch stops an atomic ingest"
+    );
+    let out = run(&["missing.csv"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .current_dir(dir)
+        .args([
+            "ingest",
+            "a.csv",
+            "--dataset",
+            "payments",
+            "--purpose",
+            "fraud_detection",
+            "--url",
+            &server.base,
+        ])
+        .env_remove("WARDEN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "no credentials");
+
+    // Every accepted record is readable: 2 + 4 + 1 + 2 (the atomic run's first batch held
+    // the refused record, so none of it was accepted).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/datasets/payments/records?limit=1000",
+                server.base
+            ))
+            .bearer_auth(&tokens[1])
+            .header("x-purpose", "fraud_detection")
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        let ids: HashSet<String> = body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["transaction_id"].as_str().unwrap().to_owned())
+            .collect();
+        if ids.len() == 9 {
+            for id in ["f-1", "f-3", "f-00004", "f-00007", "f-00008", "f-9", "f-10"] {
+                assert!(ids.contains(id), "{id}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ids:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop();
+    // `warden materialize` on the stopped installation.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .current_dir(dir)
+        .args(["--config", "warden.toml", "materialize"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("amounts: 1 rows"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .current_dir(dir)
+        .args(["--config", "warden.toml", "materialize", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

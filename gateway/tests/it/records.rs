@@ -33,6 +33,11 @@ mod kafka_mongo {
 /// database and prefix of its own).
 async fn plane(backend: Backend, remote: bool) -> Gateway {
     let g = gateway_with(backend, |c| {
+        c.lake.aggregates = vec![warden_gateway::config::AggregateConfig {
+            name: "by_country".into(),
+            sql: "SELECT country, count(*) AS n, sum(amount) AS amount FROM payments GROUP BY country".into(),
+            every: None,
+        }];
         if remote {
             let id = uuid::Uuid::new_v4().simple().to_string();
             c.streams.url = format!("kafka://{}", crate::support::kafka_brokers());
@@ -365,6 +370,21 @@ async fn ingest_then_read_masked(g: Gateway) {
     assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
     let body = String::from_utf8_lossy(&r.bytes);
     assert!(!body.contains("4111111111111111"));
+
+    // An aggregate table, materialized from the masked views, readable in SQL.
+    let r = query(&g, &analyst, "SELECT * FROM agg_by_country").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    let agg = g.state.config.lake.aggregates[0].clone();
+    assert_eq!(
+        warden_gateway::materialize::materialize(&g.state, &agg)
+            .await
+            .unwrap(),
+        1
+    );
+    let r = query(&g, &analyst, "SELECT country, n FROM agg_by_country").await;
+    assert_eq!(r.json["rows"], json!([{"country": "DE", "n": 30}]), "{r:?}");
+    let r = query(&g, &subject, "SELECT * FROM agg_by_country").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
 
     // Purpose limitation and the read's audit event.
     let r = send(

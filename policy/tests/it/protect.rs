@@ -238,6 +238,17 @@ async fn reading_masks_by_rights(kind: Kind) {
     );
     assert_eq!(nobody[0]["ip"], "203.0.113.0");
     assert_eq!(nobody[0]["user_id"], records[0].subject_ref.as_str());
+    // A field the contract in force does not list (dropped by a later version) is not shown.
+    let mut legacy = records[0].clone();
+    legacy.fields.insert(
+        "old_card".into(),
+        serde_json::json!("tok_legacy_unmasked_9999"),
+    );
+    let shown = p
+        .view(&contract, ViewRights::default(), &[legacy])
+        .await
+        .unwrap();
+    assert!(!shown[0].contains_key("old_card"));
 
     let privileged = p
         .view(
