@@ -168,6 +168,7 @@ pub async fn serve(
             state.datasets.clone(),
             state.config.streams.topic_prefix.clone(),
             state.stage_graph.clone(),
+            state.config.streams.partitions,
         );
     }
     let aggregates = materialize::schedule(state.clone());

@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use deltalake::datafusion::prelude::SessionContext;
 use serde_json::json;
 use tracing::{info, warn};
 use warden_audit::NewEvent;
 use warden_sdk::Decision;
 
-use crate::api::query::{datafusion_err, read_only_sql, register_views};
+use crate::api::query::{bounded_session, datafusion_err, read_only_sql, register_views};
 use crate::config::AggregateConfig;
 use crate::error::{ApiError, Error};
 use crate::state::AppState;
@@ -22,7 +21,7 @@ use crate::state::AppState;
 /// SQL the planner refuses, or a lake failure; the table keeps its previous content.
 pub async fn materialize(app: &AppState, agg: &AggregateConfig) -> Result<u64, ApiError> {
     let result = async {
-        let ctx = SessionContext::new();
+        let ctx = bounded_session()?;
         register_views(app, &ctx, None, |_| Ok(true)).await?;
         let batches = read_only_sql(&ctx, &agg.sql)
             .await?

@@ -110,6 +110,7 @@ impl Loaders {
         datasets: Datasets,
         topic_prefix: String,
         stages: HashMap<String, Vec<warden_pipeline::stages::StageKind>>,
+        partitions: i32,
     ) -> JoinHandle<()> {
         let (stop, shutdown) = watch::channel(false);
         *self
@@ -161,6 +162,7 @@ impl Loaders {
                                 group: format!("{topic_prefix}{group}"),
                                 topic_prefix: topic_prefix.clone(),
                                 stages: stages.get(&contract.name).cloned().unwrap_or_default(),
+                                partitions,
                             },
                             Arc::clone(&stats),
                             shutdown.clone(),

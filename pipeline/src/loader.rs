@@ -22,6 +22,8 @@ pub const BATCH: usize = 1000;
 const POLL_WAIT: Duration = Duration::from_millis(500);
 /// Pause after a failure before reading again (from the last committed position).
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// A subscription that has delivered nothing this long is replaced by a fresh one.
+const IDLE_RESUBSCRIBE: Duration = Duration::from_secs(30);
 
 /// Where a loader finds a dataset's current contract.
 pub trait Contracts: Send + Sync + 'static {
@@ -194,6 +196,8 @@ pub struct LoaderSpec {
     pub group: String,
     pub topic_prefix: String,
     pub stages: Vec<StageKind>,
+    /// Partitions of the topic, should the loader be the first to create it.
+    pub partitions: i32,
 }
 
 /// Runs a dataset's loader until `shutdown` turns true: subscribes to `topic_prefix` + the
@@ -212,6 +216,7 @@ pub async fn run(
         group,
         topic_prefix,
         stages,
+        partitions,
     } = spec;
     let mut stages = Stages::new(&stages);
     let mut prepared = None;
@@ -226,9 +231,7 @@ pub async fn run(
                 prepared = Some(contract.version);
             }
             let topic = format!("{topic_prefix}{}", contract.stream);
-            stream
-                .ensure_topic(&topic, crate::DEFAULT_PARTITIONS)
-                .await?;
+            stream.ensure_topic(&topic, partitions).await?;
             stream.subscribe(&topic, &group).await
         };
         let mut sub = match attempt.await {
@@ -242,9 +245,16 @@ pub async fn run(
                 continue;
             }
         };
+        let mut last_record = std::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 break 'outer;
+            }
+            if last_record.elapsed() > IDLE_RESUBSCRIBE {
+                // A member can stay assigned yet fed nothing after a broker restart: a fresh
+                // one resumes from the last commit (an idle stream just re-joins).
+                tracing::debug!(%dataset, "no record for a while; subscribing again");
+                continue 'outer;
             }
             let contract = contracts
                 .contract(&dataset)
@@ -253,6 +263,9 @@ pub async fn run(
                 r = step(sub.as_mut(), sink.as_ref(), &mut stages, &contract, &stats, POLL_WAIT) => r,
                 _ = shutdown.changed() => break 'outer,
             };
+            if matches!(stepped, Ok(n) if n > 0) {
+                last_record = std::time::Instant::now();
+            }
             if let Err(e) = stepped {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%dataset, error = %e, "loader batch failed; reading again from the last commit");

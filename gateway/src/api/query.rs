@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use warden_policy::contract::{Contract, DataClass};
 use warden_policy::protect::BLIND_INDEX_SUFFIX;
-use warden_sdk::{ErrorCode, PrincipalKind};
+use warden_sdk::ErrorCode;
 
 use super::data::{purpose, stated_purpose};
 use super::noted;
@@ -32,6 +32,26 @@ use crate::state::AppState;
 pub const MAX_SQL: usize = 16 * 1024;
 /// Most rows one query returns.
 pub const MAX_ROWS: usize = 10_000;
+/// Memory one query may use (DataFusion's pool; past it, the query fails).
+pub const QUERY_MEMORY: usize = 256 * 1024 * 1024;
+/// Queries running at once in this process (others wait).
+pub const CONCURRENT_QUERIES: usize = 2;
+/// Largest result body.
+pub const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
+
+static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_QUERIES);
+
+/// A session with a bounded memory pool.
+pub(crate) fn bounded_session() -> Result<SessionContext, ApiError> {
+    let runtime = deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_limit(QUERY_MEMORY, 1.0)
+        .build_arc()
+        .map_err(datafusion_err)?;
+    Ok(SessionContext::new_with_config_rt(
+        deltalake::datafusion::prelude::SessionConfig::new(),
+        runtime,
+    ))
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +62,7 @@ pub struct QueryRequest {
 }
 
 /// The masked projection of a dataset's table.
-fn view_sql(contract: &Contract, subject_ref: Option<&str>) -> String {
+fn view_sql(contract: &Contract, subject_ref: Option<&str>, has: impl Fn(&str) -> bool) -> String {
     let mut cols = vec![
         "\"subject_ref\"".to_owned(),
         "\"contract_version\"".to_owned(),
@@ -50,6 +70,11 @@ fn view_sql(contract: &Contract, subject_ref: Option<&str>) -> String {
     for c in warden_pipeline::lake::columns(contract) {
         let name = &c.name;
         if name.ends_with(BLIND_INDEX_SUFFIX) {
+            continue;
+        }
+        if !has(name) {
+            // A field a newer contract version added, before its first row reached the table.
+            cols.push(format!("NULL AS \"{name}\""));
             continue;
         }
         cols.push(match c.class {
@@ -103,15 +128,13 @@ pub(crate) async fn register_views(
             .await
             .map_err(|e| ApiError::from(Error::from(e)))?;
         // The table is known to an inner context only; the outer one sees the view.
+        let schema = provider.schema();
+        let sql = view_sql(&contract, own, |c| schema.field_with_name(c).is_ok());
         let inner = SessionContext::new();
         inner
             .register_table("t", provider)
             .map_err(datafusion_err)?;
-        let view = inner
-            .sql(&view_sql(&contract, own))
-            .await
-            .map_err(datafusion_err)?
-            .into_view();
+        let view = inner.sql(&sql).await.map_err(datafusion_err)?.into_view();
         ctx.register_table(contract.name.as_str(), view)
             .map_err(datafusion_err)?;
         visible.push(contract.name.clone());
@@ -190,12 +213,13 @@ pub async fn query(
         if !(1..=MAX_ROWS).contains(&limit) {
             return Err(ApiError::invalid(format!("limit: 1 to {MAX_ROWS}")));
         }
-        let own = if principal.kind == PrincipalKind::Subject {
+        let own = if principal.reads_as_subject() {
             Some(super::records::own_subject_ref(&app, &principal).await?)
         } else {
             None
         };
-        let ctx = SessionContext::new();
+        let _running = RUNNING.acquire().await.map_err(|_| ApiError::internal())?;
+        let ctx = bounded_session()?;
         let visible = register_views(&app, &ctx, own.as_deref(), |contract| {
             Ok(app
                 .authz
@@ -251,6 +275,12 @@ pub(crate) fn to_json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>, ApiErr
     let bytes = writer.into_inner();
     if bytes.is_empty() {
         return Ok(Vec::new());
+    }
+    if bytes.len() > MAX_RESULT_BYTES {
+        return Err(ApiError::invalid(format!(
+            "the result is larger than {} MiB: select fewer columns or rows",
+            MAX_RESULT_BYTES >> 20
+        )));
     }
     serde_json::from_slice(&bytes).map_err(|_| ApiError::internal())
 }

@@ -20,7 +20,7 @@ use warden_pipeline::stream::Position;
 use warden_pipeline::StreamedRecord;
 use warden_policy::contract::Contract;
 use warden_policy::protect::{ProtectedRecord, Rejection, ViewRights};
-use warden_sdk::{ErrorCode, PrincipalKind};
+use warden_sdk::ErrorCode;
 
 use super::data::{dataset, protection_note, purpose, purpose_not_allowed, stated_purpose};
 use super::noted;
@@ -388,7 +388,7 @@ pub async fn read(
                     .ok_or_else(ApiError::internal)?,
             ),
         };
-        let subject_ref = if principal.kind == PrincipalKind::Subject {
+        let subject_ref = if principal.reads_as_subject() {
             // Row filter: a data subject reads its own records, whatever it asks for.
             let own = own_subject_ref(&app, &principal).await?;
             if asked.as_ref().is_some_and(|a| *a != own) {

@@ -3,8 +3,8 @@
 //! from the broker: it holds no stream credentials), transforms them and writes the results
 //! into the next dataset with an ingest — authorized and audited as the stage's identity.
 //!
-//! The consumer group is the stage's own: `stage-<principal id>-<group>`, so no principal can
-//! move another's positions. A subscription idle for five minutes is closed; its uncommitted
+//! The consumer group is the stage's own: `stage-<principal id>-<dataset>-<group>`, so no
+//! principal can move another's positions. A subscription idle for five minutes is closed; its uncommitted
 //! records are delivered again to the next poll.
 
 use std::collections::HashMap;
@@ -40,9 +40,13 @@ struct Held {
     used: Instant,
 }
 
-/// The open subscriptions of this process, by consumer group.
+/// Most subscriptions open at once in this process (each Kafka one is a consumer).
+const MAX_OPEN: usize = 256;
+
+/// The open subscriptions of this process, by consumer group. Created under the map's lock,
+/// so two first polls of a group share one member.
 #[derive(Default)]
-pub struct Subscriptions(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Held>>>>);
+pub struct Subscriptions(tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Held>>>>);
 
 impl std::fmt::Debug for Subscriptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,39 +60,57 @@ impl Subscriptions {
         app: &AppState,
         topic: &str,
         group: &str,
-    ) -> Result<Arc<tokio::sync::Mutex<Held>>, Error> {
+    ) -> Result<Arc<tokio::sync::Mutex<Held>>, ApiError> {
         let key = format!("{topic}\u{0}{group}");
-        {
-            let mut open = self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Close the idle ones (their members leave the group when dropped).
-            open.retain(|_, h| h.try_lock().map_or(true, |h| h.used.elapsed() < IDLE));
-            if let Some(h) = open.get(&key) {
-                return Ok(Arc::clone(h));
-            }
+        let mut open = self.0.lock().await;
+        // Close the idle ones (their members leave the group); closing a Kafka consumer
+        // blocks, so it happens off the runtime's threads.
+        let idle: Vec<String> = open
+            .iter()
+            .filter(|(_, h)| h.try_lock().is_ok_and(|h| h.used.elapsed() >= IDLE))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let closed: Vec<_> = idle.iter().filter_map(|k| open.remove(k)).collect();
+        if !closed.is_empty() {
+            tokio::task::spawn_blocking(move || drop(closed));
         }
-        app.topics_ensure(topic).await?;
-        let sub = app.stream.subscribe(topic, group).await?;
+        if let Some(h) = open.get(&key) {
+            return Ok(Arc::clone(h));
+        }
+        if open.len() >= MAX_OPEN {
+            return Err(ApiError::new(
+                warden_sdk::ErrorCode::RateLimited,
+                "too many open subscriptions; retry later",
+            ));
+        }
+        app.topics_ensure(topic).await.map_err(ApiError::from)?;
+        let sub = app
+            .stream
+            .subscribe(topic, group)
+            .await
+            .map_err(|e| ApiError::from(Error::from(e)))?;
         let held = Arc::new(tokio::sync::Mutex::new(Held {
             sub,
             used: Instant::now(),
         }));
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, Arc::clone(&held));
+        open.insert(key, Arc::clone(&held));
         Ok(held)
     }
 }
 
-fn group_name(app: &AppState, principal: &Principal, group: &str) -> Result<String, ApiError> {
+/// The consumer group of a stage's subscription to a dataset: the principal's and the
+/// dataset's own (datasets may share a stream).
+fn group_name(
+    app: &AppState,
+    principal: &Principal,
+    dataset: &str,
+    group: &str,
+) -> Result<String, ApiError> {
     if !valid_name(group) {
         return Err(ApiError::invalid("group: 1 to 64 of a-z, 0-9 and _"));
     }
     Ok(format!(
-        "{}stage-{}-{group}",
+        "{}stage-{}-{dataset}-{group}",
         app.config.streams.topic_prefix, principal.id
     ))
 }
@@ -110,7 +132,7 @@ pub async fn poll(
     );
     let result = async {
         let contract = dataset(&app, &name)?;
-        let group = group_name(&app, &principal, &group)?;
+        let group = group_name(&app, &principal, &contract.name, &group)?;
         let max = req.max.unwrap_or(100);
         if !(1..=MAX_POLL).contains(&max) {
             return Err(ApiError::invalid(format!("max: 1 to {MAX_POLL}")));
@@ -120,11 +142,7 @@ pub async fn poll(
             return Err(ApiError::invalid("wait_ms: at most 10000"));
         }
         let topic = app.topic(&contract);
-        let held = app
-            .subscriptions
-            .get(&app, &topic, &group)
-            .await
-            .map_err(ApiError::from)?;
+        let held = app.subscriptions.get(&app, &topic, &group).await?;
         let mut held = held.lock().await;
         held.used = Instant::now();
         let messages = held
@@ -168,7 +186,7 @@ pub async fn commit(
         .detail("partitions", req.offsets.len());
     let result = async {
         let contract = dataset(&app, &name)?;
-        let group = group_name(&app, &principal, &group)?;
+        let group = group_name(&app, &principal, &contract.name, &group)?;
         if req.offsets.is_empty() || req.offsets.len() > 1024 {
             return Err(ApiError::invalid("offsets: 1 to 1024 positions"));
         }
@@ -178,11 +196,7 @@ pub async fn commit(
             ));
         }
         let topic = app.topic(&contract);
-        let held = app
-            .subscriptions
-            .get(&app, &topic, &group)
-            .await
-            .map_err(ApiError::from)?;
+        let held = app.subscriptions.get(&app, &topic, &group).await?;
         let mut held = held.lock().await;
         held.used = Instant::now();
         let next: Vec<(i32, i64)> = req

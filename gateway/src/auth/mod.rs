@@ -27,6 +27,12 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether reads are limited to the principal's own rows: a data subject, or any
+    /// principal holding the `subject` role (whose grants assume that filter).
+    pub fn reads_as_subject(&self) -> bool {
+        self.kind == PrincipalKind::Subject || self.roles.iter().any(|r| r == "subject")
+    }
+
     /// True when a second factor was checked within `window` of `now` (Unix seconds).
     pub fn mfa_fresh(&self, now: i64, window: Duration) -> bool {
         let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);

@@ -107,6 +107,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_acknowledged() {
         s.datasets.clone(),
         String::new(),
         s.stage_graph.clone(),
+        s.config.streams.partitions,
     );
     let (_, stage) = g
         .principal_token(PrincipalKind::Service, &["stage"], false)

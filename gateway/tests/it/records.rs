@@ -179,6 +179,7 @@ fn start_loaders(g: &Gateway) {
         s.datasets.clone(),
         s.config.streams.topic_prefix.clone(),
         s.stage_graph.clone(),
+        s.config.streams.partitions,
     );
 }
 
@@ -328,6 +329,13 @@ async fn ingest_then_read_masked(g: Gateway) {
     assert!(recs.iter().all(|x| x["email"] == "u-2@example.com"));
     let r = read(&g, &subject, "?subject=u-1").await;
     assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    // The row filter follows the role too: a user account given the subject role is limited
+    // to the rows of its own name.
+    let (_, user_as_subject) = g
+        .named_principal_token(PrincipalKind::User, "u-1", &["subject"], false)
+        .await;
+    let r = read(&g, &user_as_subject, "?limit=1000").await;
+    assert_eq!(r.json["records"].as_array().unwrap().len(), 10, "{r:?}");
 
     // SQL over the lake: masked views of what the role may read.
     let r = query(

@@ -37,6 +37,18 @@ impl DocumentStore for EmbeddedDocuments {
     }
 
     async fn upsert(&self, spec: &CollectionSpec, docs: &[Document]) -> Result<()> {
+        // One statement may not touch a row twice (PostgreSQL refuses it): the last version
+        // of each key, in order.
+        let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, d) in docs.iter().enumerate() {
+            last.insert(d.key.as_str(), i);
+        }
+        let docs: Vec<&Document> = docs
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| last.get(d.key.as_str()) == Some(i))
+            .map(|(_, d)| d)
+            .collect();
         let mut tx = self.db.pool().begin().await?;
         for chunk in docs.chunks(UPSERT_ROWS) {
             let rows: Vec<String> = (0..chunk.len())

@@ -1,6 +1,7 @@
 //! [`Stream`] on Kafka (rdkafka over the bundled librdkafka): an idempotent producer with
 //! `acks=all`, records keyed by `subject_ref` with Warden's headers; consumer groups with
-//! automatic commits off — positions are committed only after the sink confirmed.
+//! positions stored only after the sink confirmed (and committed from there by librdkafka,
+//! every second and on close).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -20,8 +21,9 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 use super::{Message, OutRecord, Position, Stream, Subscription};
 use crate::{Error, Result};
 
-/// How long a publish may wait for the broker before it fails.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a publish may wait for the broker before it fails: well inside the gateway's
+/// request timeout, so a request that answers has its fate settled.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Producer properties options may not change: they make delivery exactly-once per
 /// partition and durable.
@@ -166,7 +168,11 @@ impl Stream for KafkaStream {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", group)
-            .set("enable.auto.commit", "false")
+            // Offsets are stored only once the sink confirmed (`commit_offsets`), and
+            // librdkafka commits the stored ones every second and on close: nothing blocks on
+            // a broker that is down, and a crash replays at most a second's worth.
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
@@ -264,10 +270,8 @@ impl Subscription for KafkaSubscription {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(offset))
                 .map_err(|e| kafka_err("commit", &e))?;
         }
-        let consumer = Arc::clone(&self.consumer);
-        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-            .await
-            .map_err(|e| Error::Stream(format!("kafka commit: {e}")))?
-            .map_err(|e| kafka_err("commit", &e))
+        self.consumer
+            .store_offsets(&tpl)
+            .map_err(|e| kafka_err("store offsets", &e))
     }
 }

@@ -62,7 +62,9 @@ async fn upserts_replace_by_key_and_finds_page_in_time_order(backend: Backend) {
     let docs: Vec<Document> = (0..30).map(|i| doc(i, 10.0)).collect();
     store.upsert(&spec, &docs).await.unwrap();
     // A replayed, partly changed batch: still one document per key, the latest.
-    let again: Vec<Document> = (20..40).map(|i| doc(i, 99.5)).collect();
+    let mut again: Vec<Document> = (20..40).map(|i| doc(i, 1.0)).collect();
+    // The same key twice in one batch: the later one wins.
+    again.extend((20..40).map(|i| doc(i, 99.5)));
     store.upsert(&spec, &again).await.unwrap();
     assert_eq!(store.count(&spec, None).await.unwrap(), 40);
 

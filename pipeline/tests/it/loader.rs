@@ -163,6 +163,7 @@ async fn the_run_loop_loads_and_stops(backend: Backend) {
             group: unique("g"),
             topic_prefix: String::new(),
             stages: vec![StageKind::Normalize, StageKind::Dedupe],
+            partitions: 4,
         },
         Arc::clone(&stats),
         shutdown,
