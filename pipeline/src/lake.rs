@@ -359,7 +359,11 @@ impl Lake {
         topic: &str,
         records: &[Delivered],
     ) -> Result<u64> {
-        let table = self.table(contract).await?;
+        // The state this process last wrote or read, not refreshed: should another writer
+        // have committed for the same stream partition since (after a rebalance), the
+        // commit below fails on the conflicting application transaction, the state is
+        // dropped, and the retry reads the table afresh. One log listing fewer per batch.
+        let table = self.cached_table(contract).await?;
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let mut keep: Vec<&StreamedRecord> = Vec::with_capacity(records.len());
         let mut done: HashMap<i32, Option<i64>> = HashMap::new();
@@ -392,13 +396,29 @@ impl Lake {
             .with_save_mode(SaveMode::Append)
             .with_schema_mode(SchemaMode::Merge)
             .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
-            .await
-            .map_err(|e| lake_err("append", e))?;
-        self.tables
-            .lock()
-            .await
-            .insert(contract.lake_table.clone(), written);
-        Ok(keep.len() as u64)
+            .await;
+        let mut tables = self.tables.lock().await;
+        match written {
+            Ok(t) => {
+                tables.insert(contract.lake_table.clone(), t);
+                Ok(keep.len() as u64)
+            }
+            Err(e) => {
+                tables.remove(&contract.lake_table);
+                Err(lake_err("append", e))
+            }
+        }
+    }
+
+    /// A dataset's table as this process last saw it (opened or created the first time).
+    async fn cached_table(&self, contract: &Contract) -> Result<DeltaTable> {
+        let mut tables = self.tables.lock().await;
+        if let Some(t) = tables.get(&contract.lake_table) {
+            return Ok(t.clone());
+        }
+        let t = self.open_or_create(contract).await?;
+        tables.insert(contract.lake_table.clone(), t.clone());
+        Ok(t)
     }
 
     /// The table as a DataFusion table (its current snapshot).

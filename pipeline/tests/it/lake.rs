@@ -65,23 +65,36 @@ async fn count(lake: &Lake, c: &Contract, sql_where: &str) -> i64 {
 }
 
 async fn exactly_once_and_bucketed(root: String, options: HashMap<String, String>) {
-    let lake = Lake::new(&LakeConfig {
+    let config = LakeConfig {
         root,
         storage_options: options,
-    })
-    .unwrap();
+    };
+    let lake = Lake::new(&config).unwrap();
     let c = contract();
     let topic = "payments";
     // Two stream partitions, 40 records each.
     let batch: Vec<Delivered> = (0..80)
         .map(|i| delivered(&c, (i % 2) as i32, (i / 2) as i64, i))
         .collect();
+    // Another writer (a replica that held these partitions before a rebalance) has seen the
+    // table before the first append.
+    let other = Lake::new(&config).unwrap();
+    other.table(&c).await.unwrap();
     assert_eq!(lake.append(&c, topic, &batch[..50]).await.unwrap(), 50);
+    // Its stale view cannot append what the table holds: the commit conflicts on the
+    // partitions' application transactions, and its retry skips what is there.
+    assert!(
+        other.append(&c, topic, &batch[..60]).await.is_err(),
+        "a stale writer must not commit"
+    );
+    assert_eq!(other.append(&c, topic, &batch[..60]).await.unwrap(), 10);
     // A crash after the commit, before the stream commit: the whole poll comes again, and
-    // with it the rest.
+    // with it the rest (the first attempt meets the other writer's commit, the retry does
+    // not).
+    assert!(lake.append(&c, topic, &batch).await.is_err());
     assert_eq!(
         lake.append(&c, topic, &batch).await.unwrap(),
-        30,
+        20,
         "only the new ones"
     );
     assert_eq!(lake.append(&c, topic, &batch).await.unwrap(), 0);
