@@ -16,8 +16,8 @@ use crate::stages::{Delivered, StageKind, Stages};
 use crate::stream::{Message, Stream, Subscription};
 use crate::Result;
 
-/// Records per sink write.
-pub const BATCH: usize = 1000;
+/// Records per sink write (one Delta commit each: larger batches, fewer commits).
+pub const BATCH: usize = 5000;
 /// How long a poll waits for a first record.
 const POLL_WAIT: Duration = Duration::from_millis(500);
 /// Pause after a failure before reading again (from the last committed position).
