@@ -115,6 +115,23 @@ impl Db {
     }
 }
 
+/// `$from, $from+1, …`: `n` numbered parameters (both backends read `$n`).
+pub fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The rows of a multi-row `INSERT … VALUES`: `($1, …, $c), ($c+1, …), …` for `rows` rows
+/// of `columns` parameters each.
+pub fn value_rows(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|i| format!("({})", placeholders(i * columns + 1, columns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A database URL with any password replaced, for error messages and logs.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {

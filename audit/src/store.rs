@@ -138,22 +138,10 @@ impl AuditStore for SqlAuditStore {
             prev = hash;
         }
         for chunk in stored.chunks(ROWS_PER_INSERT) {
-            let mut sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES ");
-            let mut n = 0;
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                for c in 0..13 {
-                    if c > 0 {
-                        sql.push(',');
-                    }
-                    n += 1;
-                    sql.push_str(&format!("${n}"));
-                }
-                sql.push(')');
-            }
+            let sql = format!(
+                "INSERT INTO audit_events ({COLUMNS}) VALUES {}",
+                crate::db::value_rows(chunk.len(), 13)
+            );
             let mut q = sqlx::query::<Any>(&sql);
             for e in chunk {
                 q = q

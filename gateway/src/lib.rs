@@ -162,14 +162,7 @@ pub async fn serve(
         }
     });
     if state.config.pipeline.loaders {
-        state.loaders.start(
-            state.stream.clone(),
-            state.sinks(),
-            state.datasets.clone(),
-            state.config.streams.topic_prefix.clone(),
-            state.stage_graph.clone(),
-            state.config.streams.partitions,
-        );
+        state.start_loaders();
     }
     let aggregates = materialize::schedule(state.clone());
     info!(addr = %listener.local_addr()?, "warden listening");

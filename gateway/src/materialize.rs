@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use warden_audit::NewEvent;
 use warden_sdk::Decision;
 
-use crate::api::query::{bounded_session, datafusion_err, read_only_sql, register_views};
+use crate::api::query::{bounded_session, execution_err, read_only_sql, register_views};
 use crate::config::AggregateConfig;
 use crate::error::{ApiError, Error};
 use crate::state::AppState;
@@ -27,7 +27,7 @@ pub async fn materialize(app: &AppState, agg: &AggregateConfig) -> Result<u64, A
             .await?
             .collect()
             .await
-            .map_err(datafusion_err)?;
+            .map_err(execution_err)?;
         app.lake
             .overwrite_aggregate(&agg.name, batches)
             .await

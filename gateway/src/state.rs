@@ -390,6 +390,19 @@ impl AppState {
         self.topics.ensure(self, topic).await
     }
 
+    /// Starts the loaders of every dataset (stream → stages → document store and lake), as
+    /// configured.
+    pub fn start_loaders(&self) {
+        self.loaders.start(
+            self.stream.clone(),
+            self.sinks(),
+            self.datasets.clone(),
+            self.config.streams.topic_prefix.clone(),
+            self.stage_graph.clone(),
+            self.config.streams.partitions,
+        );
+    }
+
     /// The sinks the loaders write into.
     pub fn sinks(&self) -> crate::pipeline::Sinks {
         crate::pipeline::Sinks {

@@ -46,6 +46,16 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
     sum.is_multiple_of(10)
 }
 
+/// `body` (ASCII digits) with its Luhn check digit appended: a valid card number for tests,
+/// benchmarks and synthetic data.
+pub fn with_check_digit(body: &str) -> String {
+    // Exactly one of the ten digits completes a digit string into a Luhn-valid one.
+    (b'0'..=b'9')
+        .map(|d| format!("{body}{}", char::from(d)))
+        .find(|c| luhn_valid(c.as_bytes()))
+        .unwrap_or_else(|| format!("{body}0"))
+}
+
 /// Normalizes and checks a card number: spaces and dashes dropped, 12 to 19 digits, Luhn.
 ///
 /// # Errors
@@ -247,6 +257,13 @@ impl Tokenizer {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn check_digits_complete_card_numbers() {
+        assert_eq!(with_check_digit("411111111111111"), "4111111111111111");
+        assert_eq!(with_check_digit("550000000000000"), "5500000000000004");
+        assert_eq!(with_check_digit("400005665566555"), "4000056655665556");
+    }
 
     #[test]
     fn luhn_and_parsing() {

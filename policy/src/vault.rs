@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use sqlx::{Any, Row};
+use warden_audit::db::{placeholders, value_rows};
 use warden_audit::Db;
 
 use crate::Result;
@@ -143,7 +144,6 @@ impl SqlVaultStore {
     }
 }
 
-/// `$from, $from+1, ...` for `n` parameters.
 /// A batched point lookup: the rows of `table` whose `key` is one of `$2..` and whose
 /// `filter` is `$1`, as index probes (see [`SqlVaultStore::probe`]). SQLite probes from a
 /// `VALUES` table kept as the outer loop of a `CROSS JOIN`; PostgreSQL takes an `IN` list that,
@@ -164,13 +164,6 @@ fn lookup_sql(db: &Db, columns: &str, table: &str, key: &str, filter: &str, n: u
     }
 }
 
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[async_trait]
 impl VaultStore for SqlVaultStore {
     async fn put_keys(
@@ -182,13 +175,11 @@ impl VaultStore for SqlVaultStore {
     ) -> Result<()> {
         let mut tx = self.db.pool().begin().await?;
         for chunk in keys.chunks(INSERT_ROWS) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
-                .collect();
+            let rows = value_rows(chunk.len(), 5);
             let sql = format!(
                 "INSERT INTO vault_keys (scope, key_ref, wrapped, wrapped_by, created_at) VALUES {} \
                  ON CONFLICT (key_ref, scope) DO NOTHING",
-                rows.join(", ")
+                rows
             );
             let mut q = sqlx::query::<Any>(&sql);
             for (key_ref, wrapped) in chunk {
@@ -293,13 +284,11 @@ impl VaultStore for SqlVaultStore {
         let mut tx = self.db.pool().begin().await?;
         let mut inserted = 0;
         for chunk in tokens.chunks(INSERT_ROWS) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
-                .collect();
+            let rows = value_rows(chunk.len(), 5);
             let sql = format!(
                 "INSERT INTO vault_tokens (dataset, pan_index, token, pan_ciphertext, created_at) VALUES {} \
                  ON CONFLICT (pan_index) DO NOTHING",
-                rows.join(", ")
+                rows
             );
             let mut q = sqlx::query::<Any>(&sql);
             for t in chunk {

@@ -93,6 +93,18 @@ fn view_sql(contract: &Contract, subject_ref: Option<&str>, has: impl Fn(&str) -
     format!("SELECT {} FROM t{filter}", cols.join(", "))
 }
 
+/// A failure while the query ran: its message can quote the data (a value that would not
+/// cast), so only its kind goes back, and nothing of it to the log.
+pub(crate) fn execution_err(e: deltalake::datafusion::error::DataFusionError) -> ApiError {
+    use deltalake::datafusion::error::DataFusionError as E;
+    match e.find_root() {
+        E::ResourcesExhausted(_) => {
+            ApiError::invalid("sql: the query needs more memory than a query may use; narrow it")
+        }
+        _ => ApiError::invalid("sql: the query failed while running (types, casts or functions)"),
+    }
+}
+
 pub(crate) fn datafusion_err(e: impl std::fmt::Display) -> ApiError {
     // The planner's message names tables, columns and syntax — the client's own query.
     let text = e.to_string();
@@ -249,7 +261,7 @@ pub async fn query(
             .await?
             .limit(0, Some(limit))
             .map_err(datafusion_err)?;
-        let batches: Vec<RecordBatch> = df.collect().await.map_err(datafusion_err)?;
+        let batches: Vec<RecordBatch> = df.collect().await.map_err(execution_err)?;
         let rows = to_json_rows(&batches)?;
         Ok((visible, rows))
     }

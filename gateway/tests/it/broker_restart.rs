@@ -101,14 +101,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_acknowledged() {
     })
     .await;
     let s = &g.state;
-    s.loaders.start(
-        s.stream.clone(),
-        s.sinks(),
-        s.datasets.clone(),
-        String::new(),
-        s.stage_graph.clone(),
-        s.config.streams.partitions,
-    );
+    s.start_loaders();
     let (_, stage) = g
         .principal_token(PrincipalKind::Service, &["stage"], false)
         .await;

@@ -15,28 +15,9 @@ use crate::binary::{files_under, post, Server};
 
 const ADMIN_PASSWORD: &str = "e2e admin pass";
 
-/// A Luhn-valid 16-digit card number from a 15-digit body.
+/// A Luhn-valid 16-digit card number.
 fn pan(n: u64) -> String {
-    let body = format!("4{:014}", n % 100_000_000_000_000);
-    let digits: Vec<u32> = body.chars().filter_map(|c| c.to_digit(10)).collect();
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, d)| {
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 {
-                    x - 9
-                } else {
-                    x
-                }
-            } else {
-                *d
-            }
-        })
-        .sum();
-    format!("{body}{}", (10 - sum % 10) % 10)
+    warden_policy::pan::with_check_digit(&format!("4{:014}", n % 100_000_000_000_000))
 }
 
 fn email(user: usize) -> String {

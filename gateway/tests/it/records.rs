@@ -171,20 +171,8 @@ async fn query(g: &Gateway, token: &str, sql: &str) -> Reply {
     .await
 }
 
-fn start_loaders(g: &Gateway) {
-    let s = &g.state;
-    s.loaders.start(
-        s.stream.clone(),
-        s.sinks(),
-        s.datasets.clone(),
-        s.config.streams.topic_prefix.clone(),
-        s.stage_graph.clone(),
-        s.config.streams.partitions,
-    );
-}
-
 async fn ingest_then_read_masked(g: Gateway) {
-    start_loaders(&g);
+    g.state.start_loaders();
     let (_, stage) = g
         .principal_token(PrincipalKind::Service, &["stage"], false)
         .await;

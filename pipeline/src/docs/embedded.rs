@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use sqlx::{Any, Row};
+use warden_audit::db::value_rows;
 use warden_audit::Db;
 
 use super::{capped, CollectionSpec, Document, DocumentStore, Query};
@@ -20,13 +21,6 @@ impl EmbeddedDocuments {
     pub fn new(db: Db) -> Self {
         Self { db }
     }
-}
-
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[async_trait]
@@ -51,15 +45,13 @@ impl DocumentStore for EmbeddedDocuments {
             .collect();
         let mut tx = self.db.pool().begin().await?;
         for chunk in docs.chunks(UPSERT_ROWS) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 6 + 1, 6)))
-                .collect();
+            let rows = value_rows(chunk.len(), 6);
             let sql = format!(
                 "INSERT INTO documents (collection, record_key, subject_ref, ts, contract_version, body) \
                  VALUES {} ON CONFLICT (collection, record_key) DO UPDATE SET \
                  subject_ref = excluded.subject_ref, ts = excluded.ts, \
                  contract_version = excluded.contract_version, body = excluded.body",
-                rows.join(", ")
+                rows
             );
             let mut q = sqlx::query::<Any>(&sql);
             for d in chunk {

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use sqlx::{Any, Row};
 use tokio::sync::{Mutex, Notify};
+use warden_audit::db::value_rows;
 use warden_audit::Db;
 
 use super::{partition_of, Message, OutRecord, Position, Stream, Subscription};
@@ -40,13 +41,6 @@ fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl EmbeddedStream {
@@ -141,12 +135,10 @@ impl Stream for EmbeddedStream {
         let mut tx = self.db.pool().begin().await?;
         let rows: Vec<(&OutRecord, &Position)> = records.iter().zip(&positions).collect();
         for chunk in rows.chunks(INSERT_ROWS) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 7 + 1, 7)))
-                .collect();
+            let values = value_rows(chunk.len(), 7);
             let sql = format!(
                 "INSERT INTO stream_records (topic, part, pos, record_key, value, headers, ts) VALUES {}",
-                values.join(", ")
+                values
             );
             let mut q = sqlx::query::<Any>(&sql);
             for (r, p) in chunk {
