@@ -33,6 +33,7 @@ pub struct Config {
     pub documents: DocumentsConfig,
     pub lake: LakeConfig,
     pub pipeline: PipelineConfig,
+    pub erasure: ErasureConfig,
 }
 
 impl Default for Config {
@@ -51,6 +52,7 @@ impl Default for Config {
             documents: DocumentsConfig::default(),
             lake: LakeConfig::default(),
             pipeline: PipelineConfig::default(),
+            erasure: ErasureConfig::default(),
         }
     }
 }
@@ -233,6 +235,11 @@ pub struct StreamsConfig {
     /// Extra librdkafka producer properties (`"linger.ms" = "10"`); idempotence and
     /// `acks=all` are fixed.
     pub producer: std::collections::BTreeMap<String, String>,
+    /// Properties of the topics Warden creates, over its defaults (compacted and deleted:
+    /// `cleanup.policy = "compact,delete"`, `min.compaction.lag.ms` one day,
+    /// `max.compaction.lag.ms` a week — the bound on how long an erased subject's records
+    /// stay in a topic, unreadable).
+    pub topic: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for StreamsConfig {
@@ -243,6 +250,7 @@ impl Default for StreamsConfig {
             partitions: warden_pipeline::DEFAULT_PARTITIONS,
             replication: 1,
             producer: std::collections::BTreeMap::new(),
+            topic: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -289,6 +297,37 @@ pub struct AggregateConfig {
     /// Materialize this often while serving (none: only by `warden materialize`).
     #[serde(default, with = "humantime_serde")]
     pub every: Option<Duration>,
+}
+
+/// Data subjects' erasure requests (GDPR Art. 17).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErasureConfig {
+    /// Run erasure jobs in this process (any number of replicas may: a job is leased).
+    pub run: bool,
+    /// The answer is due this long after the request (Art. 12(3): one month).
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Extensions may add at most this much, each with a recorded reason (two months).
+    #[serde(with = "humantime_serde")]
+    pub max_extension: Duration,
+    /// The lake files an erasure rewrote are vacuumed once this old. Until then, a reader
+    /// scanning a snapshot from before the delete still finds its files (and the subject's
+    /// rows, undecryptable); after, such a reader fails. Zero removes them at once, at the
+    /// cost of failing queries that were running over an older snapshot.
+    #[serde(with = "humantime_serde")]
+    pub vacuum_retention: Duration,
+}
+
+impl Default for ErasureConfig {
+    fn default() -> Self {
+        Self {
+            run: true,
+            deadline: Duration::from_secs(30 * 86_400),
+            max_extension: Duration::from_secs(60 * 86_400),
+            vacuum_retention: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// The data plane run by this process.

@@ -51,7 +51,7 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         }
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::Conflict | ErrorCode::LegalHold => StatusCode::CONFLICT,
         ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::AuditUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::RecordsRejected => StatusCode::UNPROCESSABLE_ENTITY,

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod datasets;
+pub mod erasure;
 pub mod error;
 pub mod extract;
 pub mod ingest;
@@ -97,6 +98,19 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/detokenize", post(api::data::detokenize))
         .route("/v1/query", post(api::query::query))
+        .route("/v1/subjects/{id}/erasure", post(api::erasure::request))
+        .route("/v1/subjects/{id}/export", get(api::erasure::export))
+        .route("/v1/erasure", get(api::erasure::list))
+        .route("/v1/erasure/{job}", get(api::erasure::status))
+        .route("/v1/erasure/{job}/extend", post(api::erasure::extend))
+        .route(
+            "/v1/legal-holds",
+            get(api::erasure::holds).post(api::erasure::place_hold),
+        )
+        .route(
+            "/v1/legal-holds/{id}/release",
+            post(api::erasure::release_hold),
+        )
         .route(
             "/v1/datasets/{name}/subscriptions/{group}/poll",
             post(api::subscriptions::poll),
@@ -164,6 +178,11 @@ pub async fn serve(
     if state.config.pipeline.loaders {
         state.start_loaders();
     }
+    let erasures = state
+        .config
+        .erasure
+        .run
+        .then(|| erasure::start(state.clone()));
     let aggregates = materialize::schedule(state.clone());
     info!(addr = %listener.local_addr()?, "warden listening");
     let result = axum::serve(
@@ -173,7 +192,7 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await;
     sync.abort();
-    for a in aggregates {
+    for a in aggregates.into_iter().chain(erasures) {
         a.abort();
     }
     state.shutdown().await;

@@ -69,6 +69,38 @@ enum Command {
     },
     /// Materialize the configured aggregate tables (all, or those named) now.
     Materialize { names: Vec<String> },
+    /// Ask a running gateway to erase a data subject (GDPR Art. 17) and follow the job to its
+    /// signed receipt. SUBJECT: the subject's identifier, its subject_ref, or `me` with a
+    /// data subject's own token. Credentials: WARDEN_TOKEN (a DPO's needs a fresh second
+    /// factor), or WARDEN_CLIENT_ID and WARDEN_CLIENT_SECRET.
+    Erase {
+        subject: String,
+        /// The gateway (default: http:// and the configured listen address).
+        #[arg(long)]
+        url: Option<String>,
+        /// Makes the request safe to repeat.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Return once the request is accepted instead of following the job.
+        #[arg(long)]
+        no_wait: bool,
+        /// Follow the job at most this long.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Write the signed receipt here once completed.
+        #[arg(long)]
+        receipt: Option<PathBuf>,
+    },
+    /// Erasure jobs of a running gateway.
+    Erasure {
+        #[command(subcommand)]
+        command: ErasureCommand,
+    },
+    /// Erasure receipts.
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
+    },
     /// Work with the keys.
     Keys {
         #[command(subcommand)]
@@ -84,6 +116,32 @@ enum KeysCommand {
         /// The old key: file://PATH or aws-kms:KEY_ID.
         #[arg(long)]
         from: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ErasureCommand {
+    /// One job (with its receipt once completed), or the list (filtered by --state,
+    /// --overdue).
+    Status {
+        job: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        overdue: bool,
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReceiptCommand {
+    /// Check a receipt's signature offline; exit 0 when valid, 1 otherwise.
+    Verify {
+        receipt: PathBuf,
+        /// The gateway's public key (hex), as `warden audit public-key` prints it.
+        #[arg(long)]
+        public_key: String,
     },
 }
 
@@ -189,6 +247,81 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("exported {n} audit events");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Erase {
+            subject,
+            url,
+            idempotency_key,
+            no_wait,
+            timeout,
+            receipt,
+        } => {
+            let client = api_client(&config, url, &env).await?;
+            let job = warden_gateway::erasure::cli::erase(
+                &client,
+                &subject,
+                idempotency_key.as_deref(),
+                (!no_wait).then_some(timeout),
+                &mut std::io::stderr(),
+            )
+            .await?;
+            println!("{}", warden_gateway::erasure::cli::summary(&job));
+            if let (Some(path), Some(r)) = (receipt, job.get("receipt").filter(|r| r.is_object())) {
+                std::fs::write(&path, serde_json::to_string_pretty(r)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("receipt written to {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Erasure {
+            command:
+                ErasureCommand::Status {
+                    job,
+                    state,
+                    overdue,
+                    url,
+                },
+        } => {
+            let client = api_client(&config, url, &env).await?;
+            match job {
+                Some(id) => {
+                    let job = client.erasure(&id).await?;
+                    println!("{}", serde_json::to_string_pretty(&job)?);
+                }
+                None => {
+                    let mut q: Vec<(&str, &str)> = Vec::new();
+                    if let Some(s) = &state {
+                        q.push(("state", s));
+                    }
+                    if overdue {
+                        q.push(("overdue", "true"));
+                    }
+                    let list = client.erasures(&q).await?;
+                    for j in list["jobs"].as_array().into_iter().flatten() {
+                        println!("{}", warden_gateway::erasure::cli::summary(j));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Receipt {
+            command:
+                ReceiptCommand::Verify {
+                    receipt,
+                    public_key,
+                },
+        } => match warden_gateway::erasure::cli::verify_receipt(&receipt, &public_key) {
+            Ok(r) => {
+                println!(
+                    "receipt valid: job {} erased {} (audit event {}), completed {}",
+                    r.job, r.subject_ref, r.audit_seq, r.completed_at
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                println!("receipt does NOT verify: {e:#}");
+                Ok(ExitCode::from(1))
+            }
+        },
         Command::Ingest {
             file,
             dataset,
@@ -198,21 +331,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             batch,
             atomic,
         } => {
-            let url = url.unwrap_or_else(|| format!("http://{}", config.listen));
-            let client = warden_sdk::client::Client::new(&url)?.with_purpose(purpose);
-            let client = match (
-                env.get("WARDEN_TOKEN"),
-                env.get("WARDEN_CLIENT_ID"),
-                env.get("WARDEN_CLIENT_SECRET"),
-            ) {
-                (Some(t), _, _) => client.with_token(t.clone()),
-                (None, Some(id), Some(secret)) => {
-                    client.with_client_credentials(id, secret).await?
-                }
-                _ => {
-                    anyhow::bail!("set WARDEN_TOKEN, or WARDEN_CLIENT_ID and WARDEN_CLIENT_SECRET")
-                }
-            };
+            let client = api_client(&config, url, &env).await?.with_purpose(purpose);
             let options = warden_gateway::ingest::Options {
                 dataset,
                 format,
@@ -289,6 +408,28 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A client of the running gateway (`--url`, or the configured listen address) with the
+/// credentials of the environment.
+async fn api_client(
+    config: &Config,
+    url: Option<String>,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<warden_sdk::client::Client> {
+    let url = url.unwrap_or_else(|| format!("http://{}", config.listen));
+    let client = warden_sdk::client::Client::new(&url)?;
+    Ok(
+        match (
+            env.get("WARDEN_TOKEN"),
+            env.get("WARDEN_CLIENT_ID"),
+            env.get("WARDEN_CLIENT_SECRET"),
+        ) {
+            (Some(t), _, _) => client.with_token(t.clone()),
+            (None, Some(id), Some(secret)) => client.with_client_credentials(id, secret).await?,
+            _ => anyhow::bail!("set WARDEN_TOKEN, or WARDEN_CLIENT_ID and WARDEN_CLIENT_SECRET"),
+        },
+    )
 }
 
 fn print_report(report: &VerifyReport, json: bool) -> ExitCode {

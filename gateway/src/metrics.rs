@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use warden_audit::AuditObserver;
@@ -25,6 +26,21 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub step: String,
+    /// `done` or `failed`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+/// The erasure job states shown by `warden_erasure_open_requests` (zero when none).
+const OPEN_STATES: &[&str] = &["pending", "running", "waiting"];
+
 /// The gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -37,6 +53,10 @@ pub struct Metrics {
     pub audit_batches: Counter,
     pub audit_failures: Counter,
     pub audit_batch_seconds: Histogram,
+    pub erasure_step_runs: Family<StepLabels, Counter>,
+    pub erasure_open: Family<StateLabels, Gauge>,
+    pub erasure_oldest_open_age: Gauge,
+    pub erasure_next_due: Gauge,
 }
 
 impl Default for Metrics {
@@ -99,8 +119,36 @@ impl Metrics {
             "Time to commit one audit batch",
             audit_batch_seconds.clone(),
         );
+        let erasure_step_runs = Family::<StepLabels, Counter>::default();
+        let erasure_open = Family::<StateLabels, Gauge>::default();
+        let erasure_oldest_open_age = Gauge::default();
+        let erasure_next_due = Gauge::default();
+        registry.register(
+            "warden_erasure_steps",
+            "Erasure job steps run, by step and outcome (failed steps are retried)",
+            erasure_step_runs.clone(),
+        );
+        registry.register(
+            "warden_erasure_open_requests",
+            "Open erasure requests by state",
+            erasure_open.clone(),
+        );
+        registry.register(
+            "warden_erasure_oldest_open_age_seconds",
+            "Age of the oldest open erasure request (0 when none)",
+            erasure_oldest_open_age.clone(),
+        );
+        registry.register(
+            "warden_erasure_next_due_seconds",
+            "Seconds until the earliest open erasure request is due (negative: overdue; absent work: a year)",
+            erasure_next_due.clone(),
+        );
         Self {
             registry,
+            erasure_step_runs,
+            erasure_open,
+            erasure_oldest_open_age,
+            erasure_next_due,
             http_requests,
             http_duration,
             decisions,
@@ -127,6 +175,38 @@ impl Metrics {
                 outcome: outcome.as_str().to_owned(),
             })
             .inc();
+    }
+}
+
+impl Metrics {
+    pub fn erasure_steps(&self, step: &str, outcome: &str) {
+        self.erasure_step_runs
+            .get_or_create(&StepLabels {
+                step: step.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the erasure gauges: open jobs by state, the oldest one's age and the time left
+    /// to the earliest deadline (microseconds).
+    pub fn erasure_gauges(
+        &self,
+        by_state: &std::collections::BTreeMap<String, i64>,
+        oldest_age: Option<i64>,
+        next_due: Option<i64>,
+    ) {
+        for s in OPEN_STATES {
+            self.erasure_open
+                .get_or_create(&StateLabels {
+                    state: (*s).to_owned(),
+                })
+                .set(by_state.get(*s).copied().unwrap_or(0));
+        }
+        self.erasure_oldest_open_age
+            .set(oldest_age.map_or(0, |a| a / 1_000_000));
+        self.erasure_next_due
+            .set(next_due.map_or(365 * 86_400, |d| d / 1_000_000));
     }
 }
 

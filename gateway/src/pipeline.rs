@@ -40,8 +40,14 @@ pub fn open_stream(config: &Config, state_db: &Db) -> anyhow::Result<Arc<dyn Str
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let brokers = KafkaStream::brokers_from_url(&s.url);
+    let topic: Vec<(&str, &str)> = s
+        .topic
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let kafka = KafkaStream::with_options(brokers, s.replication, &options)
-        .context("invalid streams configuration")?;
+        .context("invalid streams configuration")?
+        .with_topic_config(&topic);
     info!(brokers, "streams on Kafka");
     Ok(Arc::new(kafka))
 }

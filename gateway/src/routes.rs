@@ -127,6 +127,35 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
     // Per dataset, the handler registers only what `datasets:<name> read` allows.
     guarded("POST", "/v1/query", "query", "run", false),
+    // Data subjects' rights. The subject id never enters a resource name (it may be an
+    // identifier); the handlers hold subjects to themselves and ask anyone else for a fresh
+    // second factor.
+    guarded(
+        "POST",
+        "/v1/subjects/{id}/erasure",
+        "erasure",
+        "request",
+        false,
+    ),
+    guarded("GET", "/v1/subjects/{id}/export", "export", "read", false),
+    guarded("GET", "/v1/erasure", "erasure", "list", true),
+    guarded("GET", "/v1/erasure/{job}", "erasure", "read", false),
+    guarded(
+        "POST",
+        "/v1/erasure/{job}/extend",
+        "erasure",
+        "extend",
+        true,
+    ),
+    guarded("GET", "/v1/legal-holds", "holds", "read", true),
+    guarded("POST", "/v1/legal-holds", "holds", "write", true),
+    guarded(
+        "POST",
+        "/v1/legal-holds/{id}/release",
+        "holds",
+        "write",
+        true,
+    ),
 ];
 
 /// The resource of a request: the route's resource with `{param}` replaced by the value in

@@ -78,6 +78,12 @@ pub struct Inner {
     pub subscriptions: crate::api::subscriptions::Subscriptions,
     /// Topics this process has made sure exist.
     pub topics: crate::api::records::Topics,
+    /// Erasure jobs and legal holds.
+    pub erasures: crate::erasure::Jobs,
+    /// Wakes the erasure worker when a request arrives.
+    pub erasure_wakeup: tokio::sync::Notify,
+    /// Signs erasure receipts (the audit checkpoint key).
+    pub receipt_signer: crate::erasure::receipt::ReceiptSigner,
     /// The state database, then the audit database if it is another one.
     pub dbs: Vec<Db>,
 }
@@ -283,6 +289,8 @@ pub async fn start(
         .into_iter()
         .next()
         .context("no checkpoint signing key in the state store")?;
+    let receipt_signer =
+        crate::erasure::receipt::ReceiptSigner::new(cp_kid.clone(), cp_key.clone());
 
     let model = match &config.policy.model {
         Some(p) => std::fs::read_to_string(p)
@@ -359,6 +367,9 @@ pub async fn start(
         topics: crate::api::records::Topics::default(),
         subscriptions: crate::api::subscriptions::Subscriptions::default(),
         stage_graph,
+        erasures: crate::erasure::Jobs::new(state_db.clone()),
+        erasure_wakeup: tokio::sync::Notify::new(),
+        receipt_signer,
         dbs,
     }));
     Ok((state, first_start))

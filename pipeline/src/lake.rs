@@ -538,3 +538,337 @@ impl Sink for LakeSink {
         self.0.append(contract, topic, records).await
     }
 }
+
+/// What erasing a subject did to one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubjectDelete {
+    /// Rows deleted.
+    pub rows: u64,
+    /// The table version before and after (equal when there was nothing to delete).
+    pub version_before: Option<u64>,
+    pub version_after: Option<u64>,
+    /// Data files removed (rewritten without the subject's rows, or dropped).
+    pub files_removed: u64,
+    /// Bytes of the files removed, and of the whole table before the delete.
+    pub bytes_removed: u64,
+    pub bytes_table: u64,
+}
+
+/// The predicate selecting a subject's rows: its bucket partition (so only that partition's
+/// files are read) and its pseudonym. Built as an expression, never as SQL text.
+pub fn subject_predicate(subject_ref: &str) -> deltalake::datafusion::prelude::Expr {
+    use deltalake::datafusion::prelude::{col, lit};
+    col(SUBJECT_BUCKET)
+        .eq(lit(subject_bucket(subject_ref)))
+        .and(col(SUBJECT_REF).eq(lit(subject_ref.to_owned())))
+}
+
+fn file_sizes(table: &DeltaTable) -> Result<HashMap<String, i64>> {
+    Ok(table
+        .snapshot()
+        .map_err(|e| lake_err("snapshot", e))?
+        .log_data()
+        .iter()
+        .map(|f| (f.path().into_owned(), f.size()))
+        .collect())
+}
+
+fn df_err(e: impl std::fmt::Display) -> Error {
+    lake_err("scan", e)
+}
+
+/// Erasure: deleting, counting and reading one subject's rows; vacuum.
+impl Lake {
+    /// The table's current version, `None` when it does not exist yet (it is not created).
+    ///
+    /// # Errors
+    /// The table's log cannot be read.
+    pub async fn version(&self, contract: &Contract) -> Result<Option<u64>> {
+        Ok(self.existing(contract).await?.and_then(|t| t.version()))
+    }
+
+    /// The table, current, if it exists (never created here: erasing from or reading a
+    /// dataset that never had a row must not make a table).
+    async fn existing(&self, contract: &Contract) -> Result<Option<DeltaTable>> {
+        {
+            let tables = self.tables.lock().await;
+            if tables.contains_key(&contract.lake_table) {
+                drop(tables);
+                return self.table(contract).await.map(Some);
+            }
+        }
+        let url = self.table_url(contract)?;
+        if url.scheme() == "file"
+            && url
+                .to_file_path()
+                .is_ok_and(|p| !p.join("_delta_log").exists())
+        {
+            return Ok(None);
+        }
+        let table = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
+            .await
+            .map_err(|e| lake_err("open table", e))?;
+        if table.version().is_none() {
+            return Ok(None);
+        }
+        self.tables
+            .lock()
+            .await
+            .insert(contract.lake_table.clone(), table.clone());
+        Ok(Some(table))
+    }
+
+    /// Deletes a subject's rows (`DELETE WHERE subject_bucket = b AND subject_ref = s`): only
+    /// the files of the subject's bucket that hold its rows are rewritten. Idempotent: a
+    /// second run finds nothing and commits nothing. The commit names the erasure `job`.
+    ///
+    /// # Errors
+    /// The delete failed (a conflicting concurrent commit included); nothing was deleted.
+    pub async fn delete_subject(
+        &self,
+        contract: &Contract,
+        subject_ref: &str,
+        job: &str,
+    ) -> Result<SubjectDelete> {
+        let Some(table) = self.existing(contract).await? else {
+            return Ok(SubjectDelete::default());
+        };
+        let before = file_sizes(&table)?;
+        let version_before = table.version();
+        let commit = CommitProperties::default()
+            .with_metadata([("warden.erasure".to_owned(), Value::String(job.to_owned()))]);
+        let result = table
+            .delete()
+            .with_predicate(subject_predicate(subject_ref))
+            .with_commit_properties(commit)
+            .await;
+        let mut tables = self.tables.lock().await;
+        let (table, metrics) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tables.remove(&contract.lake_table);
+                return Err(lake_err("delete", e));
+            }
+        };
+        tables.insert(contract.lake_table.clone(), table.clone());
+        drop(tables);
+        let after = file_sizes(&table)?;
+        let removed: Vec<i64> = before
+            .iter()
+            .filter(|(p, _)| !after.contains_key(*p))
+            .map(|(_, s)| *s)
+            .collect();
+        Ok(SubjectDelete {
+            rows: metrics.num_deleted_rows.unwrap_or(0) as u64,
+            version_before,
+            version_after: table.version(),
+            files_removed: removed.len() as u64,
+            bytes_removed: removed.iter().map(|s| u64::try_from(*s).unwrap_or(0)).sum(),
+            bytes_table: before
+                .values()
+                .map(|s| u64::try_from(*s).unwrap_or(0))
+                .sum(),
+        })
+    }
+
+    /// A subject's rows as a DataFusion frame over the current snapshot (`None`: no table).
+    async fn subject_frame(
+        &self,
+        contract: &Contract,
+        subject_ref: &str,
+    ) -> Result<Option<deltalake::datafusion::dataframe::DataFrame>> {
+        let Some(table) = self.existing(contract).await? else {
+            return Ok(None);
+        };
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| lake_err("table provider", e))?;
+        let ctx = deltalake::datafusion::prelude::SessionContext::new();
+        let frame = ctx
+            .read_table(provider)
+            .map_err(df_err)?
+            .filter(subject_predicate(subject_ref))
+            .map_err(df_err)?;
+        Ok(Some(frame))
+    }
+
+    /// How many rows a subject has in the table (its bucket only is read).
+    ///
+    /// # Errors
+    /// The table cannot be read.
+    pub async fn count_subject(&self, contract: &Contract, subject_ref: &str) -> Result<u64> {
+        match self.subject_frame(contract, subject_ref).await? {
+            None => Ok(0),
+            Some(f) => Ok(f.count().await.map_err(df_err)? as u64),
+        }
+    }
+
+    /// A subject's rows, as stored (protected), for an access request.
+    ///
+    /// # Errors
+    /// The table cannot be read.
+    pub async fn subject_rows(
+        &self,
+        contract: &Contract,
+        subject_ref: &str,
+    ) -> Result<Vec<RecordBatch>> {
+        match self.subject_frame(contract, subject_ref).await? {
+            None => Ok(Vec::new()),
+            Some(f) => f.collect().await.map_err(df_err),
+        }
+    }
+
+    /// The distinct non-null values of text `columns` in a subject's rows (the vault tokens
+    /// an erasure must purge).
+    ///
+    /// # Errors
+    /// The table cannot be read.
+    pub async fn subject_values(
+        &self,
+        contract: &Contract,
+        subject_ref: &str,
+        columns: &[String],
+    ) -> Result<std::collections::BTreeSet<String>> {
+        let mut out = std::collections::BTreeSet::new();
+        if columns.is_empty() {
+            return Ok(out);
+        }
+        for batch in self.subject_rows(contract, subject_ref).await? {
+            collect_strings(&batch, columns, None, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Which of `values` still appear in text `column` of any row (a token another subject
+    /// shares stays in the vault). Reads that one column of the whole table.
+    ///
+    /// # Errors
+    /// The table cannot be read.
+    pub async fn values_in_use(
+        &self,
+        contract: &Contract,
+        column: &str,
+        values: &std::collections::BTreeSet<String>,
+    ) -> Result<std::collections::BTreeSet<String>> {
+        use deltalake::datafusion::prelude::{col, lit};
+        let mut out = std::collections::BTreeSet::new();
+        if values.is_empty() {
+            return Ok(out);
+        }
+        let Some(table) = self.existing(contract).await? else {
+            return Ok(out);
+        };
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| lake_err("table provider", e))?;
+        let ctx = deltalake::datafusion::prelude::SessionContext::new();
+        let list = values.iter().map(|v| lit(v.clone())).collect();
+        let batches = ctx
+            .read_table(provider)
+            .map_err(df_err)?
+            .select(vec![col(column)])
+            .map_err(df_err)?
+            .filter(col(column).in_list(list, false))
+            .map_err(df_err)?
+            .distinct()
+            .map_err(df_err)?
+            .collect()
+            .await
+            .map_err(df_err)?;
+        for b in &batches {
+            collect_strings(b, &[column.to_owned()], Some(values), &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Removes the data files no version within `retention` needs (those rewritten or
+    /// dropped by deletes, erasures included). With zero retention, readers still scanning
+    /// an older snapshot fail — the price of removing an erased subject's files now. Returns
+    /// how many files were removed.
+    ///
+    /// # Errors
+    /// The table cannot be read or a file cannot be removed.
+    pub async fn vacuum(&self, contract: &Contract, retention: std::time::Duration) -> Result<u64> {
+        let Some(table) = self.existing(contract).await? else {
+            return Ok(0);
+        };
+        let retention = chrono::Duration::from_std(retention)
+            .map_err(|e| Error::Invalid(format!("vacuum retention: {e}")))?;
+        let (table, metrics) = table
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(|e| lake_err("vacuum", e))?;
+        self.tables
+            .lock()
+            .await
+            .insert(contract.lake_table.clone(), table);
+        Ok(metrics.files_deleted.len() as u64)
+    }
+
+    /// Opens the table at an old `version` (time travel) and counts a subject's rows there.
+    /// Fails once vacuum removed that version's files.
+    ///
+    /// # Errors
+    /// The version cannot be loaded or its files read.
+    pub async fn count_subject_at(
+        &self,
+        contract: &Contract,
+        subject_ref: &str,
+        version: u64,
+    ) -> Result<u64> {
+        let url = self.table_url(contract)?;
+        let mut table = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
+            .await
+            .map_err(|e| lake_err("open table", e))?;
+        table
+            .load_version(version)
+            .await
+            .map_err(|e| lake_err("load version", e))?;
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| lake_err("table provider", e))?;
+        let ctx = deltalake::datafusion::prelude::SessionContext::new();
+        let n = ctx
+            .read_table(provider)
+            .map_err(df_err)?
+            .filter(subject_predicate(subject_ref))
+            .map_err(df_err)?
+            .count()
+            .await
+            .map_err(df_err)?;
+        Ok(n as u64)
+    }
+}
+
+/// The non-null strings of `columns` in `batch` (those in `only`, if given) into `out`.
+fn collect_strings(
+    batch: &RecordBatch,
+    columns: &[String],
+    only: Option<&std::collections::BTreeSet<String>>,
+    out: &mut std::collections::BTreeSet<String>,
+) {
+    use deltalake::arrow::array::{Array, AsArray};
+    use deltalake::arrow::compute::cast;
+    for c in columns {
+        let Some(array) = batch.column_by_name(c) else {
+            continue;
+        };
+        let Ok(array) = cast(array, &ArrowType::Utf8) else {
+            continue;
+        };
+        let strings = array.as_string::<i32>();
+        for i in 0..strings.len() {
+            if strings.is_valid(i) {
+                let v = strings.value(i);
+                if only.is_none_or(|o| o.contains(v)) {
+                    out.insert(v.to_owned());
+                }
+            }
+        }
+    }
+}

@@ -228,6 +228,24 @@ impl Tokenizer {
             .collect()
     }
 
+    /// Removes `tokens` from the vault (an erased subject's cards): afterwards they
+    /// detokenize to nothing, and the same card number gets a new token. Returns how many
+    /// the vault held.
+    ///
+    /// # Errors
+    /// Vault failures.
+    pub async fn purge(&self, dataset: &str, tokens: &[String]) -> Result<u64> {
+        self.vault.delete_tokens(dataset, tokens).await
+    }
+
+    /// How many of `tokens` the vault holds.
+    ///
+    /// # Errors
+    /// Vault failures.
+    pub async fn held(&self, dataset: &str, tokens: &[String]) -> Result<u64> {
+        Ok(self.vault.pans_by_token(dataset, tokens).await?.len() as u64)
+    }
+
     /// The card numbers behind `tokens`, in order (`None` for a token the vault does not know).
     ///
     /// # Errors

@@ -87,6 +87,11 @@ pub fn to_rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
+/// RFC 3339 of Unix microseconds (out of range: the epoch).
+pub fn micros_to_rfc3339(micros: i64) -> String {
+    to_rfc3339(DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

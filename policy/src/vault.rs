@@ -71,6 +71,8 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
     /// Inserts tokens in one transaction, skipping indexes that have one already; returns
     /// how many were inserted.
     async fn insert_tokens(&self, dataset: &str, tokens: &[NewToken], now: i64) -> Result<usize>;
+    /// Deletes the tokens among `tokens` (an erased subject's); how many there were.
+    async fn delete_tokens(&self, dataset: &str, tokens: &[String]) -> Result<u64>;
     /// The encrypted PAN of each token among `tokens` that exists.
     async fn pans_by_token(
         &self,
@@ -303,6 +305,24 @@ impl VaultStore for SqlVaultStore {
         }
         tx.commit().await?;
         Ok(usize::try_from(inserted).unwrap_or(usize::MAX))
+    }
+
+    async fn delete_tokens(&self, dataset: &str, tokens: &[String]) -> Result<u64> {
+        let mut tx = self.db.pool().begin().await?;
+        let mut deleted = 0;
+        for chunk in tokens.chunks(CHUNK) {
+            let sql = format!(
+                "DELETE FROM vault_tokens WHERE dataset = $1 AND token IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query::<Any>(&sql).bind(dataset.to_owned());
+            for t in chunk {
+                q = q.bind(t.clone());
+            }
+            deleted += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn pans_by_token(

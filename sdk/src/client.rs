@@ -219,13 +219,75 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/subjects/{subject}/erasure`: asks for a subject's erasure (`subject` is `me`
+    /// for a data subject, a `subject_ref`, or the subject's identifier); the job.
+    ///
+    /// # Errors
+    /// The gateway's refusal (`legal_hold`, `mfa_required`...), or the gateway unreachable.
+    pub async fn erase(
+        &self,
+        subject: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let path = format!("/v1/subjects/{}/erasure", urlencode(subject));
+        let headers: Vec<(&str, &str)> = idempotency_key
+            .map(|k| vec![("idempotency-key", k)])
+            .unwrap_or_default();
+        self.call_with::<(), _>(reqwest::Method::POST, &path, None, &headers)
+            .await
+    }
+
+    /// `GET /v1/erasure/{job}`: an erasure job (its receipt once completed).
+    ///
+    /// # Errors
+    /// The gateway's refusal, or the gateway unreachable.
+    pub async fn erasure(&self, job: &str) -> Result<Value, ClientError> {
+        let path = format!("/v1/erasure/{}", urlencode(job));
+        self.call::<(), _>(reqwest::Method::GET, &path, None).await
+    }
+
+    /// `GET /v1/erasure?...`: erasure jobs (`state`, `overdue`, `limit`).
+    ///
+    /// # Errors
+    /// The gateway's refusal, or the gateway unreachable.
+    pub async fn erasures(&self, query: &[(&str, &str)]) -> Result<Value, ClientError> {
+        let qs: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect();
+        let path = format!("/v1/erasure?{}", qs.join("&"));
+        self.call::<(), _>(reqwest::Method::GET, &path, None).await
+    }
+
+    /// `GET /v1/subjects/{subject}/export`: the subject's records from every store (JSON).
+    ///
+    /// # Errors
+    /// The gateway's refusal, or the gateway unreachable.
+    pub async fn export(&self, subject: &str) -> Result<Value, ClientError> {
+        let path = format!("/v1/subjects/{}/export", urlencode(subject));
+        self.call::<(), _>(reqwest::Method::GET, &path, None).await
+    }
+
     async fn call<B: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<R, ClientError> {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    async fn call_with<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+        headers: &[(&str, &str)],
+    ) -> Result<R, ClientError> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

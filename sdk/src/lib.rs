@@ -52,6 +52,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The resource already exists or the request conflicts with its state.
     Conflict,
+    /// A legal hold covers the data: the erasure is refused (the message gives the reason).
+    LegalHold,
     /// Too many requests from this principal.
     RateLimited,
     /// The request took longer than the configured timeout.
@@ -87,6 +89,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
+            Self::LegalHold => "legal_hold",
             Self::RateLimited => "rate_limited",
             Self::Timeout => "timeout",
             Self::AuditUnavailable => "audit_unavailable",

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod data;
+pub mod erasure;
 pub mod ops;
 pub mod query;
 pub mod records;

@@ -11,6 +11,7 @@ mod binary;
 mod broker_restart;
 mod data;
 mod e2e;
+mod erasure;
 mod external_stage;
 mod matrix;
 mod mfa;

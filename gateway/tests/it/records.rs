@@ -31,7 +31,7 @@ mod kafka_mongo {
 
 /// A gateway on the embedded plane, or on Kafka + MongoDB + a lake on S3 (topics, groups,
 /// database and prefix of its own).
-async fn plane(backend: Backend, remote: bool) -> Gateway {
+pub(crate) async fn plane(backend: Backend, remote: bool) -> Gateway {
     let g = gateway_with(backend, |c| {
         c.lake.aggregates = vec![warden_gateway::config::AggregateConfig {
             name: "by_country".into(),
@@ -52,6 +52,8 @@ async fn plane(backend: Backend, remote: bool) -> Gateway {
             c.lake.url = Some(format!("s3://{bucket}/t{id}/"));
             c.lake.storage_options = crate::support::s3_options();
         }
+        // Erasures vacuum the files they rewrote at once (the tests run jobs themselves).
+        c.erasure.vacuum_retention = Duration::ZERO;
     })
     .await;
     let kinds = (g.state.stream.kind(), g.state.documents.kind());
@@ -86,7 +88,7 @@ async fn send(
     g.send(req.body(Body::from(body)).unwrap()).await
 }
 
-async fn ingest(g: &Gateway, token: &str, query: &str, records: &Value) -> Reply {
+pub(crate) async fn ingest(g: &Gateway, token: &str, query: &str, records: &Value) -> Reply {
     send(
         g,
         Method::POST,
@@ -119,7 +121,7 @@ fn tx(i: usize, user: &str, pan: &str) -> Value {
 }
 
 /// Runs the loaders and waits until the document store holds `n` payments.
-async fn loaded(g: &Gateway, n: u64) {
+pub(crate) async fn loaded(g: &Gateway, n: u64) {
     let s = &g.state;
     let spec = warden_pipeline::loader::collection_spec(&s.datasets.get("payments").unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -138,7 +140,7 @@ async fn loaded(g: &Gateway, n: u64) {
 }
 
 /// Waits until the lake loader has appended `n` payments.
-async fn lake_loaded(g: &Gateway, n: u64) {
+pub(crate) async fn lake_loaded(g: &Gateway, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let stored = g

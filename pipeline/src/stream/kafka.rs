@@ -47,7 +47,19 @@ pub struct KafkaStream {
     producer: FutureProducer,
     admin: Arc<AdminClient<DefaultClientContext>>,
     replication: i32,
+    topic_config: Vec<(String, String)>,
 }
+
+/// Configuration of the topics Warden creates: records are keyed by `subject_ref`, so
+/// compaction plus a subject's tombstone removes the subject's records from the topic.
+/// `min.compaction.lag.ms` leaves a day's records uncompacted (the loaders read them first);
+/// `max.compaction.lag.ms` bounds how long an erased subject's records stay (a week); they
+/// are unreadable from the moment the subject's key is destroyed anyway.
+pub const TOPIC_CONFIG: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact,delete"),
+    ("min.compaction.lag.ms", "86400000"),
+    ("max.compaction.lag.ms", "604800000"),
+];
 
 impl std::fmt::Debug for KafkaStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,7 +114,22 @@ impl KafkaStream {
             producer,
             admin: Arc::new(admin),
             replication: replication.max(1),
+            topic_config: TOPIC_CONFIG
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         })
+    }
+
+    /// Topic properties set when Warden creates a topic, over [`TOPIC_CONFIG`]
+    /// (`[streams.topic]` in the config).
+    #[must_use]
+    pub fn with_topic_config(mut self, config: &[(&str, &str)]) -> Self {
+        for (k, v) in config {
+            self.topic_config.retain(|(key, _)| key != k);
+            self.topic_config.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        self
     }
 
     /// `host:port,...` from a `kafka://host:port,host:port` URL (or a bare broker list).
@@ -119,7 +146,10 @@ impl Stream for KafkaStream {
         if !(1..=1024).contains(&partitions) {
             return Err(Error::Invalid("partitions: 1 to 1024".into()));
         }
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.replication));
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.replication));
+        for (k, v) in &self.topic_config {
+            new = new.set(k, v);
+        }
         let results = self
             .admin
             .create_topics([&new], &AdminOptions::new())
@@ -134,6 +164,16 @@ impl Stream for KafkaStream {
             }
         }
         Ok(())
+    }
+
+    async fn erase_key(&self, topic: &str, key: &str) -> Result<u64> {
+        let tombstone = OutRecord {
+            key: key.to_owned(),
+            value: None,
+            headers: Vec::new(),
+        };
+        self.publish(topic, vec![tombstone]).await?;
+        Ok(1)
     }
 
     async fn publish(&self, topic: &str, records: Vec<OutRecord>) -> Result<Vec<Position>> {

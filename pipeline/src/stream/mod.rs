@@ -69,6 +69,11 @@ pub trait Stream: Send + Sync + std::fmt::Debug + 'static {
     async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<()>;
     /// Publishes records; their positions, in order.
     async fn publish(&self, topic: &str, records: Vec<OutRecord>) -> Result<Vec<Position>>;
+    /// Erases a key's records from a topic (a data subject's, when keyed by `subject_ref`):
+    /// the embedded log deletes them; Kafka appends a tombstone, and compaction removes the
+    /// earlier records within the topic's `max.compaction.lag.ms`. Returns the records
+    /// deleted, or the tombstones written.
+    async fn erase_key(&self, topic: &str, key: &str) -> Result<u64>;
     /// Subscribes a consumer group to a topic.
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>>;
     /// The backend's name for logs and metrics (`kafka`, `embedded`).

@@ -1,0 +1,1103 @@
+//! Erasure (GDPR Art. 17) as a persisted, resumable job per data subject.
+//!
+//! A request is stored as a job (`erasure_jobs`) and run by the erasure worker of any replica
+//! that holds its lease. The job is a list of steps, each idempotent; after each one the job
+//! records what it did and which step is next, so a crash anywhere resumes at the step that
+//! was running, and a step run twice changes nothing the second time:
+//!
+//! 1. `shred` — destroy the subject's data key. From here on nothing of the subject can be
+//!    decrypted (stream history, backups and old lake files included) and the edge refuses
+//!    the subject's new records (the concurrency rule: *reject*; records already in flight
+//!    are caught by the verification scan, which erases again). This runs first rather than
+//!    after the deletes: the earlier the key goes, the less a crash or a slow store leaves
+//!    readable, and the tombstone fences every replica's ingest at once.
+//! 2. `collect` — per dataset: the rows and documents the subject has, the table version, and
+//!    the vault tokens in its rows (tokens only: nothing clear).
+//! 3. `lake` — Delta `DELETE` on `subject_bucket` and `subject_ref` (one partition read).
+//! 4. `documents` — `delete_many` on `subject_ref`.
+//! 5. `stream` — the subject's key erased from each dataset topic (a tombstone on Kafka).
+//! 6. `vault` — the subject's tokens removed, except those other subjects' rows still use.
+//! 7. `vacuum` — once `erasure.vacuum_retention` has passed since the lake step, the files the
+//!    delete rewrote are removed (time travel to before the delete fails from then on).
+//! 8. `verify` — every store must return zero rows of the subject and the key must be gone;
+//!    rows that arrived meanwhile send the job back to `collect` (a new pass).
+//! 9. `receipt` — the completion is audited; the receipt (counts, Delta versions, the audit
+//!    event's sequence number) is signed and stored. Asking again returns the same receipt.
+//!
+//! A failing step is retried with exponential backoff; the job shows the attempts and the
+//! error kind, and `warden_erasure_step_failures` counts them. Deadlines: `due = received +
+//! erasure.deadline` (30 days), extendable with a recorded reason.
+
+pub mod cli;
+pub mod receipt;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::{Any, Row};
+use tracing::{error, info, warn};
+use warden_audit::{Db, NewEvent};
+use warden_policy::contract::{Contract, DataClass};
+use warden_policy::keyring::SCOPE_SUBJECT;
+use warden_sdk::Decision;
+
+use crate::error::{Error, Result};
+use crate::state::AppState;
+use receipt::{DatasetReceipt, Receipt, Verification};
+
+/// The steps, in order.
+pub const STEPS: &[&str] = &[
+    "shred",
+    "collect",
+    "lake",
+    "documents",
+    "stream",
+    "vault",
+    "vacuum",
+    "verify",
+    "receipt",
+];
+
+/// Fault injection for tests: the process exits right after recording the named step.
+pub const CRASH_ENV: &str = "WARDEN_CRASH_AFTER_ERASURE_STEP";
+
+/// Erase passes before the job gives up for this attempt (rows keep arriving).
+const MAX_PASSES: i64 = 5;
+/// How long a worker owns a job without renewing.
+const LEASE: Duration = Duration::from_secs(120);
+/// Retry backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// What the finished steps did, per dataset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatasetProgress {
+    pub lake_rows: u64,
+    pub lake_version_before: Option<u64>,
+    pub lake_version_after: Option<u64>,
+    pub lake_files_removed: u64,
+    pub lake_bytes_removed: u64,
+    pub documents: u64,
+    pub stream_topic: String,
+    pub stream_erased: u64,
+    /// Vault tokens found in the subject's rows, until the receipt is signed.
+    pub tokens: BTreeSet<String>,
+    /// Of those, the ones other subjects' rows still use (kept in the vault).
+    pub tokens_shared: BTreeSet<String>,
+    pub tokens_purged: u64,
+}
+
+/// What the job has done so far (stored as JSON in the job).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Progress {
+    pub key_destroyed: bool,
+    pub datasets: BTreeMap<String, DatasetProgress>,
+    /// When the lake step finished (Unix microseconds): the vacuum waits for the retention.
+    pub lake_done_at: Option<i64>,
+    pub lake_files_vacuumed: u64,
+    pub verification: Option<Verification>,
+}
+
+/// A deadline extension (Art. 12(3): by two further months, with the reasons).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extension {
+    pub by: String,
+    pub at: i64,
+    pub days: u32,
+    pub reason: String,
+}
+
+/// An erasure job as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: String,
+    pub subject_ref: String,
+    pub idempotency_key: Option<String>,
+    pub requested_by: String,
+    pub requested_as: String,
+    pub state: String,
+    pub step: i64,
+    pub pass: i64,
+    pub progress: Progress,
+    pub received_at: i64,
+    pub due_at: i64,
+    pub extensions: Vec<Extension>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub next_attempt_at: i64,
+    pub receipt: Option<String>,
+    pub completed_at: Option<i64>,
+}
+
+impl Job {
+    pub fn is_open(&self) -> bool {
+        self.state != "completed"
+    }
+
+    /// The job as the API shows it: state, step, per-store progress (counts only), deadline.
+    pub fn view(&self, now: i64) -> Value {
+        let step = usize::try_from(self.step).unwrap_or(0);
+        let datasets: BTreeMap<&String, Value> = self
+            .progress
+            .datasets
+            .iter()
+            .map(|(name, d)| {
+                (
+                    name,
+                    json!({
+                        "lake_rows": d.lake_rows,
+                        "lake_version_before": d.lake_version_before,
+                        "lake_version_after": d.lake_version_after,
+                        "documents": d.documents,
+                        "stream_topic": d.stream_topic,
+                        "stream_erased": d.stream_erased,
+                        "tokens_purged": d.tokens_purged,
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "job": self.id,
+            "subject_ref": self.subject_ref,
+            "state": self.state,
+            "step": STEPS.get(step).copied().unwrap_or("done"),
+            "steps_done": STEPS[..step.min(STEPS.len())],
+            "pass": self.pass,
+            "progress": {
+                "subject_key_destroyed": self.progress.key_destroyed,
+                "datasets": datasets,
+                "lake_files_vacuumed": self.progress.lake_files_vacuumed,
+                "verification": self.progress.verification,
+            },
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "next_attempt_at": (self.is_open()).then(|| warden_policy::timefmt::micros_to_rfc3339(self.next_attempt_at)),
+            "received_at": warden_policy::timefmt::micros_to_rfc3339(self.received_at),
+            "due_at": warden_policy::timefmt::micros_to_rfc3339(self.due_at),
+            "overdue": self.is_open() && now > self.due_at,
+            "extensions": self.extensions.iter().map(|e| json!({
+                "at": warden_policy::timefmt::micros_to_rfc3339(e.at), "days": e.days, "reason": e.reason,
+            })).collect::<Vec<_>>(),
+            "completed_at": self.completed_at.map(warden_policy::timefmt::micros_to_rfc3339),
+            "receipt": self.receipt.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()),
+        })
+    }
+}
+
+const COLUMNS: &str = "id, subject_ref, idempotency_key, requested_by, requested_as, state, step, pass, \
+     progress, received_at, due_at, extensions, attempts, last_error, next_attempt_at, receipt, completed_at";
+
+fn job_from_row(row: &sqlx::any::AnyRow) -> Result<Job> {
+    let corrupt = |what: &str| Error::Corrupt(format!("erasure job {what}"));
+    Ok(Job {
+        id: row.try_get("id")?,
+        subject_ref: row.try_get("subject_ref")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        requested_by: row.try_get("requested_by")?,
+        requested_as: row.try_get("requested_as")?,
+        state: row.try_get("state")?,
+        step: row.try_get("step")?,
+        pass: row.try_get("pass")?,
+        progress: serde_json::from_str(&row.try_get::<String, _>("progress")?)
+            .map_err(|_| corrupt("progress"))?,
+        received_at: row.try_get("received_at")?,
+        due_at: row.try_get("due_at")?,
+        extensions: serde_json::from_str(&row.try_get::<String, _>("extensions")?)
+            .map_err(|_| corrupt("extensions"))?,
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        receipt: row.try_get("receipt")?,
+        completed_at: row.try_get("completed_at")?,
+    })
+}
+
+/// A new request, or the existing job answering it.
+#[derive(Debug)]
+pub enum Requested {
+    Created(Job),
+    Existing(Job),
+}
+
+/// Filters of the DPO's list.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub state: Option<String>,
+    pub overdue: Option<bool>,
+    pub limit: u32,
+}
+
+/// The jobs and legal holds, in the state database.
+#[derive(Debug, Clone)]
+pub struct Jobs {
+    db: Db,
+}
+
+impl Jobs {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Creates the job for a subject, unless one exists (one erasure per subject: a second
+    /// request, by anyone, answers with the first job). An idempotency key reused by the same
+    /// requester for another subject is a conflict.
+    ///
+    /// # Errors
+    /// A database failure, or the conflict.
+    pub async fn request(
+        &self,
+        subject_ref: &str,
+        idempotency_key: Option<&str>,
+        requested_by: &str,
+        requested_as: &str,
+        now: i64,
+        deadline: Duration,
+    ) -> Result<Requested> {
+        if let Some(key) = idempotency_key {
+            let row = sqlx::query::<Any>(&format!(
+                "SELECT {COLUMNS} FROM erasure_jobs WHERE requested_by = $1 AND idempotency_key = $2"
+            ))
+            .bind(requested_by.to_owned())
+            .bind(key.to_owned())
+            .fetch_optional(self.db.pool())
+            .await?;
+            if let Some(row) = row {
+                let job = job_from_row(&row)?;
+                if job.subject_ref != subject_ref {
+                    return Err(Error::Conflict(
+                        "this Idempotency-Key was used for another subject's erasure".into(),
+                    ));
+                }
+                return Ok(Requested::Existing(job));
+            }
+        }
+        if let Some(job) = self.by_subject(subject_ref).await? {
+            return Ok(Requested::Existing(job));
+        }
+        let id = format!("er_{}", uuid::Uuid::new_v4().simple());
+        let inserted = sqlx::query::<Any>(
+            "INSERT INTO erasure_jobs (id, subject_ref, idempotency_key, requested_by, requested_as, state, step, pass, \
+             progress, received_at, due_at, extensions, attempts, last_error, next_attempt_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'pending', 0, 1, '{}', $6, $7, '[]', 0, NULL, $6, $6) \
+             ON CONFLICT (subject_ref) DO NOTHING",
+        )
+        .bind(id.clone())
+        .bind(subject_ref.to_owned())
+        .bind(idempotency_key.map(str::to_owned))
+        .bind(requested_by.to_owned())
+        .bind(requested_as.to_owned())
+        .bind(now)
+        .bind(now.saturating_add(micros(deadline)))
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        let job = self
+            .by_subject(subject_ref)
+            .await?
+            .ok_or_else(|| Error::Corrupt("erasure job vanished".into()))?;
+        Ok(if inserted == 1 {
+            Requested::Created(job)
+        } else {
+            Requested::Existing(job)
+        })
+    }
+
+    /// # Errors
+    /// A database failure or a corrupt row.
+    pub async fn get(&self, id: &str) -> Result<Option<Job>> {
+        let row = sqlx::query::<Any>(&format!("SELECT {COLUMNS} FROM erasure_jobs WHERE id = $1"))
+            .bind(id.to_owned())
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// # Errors
+    /// A database failure or a corrupt row.
+    pub async fn by_subject(&self, subject_ref: &str) -> Result<Option<Job>> {
+        let row = sqlx::query::<Any>(&format!(
+            "SELECT {COLUMNS} FROM erasure_jobs WHERE subject_ref = $1"
+        ))
+        .bind(subject_ref.to_owned())
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Jobs by the DPO's filters, oldest first.
+    ///
+    /// # Errors
+    /// A database failure or a corrupt row.
+    pub async fn list(&self, filter: &ListFilter, now: i64) -> Result<Vec<Job>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM erasure_jobs WHERE 1 = 1");
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(s) = &filter.state {
+            args.push(json!(s));
+            sql.push_str(&format!(" AND state = ${}", args.len()));
+        }
+        match filter.overdue {
+            Some(true) => {
+                args.push(json!(now));
+                sql.push_str(&format!(
+                    " AND state <> 'completed' AND due_at < ${}",
+                    args.len()
+                ));
+            }
+            Some(false) => {
+                args.push(json!(now));
+                sql.push_str(&format!(
+                    " AND (state = 'completed' OR due_at >= ${})",
+                    args.len()
+                ));
+            }
+            None => {}
+        }
+        sql.push_str(&format!(
+            " ORDER BY received_at, id LIMIT {}",
+            filter.limit.clamp(1, 1000)
+        ));
+        let mut q = sqlx::query::<Any>(&sql);
+        for a in args {
+            q = match a {
+                Value::String(s) => q.bind(s),
+                other => q.bind(other.as_i64().unwrap_or(0)),
+            };
+        }
+        q.fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect()
+    }
+
+    /// Extends a job's deadline by `days` with a reason; the total extension is capped.
+    ///
+    /// # Errors
+    /// No such open job, an extension past the cap, or a database failure.
+    pub async fn extend(
+        &self,
+        id: &str,
+        by: &str,
+        days: u32,
+        reason: &str,
+        now: i64,
+        max_total: Duration,
+    ) -> Result<Job> {
+        let job = self
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::Invalid("no such erasure job".into()))?;
+        if !job.is_open() {
+            return Err(Error::Conflict("the erasure is completed already".into()));
+        }
+        let total: u64 = job
+            .extensions
+            .iter()
+            .map(|e| u64::from(e.days))
+            .sum::<u64>()
+            + u64::from(days);
+        if total * 86_400 > max_total.as_secs() {
+            return Err(Error::Invalid(format!(
+                "days: the deadline may be extended by at most {} days in all",
+                max_total.as_secs() / 86_400
+            )));
+        }
+        let mut extensions = job.extensions.clone();
+        extensions.push(Extension {
+            by: by.to_owned(),
+            at: now,
+            days,
+            reason: reason.to_owned(),
+        });
+        let n = sqlx::query::<Any>(
+            "UPDATE erasure_jobs SET due_at = $1, extensions = $2, updated_at = $3 WHERE id = $4 AND due_at = $5",
+        )
+        .bind(job.due_at + i64::from(days) * 86_400_000_000)
+        .bind(serde_json::to_string(&extensions).unwrap_or_default())
+        .bind(now)
+        .bind(id.to_owned())
+        .bind(job.due_at)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Err(Error::Conflict(
+                "the deadline changed meanwhile; try again".into(),
+            ));
+        }
+        self.get(id)
+            .await?
+            .ok_or_else(|| Error::Corrupt("erasure job vanished".into()))
+    }
+
+    /// Claims one due job for `owner` (a lease, so one worker runs it at a time).
+    async fn claim(&self, owner: &str, now: i64) -> Result<Option<Job>> {
+        let ids: Vec<String> = sqlx::query::<Any>(
+            "SELECT id FROM erasure_jobs WHERE state <> 'completed' AND next_attempt_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_attempt_at LIMIT 8",
+        )
+        .bind(now)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()?;
+        for id in ids {
+            let n = sqlx::query::<Any>(
+                "UPDATE erasure_jobs SET lease_owner = $1, lease_until = $2, state = 'running', updated_at = $3 \
+                 WHERE id = $4 AND state <> 'completed' AND (lease_until IS NULL OR lease_until < $3)",
+            )
+            .bind(owner.to_owned())
+            .bind(now + micros(LEASE))
+            .bind(now)
+            .bind(id.clone())
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+            if n == 1 {
+                return self.get(&id).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records a finished step (and the next one), while `owner` holds the lease.
+    async fn advance(&self, job: &Job, owner: &str, now: i64) -> Result<()> {
+        let n = sqlx::query::<Any>(
+            "UPDATE erasure_jobs SET step = $1, pass = $2, progress = $3, state = $4, attempts = 0, last_error = NULL, \
+             next_attempt_at = $5, lease_until = $6, receipt = $7, completed_at = $8, updated_at = $9 \
+             WHERE id = $10 AND lease_owner = $11",
+        )
+        .bind(job.step)
+        .bind(job.pass)
+        .bind(serde_json::to_string(&job.progress).unwrap_or_default())
+        .bind(job.state.clone())
+        .bind(job.next_attempt_at)
+        .bind(now + micros(LEASE))
+        .bind(job.receipt.clone())
+        .bind(job.completed_at)
+        .bind(now)
+        .bind(job.id.clone())
+        .bind(owner.to_owned())
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(Error::Conflict("the erasure job's lease was lost".into()))
+        }
+    }
+
+    /// Records a failed attempt and when to try again; releases the lease.
+    async fn failed(&self, job: &Job, owner: &str, error: &str, now: i64) -> Result<i64> {
+        let attempts = job.attempts + 1;
+        let exp = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(0);
+        let backoff = BACKOFF_MIN
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(BACKOFF_MAX);
+        let next = now + micros(backoff);
+        sqlx::query::<Any>(
+            "UPDATE erasure_jobs SET state = 'pending', attempts = $1, last_error = $2, next_attempt_at = $3, \
+             lease_owner = NULL, lease_until = NULL, updated_at = $4 WHERE id = $5 AND lease_owner = $6",
+        )
+        .bind(attempts)
+        .bind(error.to_owned())
+        .bind(next)
+        .bind(now)
+        .bind(job.id.clone())
+        .bind(owner.to_owned())
+        .execute(self.db.pool())
+        .await?;
+        Ok(next)
+    }
+
+    /// Releases a job in `state` until `until` (a wait for the vacuum's retention, or a
+    /// worker stopping early).
+    async fn wait(&self, job: &Job, owner: &str, state: &str, until: i64, now: i64) -> Result<()> {
+        sqlx::query::<Any>(
+            "UPDATE erasure_jobs SET state = $5, next_attempt_at = $1, lease_owner = NULL, lease_until = NULL, \
+             updated_at = $2 WHERE id = $3 AND lease_owner = $4",
+        )
+        .bind(until)
+        .bind(now)
+        .bind(job.id.clone())
+        .bind(owner.to_owned())
+        .bind(state.to_owned())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Open jobs by state, and the received time of the oldest open one and the earliest
+    /// due time (for the metrics).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn open_summary(&self) -> Result<(BTreeMap<String, i64>, Option<i64>, Option<i64>)> {
+        let rows = sqlx::query::<Any>(
+            "SELECT state, COUNT(*), MIN(received_at), MIN(due_at) FROM erasure_jobs WHERE state <> 'completed' GROUP BY state",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut by_state = BTreeMap::new();
+        let (mut oldest, mut due): (Option<i64>, Option<i64>) = (None, None);
+        for r in rows {
+            by_state.insert(r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?);
+            let received: i64 = r.try_get(2)?;
+            let d: i64 = r.try_get(3)?;
+            oldest = Some(oldest.map_or(received, |o| o.min(received)));
+            due = Some(due.map_or(d, |o| o.min(d)));
+        }
+        Ok((by_state, oldest, due))
+    }
+
+    /// Places a legal hold on a dataset or a subject.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn hold(
+        &self,
+        scope: &str,
+        target: &str,
+        reason: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<String> {
+        let id = format!("hold_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query::<Any>(
+            "INSERT INTO legal_holds (id, scope, target, reason, placed_by, placed_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id.clone())
+        .bind(scope.to_owned())
+        .bind(target.to_owned())
+        .bind(reason.to_owned())
+        .bind(by.to_owned())
+        .bind(now)
+        .execute(self.db.pool())
+        .await?;
+        Ok(id)
+    }
+
+    /// Releases a hold; whether one was active.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn release(&self, id: &str, by: &str, now: i64) -> Result<bool> {
+        let n = sqlx::query::<Any>(
+            "UPDATE legal_holds SET released_at = $1, released_by = $2 WHERE id = $3 AND released_at IS NULL",
+        )
+        .bind(now)
+        .bind(by.to_owned())
+        .bind(id.to_owned())
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Active holds: `(id, scope, target, reason, placed_at)`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn holds(&self) -> Result<Vec<(String, String, String, String, i64)>> {
+        let rows = sqlx::query::<Any>(
+            "SELECT id, scope, target, reason, placed_at FROM legal_holds WHERE released_at IS NULL ORDER BY placed_at, id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Why an erasure is refused: the active legal holds covering the subject or a dataset
+/// that holds its data (`(scope, target, reason)`), none when it may go ahead.
+///
+/// # Errors
+/// A database or store failure.
+pub async fn holds_against(
+    app: &AppState,
+    subject_ref: &str,
+) -> Result<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    for (_, scope, target, reason, _) in app.erasures.holds().await? {
+        let applies = match scope.as_str() {
+            "subject" => target == subject_ref,
+            "dataset" => match app.datasets.get(&target) {
+                Some(contract) => {
+                    app.documents
+                        .count(
+                            &warden_pipeline::loader::collection_spec(&contract),
+                            Some(subject_ref),
+                        )
+                        .await?
+                        > 0
+                        || app.lake.count_subject(&contract, subject_ref).await? > 0
+                }
+                None => false,
+            },
+            _ => false,
+        };
+        if applies {
+            out.push((scope, target, reason));
+        }
+    }
+    Ok(out)
+}
+
+/// How a step ended.
+enum Outcome {
+    /// Go on with the next step.
+    Next,
+    /// Wait until this time (Unix microseconds), then run the same step again.
+    WaitUntil(i64),
+    /// Go back to a step (a new erase pass).
+    Back(usize),
+}
+
+/// Runs due jobs until none is left (or `max_steps` steps ran); returns how many steps ran.
+/// Called by the worker, and by tests that want the work done now.
+///
+/// # Errors
+/// A database failure while claiming.
+pub async fn run_due(app: &AppState, owner: &str, max_steps: usize) -> Result<usize> {
+    let mut steps = 0;
+    while steps < max_steps {
+        let Some(job) = app.erasures.claim(owner, app.clock.now_micros()).await? else {
+            break;
+        };
+        steps += run_job(app, owner, job, max_steps - steps).await;
+    }
+    Ok(steps)
+}
+
+/// Runs a claimed job until it completes, waits or fails (or `max_steps` steps ran); the
+/// number of steps run.
+async fn run_job(app: &AppState, owner: &str, mut job: Job, max_steps: usize) -> usize {
+    let mut ran = 0;
+    loop {
+        if ran >= max_steps {
+            let now = app.clock.now_micros();
+            if let Err(e) = app.erasures.wait(&job, owner, "pending", now, now).await {
+                warn!(job = job.id, error = %e, "cannot release an erasure job");
+            }
+            return ran;
+        }
+        let Ok(index) = usize::try_from(job.step) else {
+            return ran;
+        };
+        let Some(step) = STEPS.get(index).copied() else {
+            return ran;
+        };
+        let outcome = run_step(app, &mut job, step).await;
+        let now = app.clock.now_micros();
+        match outcome {
+            Ok(Outcome::Next) => {
+                ran += 1;
+                job.step += 1;
+                if index + 1 == STEPS.len() {
+                    job.state = "completed".into();
+                    job.completed_at = Some(now);
+                }
+                if let Err(e) = app.erasures.advance(&job, owner, now).await {
+                    warn!(job = job.id, step, error = %e, "cannot record an erasure step");
+                    return ran;
+                }
+                app.metrics.erasure_steps(step, "done");
+                info!(job = job.id, step, "erasure step done");
+                crash_point(step);
+                if job.state == "completed" {
+                    return ran;
+                }
+            }
+            Ok(Outcome::WaitUntil(until)) => {
+                if let Err(e) = app.erasures.wait(&job, owner, "waiting", until, now).await {
+                    warn!(job = job.id, error = %e, "cannot release a waiting erasure job");
+                }
+                return ran;
+            }
+            Ok(Outcome::Back(to)) => {
+                ran += 1;
+                job.step = i64::try_from(to).unwrap_or(0);
+                job.pass += 1;
+                if let Err(e) = app.erasures.advance(&job, owner, now).await {
+                    warn!(job = job.id, error = %e, "cannot record an erasure pass");
+                    return ran;
+                }
+                info!(
+                    job = job.id,
+                    pass = job.pass,
+                    "rows arrived during the erasure; erasing again"
+                );
+            }
+            Err(e) => {
+                app.metrics.erasure_steps(step, "failed");
+                let kind = error_kind(&e);
+                error!(job = job.id, step, error = %e, "erasure step failed; retrying with backoff");
+                if let Err(e) = app
+                    .erasures
+                    .failed(&job, owner, &format!("{step}: {kind}"), now)
+                    .await
+                {
+                    warn!(job = job.id, error = %e, "cannot record an erasure failure");
+                }
+                return ran;
+            }
+        }
+    }
+}
+
+/// The error's kind, for the job and the API (the full error goes to the log).
+fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::Database(_) => "state database unavailable",
+        Error::Audit(_) => "audit log unavailable",
+        Error::Policy(_) => "vault or key failure",
+        Error::Pipeline(warden_pipeline::Error::Lake(_)) => "lake unavailable",
+        Error::Pipeline(warden_pipeline::Error::Documents(_)) => "document store unavailable",
+        Error::Pipeline(warden_pipeline::Error::Stream(_)) => "stream unavailable",
+        Error::Pipeline(_) => "data plane failure",
+        Error::Conflict(_) => "conflict",
+        Error::Invalid(_) => "invalid",
+        Error::Corrupt(_) => "corrupt state",
+        Error::Crypto(_) => "cryptographic failure",
+        Error::Config(_) => "configuration",
+    }
+}
+
+fn crash_point(step: &str) {
+    if std::env::var(CRASH_ENV).is_ok_and(|s| s == step) {
+        eprintln!("{CRASH_ENV}={step}: dying right after the erasure step {step}");
+        std::process::exit(86);
+    }
+}
+
+/// The pci.pan columns of a contract (where vault tokens are).
+fn token_columns(contract: &Contract) -> Vec<String> {
+    contract
+        .fields
+        .iter()
+        .filter(|(_, s)| s.class == DataClass::PciPan)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+async fn run_step(app: &AppState, job: &mut Job, step: &str) -> Result<Outcome> {
+    let sr = job.subject_ref.clone();
+    let datasets = app.datasets.all();
+    match step {
+        "shred" => {
+            let destroyed = app.keys.destroy(SCOPE_SUBJECT, &sr).await?;
+            job.progress.key_destroyed |= destroyed;
+        }
+        "collect" => {
+            for contract in &datasets {
+                let lake_rows = app.lake.count_subject(contract, &sr).await?;
+                let version = app.lake.version(contract).await?;
+                let spec = warden_pipeline::loader::collection_spec(contract);
+                let documents = app.documents.count(&spec, Some(&sr)).await?;
+                let columns = token_columns(contract);
+                let mut tokens = app.lake.subject_values(contract, &sr, &columns).await?;
+                tokens.extend(document_tokens(app, &spec, &sr, &columns).await?);
+                let d = job
+                    .progress
+                    .datasets
+                    .entry(contract.name.clone())
+                    .or_default();
+                d.lake_rows += lake_rows;
+                d.documents += documents;
+                if d.lake_version_before.is_none() {
+                    d.lake_version_before = version;
+                }
+                d.tokens.extend(tokens);
+            }
+        }
+        "lake" => {
+            for contract in &datasets {
+                let done = app.lake.delete_subject(contract, &sr, &job.id).await?;
+                let d = job
+                    .progress
+                    .datasets
+                    .entry(contract.name.clone())
+                    .or_default();
+                d.lake_version_after = done.version_after.or(d.lake_version_after);
+                d.lake_files_removed += done.files_removed;
+                d.lake_bytes_removed += done.bytes_removed;
+            }
+            job.progress.lake_done_at = Some(app.clock.now_micros());
+        }
+        "documents" => {
+            for contract in &datasets {
+                let spec = warden_pipeline::loader::collection_spec(contract);
+                app.documents.delete_subject(&spec, &sr).await?;
+            }
+        }
+        "stream" => {
+            for contract in &datasets {
+                let topic = app.topic(contract);
+                app.topics_ensure(&topic).await?;
+                let erased = app.stream.erase_key(&topic, &sr).await?;
+                let d = job
+                    .progress
+                    .datasets
+                    .entry(contract.name.clone())
+                    .or_default();
+                d.stream_topic = topic;
+                d.stream_erased += erased;
+            }
+        }
+        "vault" => {
+            for contract in &datasets {
+                let Some(d) = job.progress.datasets.get_mut(&contract.name) else {
+                    continue;
+                };
+                if d.tokens.is_empty() {
+                    continue;
+                }
+                // A card another subject's rows still carry keeps its token.
+                let mut shared = BTreeSet::new();
+                for column in token_columns(contract) {
+                    shared.extend(app.lake.values_in_use(contract, &column, &d.tokens).await?);
+                }
+                let purge: Vec<String> = d.tokens.difference(&shared).cloned().collect();
+                d.tokens_purged += app.tokenizer.purge(&contract.name, &purge).await?;
+                d.tokens_shared = shared;
+            }
+        }
+        "vacuum" => {
+            let retention = app.config.erasure.vacuum_retention;
+            let ready = job
+                .progress
+                .lake_done_at
+                .map_or(0, |t| t.saturating_add(micros(retention)));
+            if app.clock.now_micros() < ready {
+                return Ok(Outcome::WaitUntil(ready));
+            }
+            for contract in &datasets {
+                job.progress.lake_files_vacuumed += app.lake.vacuum(contract, retention).await?;
+            }
+        }
+        "verify" => {
+            let mut v = Verification {
+                subject_key_destroyed: app
+                    .keys
+                    .data_keys(SCOPE_SUBJECT, std::slice::from_ref(&sr), false)
+                    .await?
+                    .destroyed
+                    .contains(&sr),
+                ..Verification::default()
+            };
+            for contract in &datasets {
+                v.lake_rows += app.lake.count_subject(contract, &sr).await?;
+                let spec = warden_pipeline::loader::collection_spec(contract);
+                v.documents += app.documents.count(&spec, Some(&sr)).await?;
+                if let Some(d) = job.progress.datasets.get(&contract.name) {
+                    let purged: Vec<String> =
+                        d.tokens.difference(&d.tokens_shared).cloned().collect();
+                    v.vault_tokens += app.tokenizer.held(&contract.name, &purged).await?;
+                }
+            }
+            let clean = v.lake_rows == 0 && v.documents == 0 && v.vault_tokens == 0;
+            if !clean && job.pass < MAX_PASSES {
+                job.progress.verification = None;
+                return Ok(Outcome::Back(1));
+            }
+            if !clean || !v.subject_key_destroyed {
+                job.progress.verification = Some(v);
+                return Err(Error::Conflict(
+                    "the verification scan still finds the subject's data".into(),
+                ));
+            }
+            job.progress.verification = Some(v);
+        }
+        "receipt" => {
+            let (seq, hash) = completion_event(app, job).await?;
+            let receipt = app.receipt_signer.sign(build_receipt(app, job, seq, &hash));
+            for d in job.progress.datasets.values_mut() {
+                d.tokens.clear();
+                d.tokens_shared.clear();
+            }
+            job.receipt = Some(serde_json::to_string(&receipt).unwrap_or_default());
+        }
+        other => return Err(Error::Corrupt(format!("unknown erasure step {other}"))),
+    }
+    Ok(Outcome::Next)
+}
+
+/// The tokens in a subject's documents (`columns` of their fields).
+async fn document_tokens(
+    app: &AppState,
+    spec: &warden_pipeline::docs::CollectionSpec,
+    subject_ref: &str,
+    columns: &[String],
+) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    if columns.is_empty() {
+        return Ok(out);
+    }
+    let mut q = warden_pipeline::docs::Query {
+        subject_ref: Some(subject_ref.to_owned()),
+        limit: warden_pipeline::docs::MAX_FIND,
+        ..warden_pipeline::docs::Query::default()
+    };
+    loop {
+        let page = app.documents.find(spec, &q).await?;
+        let Some(last) = page.last() else { break };
+        q.after = Some((last.ts, last.key.clone()));
+        for d in &page {
+            for c in columns {
+                if let Some(Value::String(t)) = d.fields.get(c) {
+                    out.insert(t.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The audit event of the job's completion: the one recorded before a crash, or a new one.
+async fn completion_event(app: &AppState, job: &Job) -> Result<(u64, String)> {
+    let query = warden_audit::Query {
+        action: Some("erasure.complete".into()),
+        subject_ref: Some(job.subject_ref.clone()),
+        limit: 100,
+        ..warden_audit::Query::default()
+    };
+    for e in app.audit_store.query(&query).await? {
+        let details: Value = serde_json::from_str(&e.body.details).unwrap_or(Value::Null);
+        if details["job"] == json!(job.id) {
+            return Ok((e.seq, hex::encode(e.hash)));
+        }
+    }
+    let counts: BTreeMap<&String, Value> = job
+        .progress
+        .datasets
+        .iter()
+        .map(|(n, d)| {
+            (
+                n,
+                json!({"lake_rows": d.lake_rows, "documents": d.documents, "stream_erased": d.stream_erased,
+                       "tokens_purged": d.tokens_purged}),
+            )
+        })
+        .collect();
+    let event = NewEvent::new(
+        app.clock.now_micros(),
+        "warden".to_owned(),
+        "service".to_owned(),
+        "erasure.complete".to_owned(),
+        format!("erasure:{}", job.id),
+        Decision::Allow,
+    )
+    .subject_ref(Some(job.subject_ref.clone()))
+    .details(
+        &json!({"job": job.id, "passes": job.pass, "datasets": counts,
+                     "lake_files_vacuumed": job.progress.lake_files_vacuumed}),
+    );
+    let seq = app.audit.append(event).await?;
+    let stored = app
+        .audit_store
+        .query(&warden_audit::Query {
+            after_seq: Some(seq.saturating_sub(1)),
+            limit: 1,
+            ..warden_audit::Query::default()
+        })
+        .await?;
+    let hash = stored
+        .first()
+        .filter(|e| e.seq == seq)
+        .map(|e| hex::encode(e.hash))
+        .ok_or_else(|| Error::Corrupt("the completion event cannot be read back".into()))?;
+    Ok((seq, hash))
+}
+
+fn build_receipt(app: &AppState, job: &Job, seq: u64, hash: &str) -> Receipt {
+    let _ = app;
+    Receipt {
+        version: 1,
+        job: job.id.clone(),
+        subject_ref: job.subject_ref.clone(),
+        received_at: warden_policy::timefmt::micros_to_rfc3339(job.received_at),
+        due_at: warden_policy::timefmt::micros_to_rfc3339(job.due_at),
+        completed_at: warden_policy::timefmt::micros_to_rfc3339(
+            job.completed_at.unwrap_or(app.clock.now_micros()),
+        ),
+        datasets: job
+            .progress
+            .datasets
+            .iter()
+            .map(|(n, d)| {
+                (
+                    n.clone(),
+                    DatasetReceipt {
+                        lake_rows_deleted: d.lake_rows,
+                        lake_version_before: d.lake_version_before,
+                        lake_version_after: d.lake_version_after,
+                        documents_deleted: d.documents,
+                        stream_topic: d.stream_topic.clone(),
+                        stream_erased: d.stream_erased,
+                        tokens_purged: d.tokens_purged,
+                        tokens_shared: d.tokens_shared.len() as u64,
+                    },
+                )
+            })
+            .collect(),
+        subject_key_destroyed: job.progress.key_destroyed,
+        lake_files_vacuumed: job.progress.lake_files_vacuumed,
+        verification: job.progress.verification.clone().unwrap_or_default(),
+        audit_seq: seq,
+        audit_hash: hash.to_owned(),
+        kid: String::new(),
+        signature: String::new(),
+    }
+}
+
+/// The erasure worker: runs due jobs every second (and at once when a request arrives),
+/// and keeps the erasure metrics current, until aborted.
+pub fn start(app: AppState) -> tokio::task::JoinHandle<()> {
+    let owner = format!("worker-{}", uuid::Uuid::new_v4().simple());
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = run_due(&app, &owner, usize::MAX).await {
+                warn!(error = %e, "erasure worker cannot claim jobs");
+            }
+            if let Err(e) = update_metrics(&app).await {
+                warn!(error = %e, "cannot read the erasure jobs for the metrics");
+            }
+            tokio::select! {
+                () = app.erasure_wakeup.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    })
+}
+
+/// Sets the erasure gauges from the jobs (shared by every replica, so any one's are right).
+///
+/// # Errors
+/// A database failure.
+pub async fn update_metrics(app: &AppState) -> Result<()> {
+    let (by_state, oldest, due) = app.erasures.open_summary().await?;
+    let now = app.clock.now_micros();
+    app.metrics
+        .erasure_gauges(&by_state, oldest.map(|t| now - t), due.map(|t| t - now));
+    Ok(())
+}

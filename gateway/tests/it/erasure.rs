@@ -1,0 +1,630 @@
+//! Data subjects' rights through the real pipeline: several subjects loaded over HTTP into
+//! the stream, the document store and the lake; one erased by its own request; every store
+//! then holds nothing of it (time travel included), everybody else's rows are untouched, the
+//! stream's retained records no longer decrypt, the receipt verifies and the audit log still
+//! does, without the subject's identifier. Access exports, legal holds, deadlines, metrics.
+//! On the embedded plane (SQLite, PostgreSQL) and on Kafka + MongoDB + S3.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+use warden_gateway::erasure::{self, receipt};
+use warden_pipeline::docs::Document;
+use warden_pipeline::loader::collection_spec;
+use warden_pipeline::StreamedRecord;
+use warden_sdk::PrincipalKind;
+
+use crate::records::{ingest, lake_loaded, loaded, plane};
+use crate::support::{assert_error, Backend, Gateway};
+
+mod embedded {
+    use super::*;
+    warden_audit::on_both_backends!(crate::support::Backend; erasure_across_every_store);
+    async fn erasure_across_every_store(backend: Backend) {
+        super::erasure_across_every_store(plane(backend, false).await).await;
+    }
+}
+
+mod kafka_mongo_s3 {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn erasure_across_every_store() {
+        super::erasure_across_every_store(super::plane(super::Backend::Sqlite, true).await).await;
+    }
+}
+
+const ERASED: &str = "subject-erased";
+const KEPT: [&str; 2] = ["subject-kept-a", "subject-kept-b"];
+/// The erased subject's own card, and one it shares with the first kept subject.
+const OWN_CARD: &str = "5500000000000004";
+const SHARED_CARD: &str = "4111111111111111";
+const OTHER_CARD: &str = "4000056655665556";
+
+fn record(i: usize, user: &str, card: &str) -> Value {
+    json!({"transaction_id": format!("x-{i:03}"), "user_id": user, "card_number": card,
+           "email": format!("{user}@example.com"), "ip": "198.51.100.23", "amount": i,
+           "country": "DE", "created_at": format!("2026-11-24T10:{:02}:00Z", i % 60)})
+}
+
+fn records() -> Vec<Value> {
+    let mut out = Vec::new();
+    for i in 0..12 {
+        out.push(record(
+            i,
+            ERASED,
+            if i % 2 == 0 { OWN_CARD } else { SHARED_CARD },
+        ));
+        out.push(record(100 + i, KEPT[0], SHARED_CARD));
+        out.push(record(200 + i, KEPT[1], OTHER_CARD));
+    }
+    out
+}
+
+async fn sref(g: &Gateway, id: &str) -> String {
+    g.state.protector.subject_refs(&[id]).await.unwrap()[0].clone()
+}
+
+/// Rows of a subject in the lake and the document store.
+async fn held(g: &Gateway, subject_ref: &str) -> (u64, u64) {
+    let contract = g.state.datasets.get("payments").unwrap();
+    (
+        g.state
+            .lake
+            .count_subject(&contract, subject_ref)
+            .await
+            .unwrap(),
+        g.state
+            .documents
+            .count(&collection_spec(&contract), Some(subject_ref))
+            .await
+            .unwrap(),
+    )
+}
+
+/// Every message of the payments topic, from its beginning.
+async fn topic_messages(g: &Gateway) -> Vec<warden_pipeline::stream::Message> {
+    let contract = g.state.datasets.get("payments").unwrap();
+    let topic = g.state.topic(&contract);
+    let group = format!("inspect-{}", uuid::Uuid::new_v4().simple());
+    let mut sub = g.state.stream.subscribe(&topic, &group).await.unwrap();
+    let mut out = Vec::new();
+    let mut empty = 0;
+    while empty < 3 {
+        let batch = sub.poll(1000, Duration::from_secs(2)).await.unwrap();
+        if batch.is_empty() {
+            empty += 1;
+        } else {
+            empty = 0;
+            out.extend(batch);
+        }
+    }
+    out
+}
+
+async fn erasure_across_every_store(g: Gateway) {
+    g.state.start_loaders();
+    let (_, stage) = g
+        .principal_token(PrincipalKind::Service, &["stage"], false)
+        .await;
+    let r = ingest(&g, &stage, "", &Value::Array(records())).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    assert_eq!(r.json["accepted"], 36);
+    loaded(&g, 36).await;
+    lake_loaded(&g, 36).await;
+    let contract = g.state.datasets.get("payments").unwrap();
+    let erased = sref(&g, ERASED).await;
+    let kept = [sref(&g, KEPT[0]).await, sref(&g, KEPT[1]).await];
+    assert_eq!(held(&g, &erased).await, (12, 12));
+    for k in &kept {
+        assert_eq!(held(&g, k).await, (12, 12));
+    }
+    let columns = vec!["card_number".to_owned()];
+    let tokens = g
+        .state
+        .lake
+        .subject_values(&contract, &erased, &columns)
+        .await
+        .unwrap();
+    assert_eq!(tokens.len(), 2, "its own card and the shared one");
+    let kept_tokens = g
+        .state
+        .lake
+        .subject_values(&contract, &kept[0], &columns)
+        .await
+        .unwrap();
+    let shared: Vec<String> = tokens.intersection(&kept_tokens).cloned().collect();
+    let own: Vec<String> = tokens.difference(&kept_tokens).cloned().collect();
+    assert_eq!((shared.len(), own.len()), (1, 1));
+    let version_before = g.state.lake.version(&contract).await.unwrap().unwrap();
+
+    // The subject's access export: its own records from both stores, decrypted for it.
+    let (_, subject) = g
+        .named_principal_token(PrincipalKind::Subject, ERASED, &["subject"], false)
+        .await;
+    let r = g.get("/v1/subjects/me/export", &subject).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json["subject_ref"], json!(erased));
+    let docs = r.json["datasets"]["payments"]["documents"]
+        .as_array()
+        .unwrap();
+    let lake = r.json["datasets"]["payments"]["lake"].as_array().unwrap();
+    assert_eq!((docs.len(), lake.len()), (12, 12));
+    for rec in docs.iter().chain(lake) {
+        assert_eq!(rec["email"], format!("{ERASED}@example.com"), "{rec}");
+        assert!(rec["card_number"].as_str().unwrap().starts_with("****"));
+    }
+    let body = String::from_utf8_lossy(&r.bytes);
+    assert!(KEPT.iter().all(|k| !body.contains(k)), "only its own rows");
+    assert!(!body.contains(OWN_CARD) && !body.contains("enc:v1:"));
+    let r = g
+        .get(
+            "/v1/subjects/me/export?format=csv&dataset=payments",
+            &subject,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.headers["content-type"], "text/csv; charset=utf-8");
+    let csv = String::from_utf8(r.bytes.clone()).unwrap();
+    assert_eq!(csv.lines().count(), 13, "a header and 12 rows:\n{csv}");
+    assert!(csv.contains(&format!("{ERASED}@example.com")));
+
+    // Who may ask: the subject for itself only; the DPO with a fresh second factor.
+    let r = g
+        .post(
+            &format!("/v1/subjects/{}/erasure", KEPT[0]),
+            Some(&subject),
+            json!({}),
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    let (_, dpo_stale) = g
+        .principal_token(PrincipalKind::User, &["dpo"], false)
+        .await;
+    let r = g
+        .post(
+            &format!("/v1/subjects/{ERASED}/erasure"),
+            Some(&dpo_stale),
+            json!({}),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "mfa_required");
+    let (_, analyst) = g
+        .principal_token(PrincipalKind::User, &["analyst"], true)
+        .await;
+    let r = g
+        .post(
+            &format!("/v1/subjects/{ERASED}/erasure"),
+            Some(&analyst),
+            json!({}),
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+
+    // The request, idempotent.
+    let ask = |key: Option<&'static str>| {
+        let mut req = axum::http::Request::builder()
+            .method(Method::POST)
+            .uri("/v1/subjects/me/erasure")
+            .header("authorization", format!("Bearer {subject}"));
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        req.body(axum::body::Body::empty()).unwrap()
+    };
+    let r = g.send(ask(Some("first"))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    let job = r.json["job"].as_str().unwrap().to_owned();
+    assert_eq!(r.json["state"], "pending");
+    assert_eq!(r.json["subject_ref"], json!(erased));
+    let r = g.send(ask(Some("first"))).await;
+    assert_eq!(
+        (r.status, r.json["job"].as_str()),
+        (StatusCode::OK, Some(job.as_str()))
+    );
+    let r = g.send(ask(None)).await;
+    assert_eq!(
+        (r.status, r.json["job"].as_str()),
+        (StatusCode::OK, Some(job.as_str()))
+    );
+
+    // Five steps: the key is destroyed, the lake, document store and stream erased...
+    let ran = erasure::run_due(&g.state, "test-worker", 5).await.unwrap();
+    assert_eq!(ran, 5);
+    assert_eq!(held(&g, &erased).await, (0, 0));
+    let r = g.get(&format!("/v1/erasure/{job}"), &subject).await;
+    assert_eq!(r.json["step"], "vault", "{r:?}");
+    // ...from here the edge refuses the subject's records (the rule: reject)...
+    let r = ingest(
+        &g,
+        &stage,
+        "",
+        &json!([
+            record(50, ERASED, OWN_CARD),
+            record(150, KEPT[0], SHARED_CARD)
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    assert_eq!(
+        (
+            r.json["accepted"].as_u64(),
+            r.json["rejections"][0]["index"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{r:?}"
+    );
+    assert!(r.json["rejections"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("erased"));
+    // ...and a record accepted before the request but loaded only now (in flight) is found
+    // by the verification scan, which erases again.
+    g.state
+        .documents
+        .upsert(
+            &collection_spec(&contract),
+            &[Document {
+                key: "in-flight".into(),
+                subject_ref: erased.clone(),
+                ts: 1_800_000_000_000_000,
+                contract_version: 1,
+                fields: json!({"transaction_id": "in-flight", "user_id": erased, "amount": 1})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            }],
+        )
+        .await
+        .unwrap();
+    erasure::run_due(&g.state, "test-worker", usize::MAX)
+        .await
+        .unwrap();
+    loaded(&g, 25).await;
+    lake_loaded(&g, 37).await;
+    let r = g.get(&format!("/v1/erasure/{job}"), &subject).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json["state"], "completed", "{r:?}");
+    assert_eq!(
+        r.json["pass"], 2,
+        "the verification scan sent it round again"
+    );
+    let receipt_json = r.json["receipt"].clone();
+
+    // Nothing of the subject anywhere; everybody else untouched.
+    assert_eq!(held(&g, &erased).await, (0, 0));
+    assert_eq!(held(&g, &kept[0]).await, (13, 13));
+    assert_eq!(held(&g, &kept[1]).await, (12, 12));
+    // Time travel to before the delete: its files are vacuumed.
+    let old = g
+        .state
+        .lake
+        .count_subject_at(&contract, &erased, version_before)
+        .await;
+    assert!(
+        old.as_ref().is_err() || old.as_ref().is_ok_and(|n| *n == 0),
+        "version {version_before} still holds the subject: {old:?}"
+    );
+    // The vault: its own card's token is gone, the shared card's stays for the other subject.
+    assert_eq!(g.state.tokenizer.held("payments", &own).await.unwrap(), 0);
+    assert_eq!(
+        g.state.tokenizer.held("payments", &shared).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        g.state
+            .tokenizer
+            .detokenize("payments", &shared)
+            .await
+            .unwrap(),
+        vec![Some(SHARED_CARD.to_owned())]
+    );
+    // The stream: what it retains of the subject no longer decrypts.
+    let messages = topic_messages(&g).await;
+    let mut retained = 0;
+    let mut kept_seen = 0;
+    for m in &messages {
+        let Some(rec) = StreamedRecord::from_message(m).unwrap() else {
+            continue;
+        };
+        let email = rec.fields["email"].as_str().unwrap();
+        let revealed = g
+            .state
+            .protector
+            .reveal("payments", "email", &rec.subject_ref, email)
+            .await;
+        if rec.subject_ref == erased {
+            retained += 1;
+            assert!(
+                matches!(revealed, Err(warden_policy::Error::KeyDestroyed { .. })),
+                "{revealed:?}"
+            );
+        } else {
+            kept_seen += 1;
+            assert!(revealed.unwrap().ends_with("@example.com"));
+        }
+    }
+    assert_eq!(kept_seen, 25, "the other subjects' records are all there");
+    if g.state.stream.kind() == "embedded" {
+        assert_eq!(retained, 0, "the embedded log erased them in place");
+    }
+
+    // The receipt: signed, counts per store, the audit event of the completion.
+    let text = receipt_json.to_string();
+    let r = receipt::verify(&text, &g.state.receipt_signer.verifying_key()).unwrap();
+    assert_eq!(r.subject_ref, erased);
+    let p = &r.datasets["payments"];
+    assert_eq!(
+        (
+            p.lake_rows_deleted,
+            p.documents_deleted,
+            p.tokens_purged,
+            p.tokens_shared
+        ),
+        (12, 13, 1, 1)
+    );
+    assert_eq!(p.lake_version_before, Some(version_before));
+    assert!(p.lake_version_after > Some(version_before));
+    assert!(p.stream_erased >= 1);
+    assert!(r.subject_key_destroyed && r.verification.subject_key_destroyed);
+    assert_eq!(
+        (
+            r.verification.lake_rows,
+            r.verification.documents,
+            r.verification.vault_tokens
+        ),
+        (0, 0, 0)
+    );
+    assert!(r.lake_files_vacuumed >= 1);
+    let forged = text.replace("\"documents_deleted\":13", "\"documents_deleted\":12");
+    assert_ne!(forged, text);
+    assert!(receipt::verify(&forged, &g.state.receipt_signer.verifying_key()).is_err());
+    // Asking again changes nothing and answers with the same receipt.
+    let r2 = g.send(ask(Some("again"))).await;
+    assert_eq!(r2.status, StatusCode::OK);
+    assert_eq!(r2.json["receipt"], receipt_json);
+    assert_eq!(
+        erasure::run_due(&g.state, "test-worker", usize::MAX)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // The audit log: intact, the completion at the receipt's sequence number, and no clear
+    // identifier of the subject anywhere.
+    g.audit_settled().await;
+    let admin = g.admin().await;
+    let v = g.get("/v1/audit/verify", &admin).await;
+    assert_eq!(v.json["ok"], true, "{v:?}");
+    let events = g
+        .state
+        .audit_store
+        .query(&warden_audit::Query {
+            limit: 10_000,
+            ..warden_audit::Query::default()
+        })
+        .await
+        .unwrap();
+    let completion = events.iter().find(|e| e.seq == r.audit_seq).unwrap();
+    assert_eq!(completion.body.action, "erasure.complete");
+    assert_eq!(
+        completion.body.subject_ref.as_deref(),
+        Some(erased.as_str())
+    );
+    assert_eq!(r.audit_hash, hex::encode(completion.hash));
+    for e in &events {
+        let b = &e.body;
+        let text = format!(
+            "{} {} {} {} {:?} {:?} {}",
+            b.actor, b.actor_kind, b.action, b.resource, b.purpose, b.subject_ref, b.details
+        );
+        assert!(
+            !text.contains(ERASED) && !text.contains(OWN_CARD) && !text.contains("@example.com"),
+            "event {} names the subject in clear: {text}",
+            e.seq
+        );
+    }
+    assert!(events.iter().any(|e| e.body.action == "erasure.request"
+        && e.body.subject_ref.as_deref() == Some(erased.as_str())));
+    g.state.loaders.stop().await;
+}
+
+/// Legal holds refuse erasures with their reason; deadlines, extensions, the DPO's list and
+/// the metrics an alert reads; a failing store makes the job retry with backoff, visibly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_deadlines_retries_and_metrics() {
+    let g = plane(Backend::Sqlite, false).await;
+    let (_, dpo) = g.principal_token(PrincipalKind::User, &["dpo"], true).await;
+    let kept = sref(&g, KEPT[1]).await;
+
+    // A hold on the subject: refused, with the reason, audited.
+    let r = g
+        .post(
+            "/v1/legal-holds",
+            Some(&dpo),
+            json!({"subject": KEPT[1], "reason": "litigation 2026-17"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let hold = r.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.json["target"], json!(kept));
+    let r = g
+        .post(
+            &format!("/v1/subjects/{}/erasure", KEPT[1]),
+            Some(&dpo),
+            json!({}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "legal_hold");
+    assert!(r.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("litigation 2026-17"));
+    let r = g.get("/v1/legal-holds", &dpo).await;
+    assert_eq!(r.json["holds"].as_array().unwrap().len(), 1, "{r:?}");
+    let r = g
+        .post(
+            &format!("/v1/legal-holds/{hold}/release"),
+            Some(&dpo),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
+
+    // Released: the request goes in; due in 30 days; extended with a reason, within the cap.
+    let r = g
+        .post(
+            &format!("/v1/subjects/{}/erasure", KEPT[1]),
+            Some(&dpo),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    let job = r.json["job"].as_str().unwrap().to_owned();
+    assert_eq!(r.json["due_at"], "2027-02-14T08:00:00Z", "{r:?}");
+    let r = g
+        .post(
+            &format!("/v1/erasure/{job}/extend"),
+            Some(&dpo),
+            json!({"days": 30, "reason": "complex request across archives"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json["due_at"], "2027-03-16T08:00:00Z");
+    let r = g
+        .post(
+            &format!("/v1/erasure/{job}/extend"),
+            Some(&dpo),
+            json!({"days": 31, "reason": "more"}),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    let r = g
+        .post(
+            &format!("/v1/erasure/{job}/extend"),
+            Some(&dpo),
+            json!({"days": 1, "reason": " "}),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+
+    // A hold on a dataset that holds a subject's data refuses that subject's erasure.
+    let contract = g.state.datasets.get("payments").unwrap();
+    let other = sref(&g, KEPT[0]).await;
+    g.state
+        .documents
+        .upsert(
+            &collection_spec(&contract),
+            &[Document {
+                key: "held".into(),
+                subject_ref: other.clone(),
+                ts: 1_800_000_000_000_000,
+                contract_version: 1,
+                fields: json!({"transaction_id": "held", "user_id": other, "amount": 1})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            }],
+        )
+        .await
+        .unwrap();
+    let r = g
+        .post(
+            "/v1/legal-holds",
+            Some(&dpo),
+            json!({"dataset": "payments", "reason": "tax audit"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let r = g
+        .post(
+            &format!("/v1/subjects/{other}/erasure"),
+            Some(&dpo),
+            json!({}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "legal_hold");
+    assert!(r.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("dataset payments"));
+    let r = g
+        .post(
+            "/v1/legal-holds",
+            Some(&dpo),
+            json!({"dataset": "nope", "reason": "x"}),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+
+    // The metrics and the DPO's list: one open request, overdue once its deadline passed.
+    erasure::update_metrics(&g.state).await.unwrap();
+    let m = g.get("/metrics", &dpo).await;
+    let text = String::from_utf8_lossy(&m.bytes).to_string();
+    assert!(
+        text.contains("warden_erasure_open_requests{state=\"pending\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warden_erasure_next_due_seconds 5184000"),
+        "{text}"
+    );
+    g.clock.tick(Duration::from_secs(61 * 86_400));
+    let (_, dpo) = g.principal_token(PrincipalKind::User, &["dpo"], true).await;
+    erasure::update_metrics(&g.state).await.unwrap();
+    let m = g.get("/metrics", &dpo).await;
+    let text = String::from_utf8_lossy(&m.bytes).to_string();
+    assert!(
+        text.contains("warden_erasure_next_due_seconds -86400"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warden_erasure_oldest_open_age_seconds 5270400"),
+        "{text}"
+    );
+    let r = g.get("/v1/erasure?overdue=true", &dpo).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let jobs = r.json["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["overdue"], true);
+    let r = g.get("/v1/erasure?state=completed", &dpo).await;
+    assert!(r.json["jobs"].as_array().unwrap().is_empty());
+    let r = g.get("/v1/erasure?state=bogus", &dpo).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+
+    // A store that fails: the step is retried with backoff, the job says so, the metric counts.
+    let lake_dir = g.state.config.data_dir.join("lake");
+    let payments_dir = lake_dir.join("payments");
+    std::fs::create_dir_all(payments_dir.join("_delta_log")).unwrap();
+    std::fs::write(
+        payments_dir.join("_delta_log/00000000000000000000.json"),
+        "not delta",
+    )
+    .unwrap();
+    erasure::run_due(&g.state, "w", usize::MAX).await.unwrap();
+    let r = g.get(&format!("/v1/erasure/{job}"), &dpo).await;
+    assert_eq!(r.json["state"], "pending", "{r:?}");
+    assert_eq!(r.json["attempts"], 1, "{r:?}");
+    assert_eq!(r.json["last_error"], "collect: lake unavailable", "{r:?}");
+    assert_eq!(r.json["steps_done"], json!(["shred"]));
+    // Not due again before its backoff...
+    assert_eq!(
+        erasure::run_due(&g.state, "w", usize::MAX).await.unwrap(),
+        0
+    );
+    let m = g.get("/metrics", &dpo).await;
+    let text = String::from_utf8_lossy(&m.bytes).to_string();
+    assert!(
+        text.contains("warden_erasure_steps_total{step=\"collect\",outcome=\"failed\"} 1"),
+        "{text}"
+    );
+    // ...then, the store repaired, it finishes.
+    std::fs::remove_dir_all(&payments_dir).unwrap();
+    g.clock.tick(Duration::from_secs(5));
+    erasure::run_due(&g.state, "w", usize::MAX).await.unwrap();
+    let r = g.get(&format!("/v1/erasure/{job}"), &dpo).await;
+    assert_eq!(r.json["state"], "completed", "{r:?}");
+    assert!(r.json["last_error"].is_null());
+    let ids: BTreeSet<String> = [job].into();
+    assert_eq!(ids.len(), 1);
+}
