@@ -18,6 +18,7 @@ use warden_pipeline::loader::{self, DocumentSink, LoaderStats};
 use warden_pipeline::stream::embedded::EmbeddedStream;
 use warden_pipeline::stream::kafka::KafkaStream;
 use warden_pipeline::stream::Stream;
+use warden_policy::contract::Contract;
 
 use crate::config::Config;
 use crate::datasets::Datasets;
@@ -97,6 +98,68 @@ pub fn open_lake(config: &Config) -> anyhow::Result<Arc<Lake>> {
 pub struct Sinks {
     pub documents: Arc<dyn DocumentStore>,
     pub lake: Arc<Lake>,
+    /// Where the loaders learn which subjects were erased.
+    pub keys: Arc<warden_policy::keyring::KeyRing>,
+}
+
+/// A sink that drops the records of erased subjects (their key destroyed) before they reach
+/// the store: a record accepted before an erasure but loaded after it (stream lag, a loader
+/// that was down) never lands. One batched key lookup per sink write.
+pub struct SkipErased {
+    inner: Arc<dyn loader::Sink>,
+    keys: Arc<warden_policy::keyring::KeyRing>,
+}
+
+impl SkipErased {
+    pub fn new(inner: Arc<dyn loader::Sink>, keys: Arc<warden_policy::keyring::KeyRing>) -> Self {
+        Self { inner, keys }
+    }
+}
+
+#[async_trait::async_trait]
+impl loader::Sink for SkipErased {
+    async fn prepare(&self, contract: &Contract) -> warden_pipeline::Result<()> {
+        self.inner.prepare(contract).await
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn write(
+        &self,
+        contract: &Contract,
+        topic: &str,
+        records: &[warden_pipeline::stages::Delivered],
+    ) -> warden_pipeline::Result<u64> {
+        let refs: Vec<String> = records
+            .iter()
+            .map(|d| d.record.subject_ref.clone())
+            .collect();
+        let erased = self
+            .keys
+            .data_keys(warden_policy::keyring::SCOPE_SUBJECT, &refs, false)
+            .await
+            .map_err(|e| warden_pipeline::Error::Keys(e.to_string()))?
+            .destroyed;
+        if erased.is_empty() {
+            return self.inner.write(contract, topic, records).await;
+        }
+        let live: Vec<warden_pipeline::stages::Delivered> = records
+            .iter()
+            .filter(|d| !erased.contains(&d.record.subject_ref))
+            .cloned()
+            .collect();
+        info!(
+            dropped = records.len() - live.len(),
+            sink = self.inner.name(),
+            "records of erased subjects not loaded"
+        );
+        if live.is_empty() {
+            return Ok(0);
+        }
+        self.inner.write(contract, topic, &live).await
+    }
 }
 
 /// The running loaders, one per dataset, and their counters.
@@ -126,8 +189,17 @@ impl Loaders {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let kinds: [(&str, Arc<dyn loader::Sink>); 2] = [
-                ("documents", Arc::new(DocumentSink(sinks.documents))),
-                ("lake", Arc::new(LakeSink(sinks.lake))),
+                (
+                    "documents",
+                    Arc::new(SkipErased::new(
+                        Arc::new(DocumentSink(sinks.documents)),
+                        sinks.keys.clone(),
+                    )),
+                ),
+                (
+                    "lake",
+                    Arc::new(SkipErased::new(Arc::new(LakeSink(sinks.lake)), sinks.keys)),
+                ),
             ];
             let contracts: Arc<dyn loader::Contracts> = {
                 let datasets = datasets.clone();

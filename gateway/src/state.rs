@@ -80,8 +80,6 @@ pub struct Inner {
     pub topics: crate::api::records::Topics,
     /// Erasure jobs and legal holds.
     pub erasures: crate::erasure::Jobs,
-    /// Wakes the erasure worker when a request arrives.
-    pub erasure_wakeup: tokio::sync::Notify,
     /// Signs erasure receipts (the audit checkpoint key).
     pub receipt_signer: crate::erasure::receipt::ReceiptSigner,
     /// The state database, then the audit database if it is another one.
@@ -368,7 +366,6 @@ pub async fn start(
         subscriptions: crate::api::subscriptions::Subscriptions::default(),
         stage_graph,
         erasures: crate::erasure::Jobs::new(state_db.clone()),
-        erasure_wakeup: tokio::sync::Notify::new(),
         receipt_signer,
         dbs,
     }));
@@ -419,6 +416,7 @@ impl AppState {
         crate::pipeline::Sinks {
             documents: self.documents.clone(),
             lake: self.lake.clone(),
+            keys: self.keys.clone(),
         }
     }
 

@@ -34,6 +34,8 @@ pub enum Error {
     Invalid(String),
     #[error("no such topic: {0}")]
     NoSuchTopic(String),
+    #[error("keys: {0}")]
+    Keys(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

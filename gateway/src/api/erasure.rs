@@ -144,10 +144,8 @@ pub async fn request(
             .await
             .map_err(api)?;
         let (status, job) = match requested {
-            Requested::Created(job) => {
-                app.erasure_wakeup.notify_one();
-                (StatusCode::ACCEPTED, job)
-            }
+            // The worker picks it up within a second: after this answer and its audit event.
+            Requested::Created(job) => (StatusCode::ACCEPTED, job),
             Requested::Existing(job) => (StatusCode::OK, job),
         };
         note.details.insert("job".into(), json!(job.id));

@@ -442,9 +442,10 @@ impl Jobs {
     async fn claim(&self, owner: &str, now: i64) -> Result<Option<Job>> {
         let ids: Vec<String> = sqlx::query::<Any>(
             "SELECT id FROM erasure_jobs WHERE state <> 'completed' AND next_attempt_at <= $1 \
-             AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_attempt_at LIMIT 8",
+             AND (lease_until IS NULL OR lease_until < $1 OR lease_owner = $2) ORDER BY next_attempt_at LIMIT 8",
         )
         .bind(now)
+        .bind(owner.to_owned())
         .fetch_all(self.db.pool())
         .await?
         .iter()
@@ -453,7 +454,7 @@ impl Jobs {
         for id in ids {
             let n = sqlx::query::<Any>(
                 "UPDATE erasure_jobs SET lease_owner = $1, lease_until = $2, state = 'running', updated_at = $3 \
-                 WHERE id = $4 AND state <> 'completed' AND (lease_until IS NULL OR lease_until < $3)",
+                 WHERE id = $4 AND state <> 'completed' AND (lease_until IS NULL OR lease_until < $3 OR lease_owner = $1)",
             )
             .bind(owner.to_owned())
             .bind(now + micros(LEASE))
@@ -684,7 +685,12 @@ pub async fn run_due(app: &AppState, owner: &str, max_steps: usize) -> Result<us
         let Some(job) = app.erasures.claim(owner, app.clock.now_micros()).await? else {
             break;
         };
-        steps += run_job(app, owner, job, max_steps - steps).await;
+        let ran = run_job(app, owner, job, max_steps - steps).await;
+        if ran == 0 {
+            // It failed, waits, or its state could not be recorded: the next tick goes on.
+            break;
+        }
+        steps += ran;
     }
     Ok(steps)
 }
@@ -1070,21 +1076,26 @@ fn build_receipt(app: &AppState, job: &Job, seq: u64, hash: &str) -> Receipt {
     }
 }
 
-/// The erasure worker: runs due jobs every second (and at once when a request arrives),
-/// and keeps the erasure metrics current, until aborted.
+/// The erasure worker: runs due jobs every second and keeps the erasure metrics current,
+/// until aborted. A new request waits for the next tick: by then its answer and audit event
+/// are out.
 pub fn start(app: AppState) -> tokio::task::JoinHandle<()> {
-    let owner = format!("worker-{}", uuid::Uuid::new_v4().simple());
+    let owner = app.config.erasure.worker_id.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "warden".to_owned())
+    });
     tokio::spawn(async move {
         loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
             if let Err(e) = run_due(&app, &owner, usize::MAX).await {
                 warn!(error = %e, "erasure worker cannot claim jobs");
             }
             if let Err(e) = update_metrics(&app).await {
                 warn!(error = %e, "cannot read the erasure jobs for the metrics");
-            }
-            tokio::select! {
-                () = app.erasure_wakeup.notified() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     })

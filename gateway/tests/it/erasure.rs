@@ -345,9 +345,41 @@ async fn erasure_across_every_store(g: Gateway) {
         }
     }
     assert_eq!(kept_seen, 25, "the other subjects' records are all there");
+    assert!(messages
+        .iter()
+        .all(|m| m.key != erased || m.value.is_none() || g.state.stream.kind() == "kafka"));
     if g.state.stream.kind() == "embedded" {
         assert_eq!(retained, 0, "the embedded log erased them in place");
     }
+
+    // A record accepted before the erasure but still in the stream after it (a lagging
+    // loader) is dropped by the loaders, not stored.
+    let topic = g.state.topic(&contract);
+    let late = |key: &str, subject_ref: &str| {
+        StreamedRecord {
+            dataset: "payments".into(),
+            subject_ref: subject_ref.to_owned(),
+            contract_version: 1,
+            fields: json!({"transaction_id": key, "user_id": subject_ref, "amount": 2,
+                       "created_at": "2026-11-24T11:00:00Z"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        }
+        .to_out("late")
+    };
+    g.state
+        .stream
+        .publish(
+            &topic,
+            vec![late("late-erased", &erased), late("late-kept", &kept[1])],
+        )
+        .await
+        .unwrap();
+    loaded(&g, 26).await;
+    lake_loaded(&g, 38).await;
+    assert_eq!(held(&g, &erased).await, (0, 0));
+    assert_eq!(held(&g, &kept[1]).await, (13, 13));
 
     // The receipt: signed, counts per store, the audit event of the completion.
     let text = receipt_json.to_string();
@@ -627,4 +659,193 @@ async fn holds_deadlines_retries_and_metrics() {
     assert!(r.json["last_error"].is_null());
     let ids: BTreeSet<String> = [job].into();
     assert_eq!(ids.len(), 1);
+}
+
+/// The real binary, killed right after each step in turn: every restart resumes the job
+/// where it stopped, and the end is the same as without crashes. Then `warden erase`,
+/// `warden erasure status` and `warden receipt verify` on the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_after_each_step_resumes_and_finishes_once() {
+    use crate::binary::Server;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let datasets = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/datasets");
+    std::fs::write(
+        dir.join("warden.toml"),
+        format!("datasets_dir = \"{datasets}\"\n[erasure]\nvacuum_retention = \"0s\"\n"),
+    )
+    .unwrap();
+    let args = ["--config", "warden.toml"];
+    let server = Server::start(dir, &args, &[("WARDEN_ADMIN_PASSWORD", "crash admin pass")]).await;
+    // The data subject: an account of its own holding the `subject` role, named by its
+    // identifier; `warden erase` takes its token from the environment.
+    let tokens = server
+        .service_tokens(
+            "crash admin pass",
+            &[
+                ("crash-stage", &["stage"]),
+                ("crash-analyst", &["analyst"]),
+                (ERASED, &["subject"]),
+            ],
+        )
+        .await;
+    let (stage, analyst) = (tokens[0].clone(), tokens[1].clone());
+    let subject_env = [("WARDEN_TOKEN", tokens[2].as_str())];
+    let client = reqwest::Client::new();
+    let records = records();
+    let r = client
+        .post(format!("{}/v1/datasets/payments/records", server.base))
+        .bearer_auth(&stage)
+        .header("x-purpose", "fraud_detection")
+        .json(&records)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let count = |token: String, base: String| async move {
+        let r: Value = reqwest::Client::new()
+            .post(format!("{base}/v1/query"))
+            .bearer_auth(token)
+            .header("x-purpose", "fraud_detection")
+            .json(&json!({"sql": "SELECT count(*) AS n FROM payments"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["rows"][0]["n"].as_i64().unwrap_or(-1)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count(analyst.clone(), server.base.clone()).await < 36 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop();
+
+    let mut job = String::new();
+    for (i, step) in erasure::STEPS.iter().enumerate() {
+        let mut server = Server::start(dir, &args, &[(erasure::CRASH_ENV, step)]).await;
+        if i == 0 {
+            // The request; the worker takes it on its next tick and dies after the first
+            // step (the answer is out by then, almost always: the job id is checked below).
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+                .current_dir(dir)
+                .args(["erase", "me", "--no-wait", "--url", &server.base])
+                .envs(subject_env)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            if out.status.success() {
+                job = stdout.split_whitespace().next().unwrap().to_owned();
+                assert!(job.starts_with("er_"), "{stdout}");
+            }
+        }
+        let status = server
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| {
+                panic!(
+                    "armed at {step}, the worker did not die: {}",
+                    server.stderr()
+                )
+            });
+        assert_eq!(status.code(), Some(86), "{}", server.stderr());
+        assert!(
+            server
+                .stderr()
+                .contains(&format!("dying right after the erasure step {step}")),
+            "{}",
+            server.stderr()
+        );
+    }
+
+    // Restarted unarmed: the job is complete; asking again returns its receipt.
+    let server = Server::start(dir, &args, &[]).await;
+    let receipt_path = dir.join("receipt.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .current_dir(dir)
+        .args(["erase", "me", "--url", &server.base, "--receipt"])
+        .arg(&receipt_path)
+        .envs(subject_env)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = stdout.split_whitespace().next().unwrap().to_owned();
+    assert!(job.is_empty() || job == done, "one job: {job} {done}");
+    let job = done;
+    assert!(stdout.contains(" completed "), "{stdout}");
+    let receipt: receipt::Receipt =
+        serde_json::from_str(&std::fs::read_to_string(&receipt_path).unwrap()).unwrap();
+    let p = &receipt.datasets["payments"];
+    assert_eq!(
+        (p.lake_rows_deleted, p.documents_deleted, p.tokens_purged),
+        (12, 12, 1)
+    );
+    assert_eq!(receipt.verification.lake_rows, 0);
+    assert!(receipt.subject_key_destroyed);
+    assert_eq!(count(analyst.clone(), server.base.clone()).await, 24);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .current_dir(dir)
+        .args(["erasure", "status", &job, "--url", &server.base])
+        .envs(subject_env)
+        .output()
+        .unwrap();
+    let status_out: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status_out["state"], "completed");
+    assert_eq!(status_out["pass"], 1, "each step ran to its end once");
+    assert_eq!(
+        serde_json::from_value::<receipt::Receipt>(status_out["receipt"].clone()).unwrap(),
+        receipt,
+        "the same receipt"
+    );
+    server.stop();
+
+    // Offline: the receipt verifies with the gateway's public key, and not once altered.
+    let keys = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .current_dir(dir)
+        .args(["--config", "warden.toml", "audit", "public-key"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8_lossy(&keys.stdout).to_string();
+    let hex_key = keys.split_whitespace().nth(1).unwrap().to_owned();
+    let verify = |path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .current_dir(dir)
+            .args(["receipt", "verify"])
+            .arg(path)
+            .args(["--public-key", &hex_key])
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&receipt_path);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("receipt valid"));
+    let text = std::fs::read_to_string(&receipt_path).unwrap();
+    let altered = text.replace("\"lake_rows_deleted\": 12", "\"lake_rows_deleted\": 11");
+    assert_ne!(altered, text);
+    let altered_path = dir.join("altered.json");
+    std::fs::write(&altered_path, altered).unwrap();
+    let bad = verify(&altered_path);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("does NOT verify"));
+    // The audit log still verifies.
+    let audit = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .current_dir(dir)
+        .args(["--config", "warden.toml", "audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
 }
