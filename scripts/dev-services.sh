@@ -138,9 +138,23 @@ if ! port_open "$MONGO_PORT"; then
 fi
 log "nx-27017 (MongoDB wire) ready at 127.0.0.1:$MONGO_PORT"
 
+# --- promtool: checks and unit-tests the alert rules (taken from Debian's prometheus
+# package without installing it: no Prometheus server is started) -------------------------
+PROMTOOL="$CACHE/promtool/usr/bin/promtool"
+if [ ! -x "$PROMTOOL" ]; then
+  log "extracting promtool into $CACHE/promtool"
+  rm -rf "$CACHE/promtool.tmp" && mkdir -p "$CACHE/promtool.tmp"
+  (cd "$CACHE/promtool.tmp" && apt-get download prometheus >&2) \
+    || { apt-get update -qq >&2 && (cd "$CACHE/promtool.tmp" && apt-get download prometheus >&2); }
+  dpkg-deb -x "$CACHE"/promtool.tmp/prometheus_*.deb "$CACHE/promtool"
+  rm -rf "$CACHE/promtool.tmp"
+fi
+"$PROMTOOL" --version >/dev/null 2>&1 || { log "promtool does not run"; exit 1; }
+
 echo "export WARDEN_TEST_POSTGRES_URL=$PG_URL"
 echo "export WARDEN_TEST_AWS_ENDPOINT=http://127.0.0.1:$MOTO_PORT"
 echo "export WARDEN_TEST_S3_BUCKET=$S3_BUCKET"
 echo "export WARDEN_TEST_KAFKA=127.0.0.1:$KAFKA_PORT"
 echo "export WARDEN_TEST_TANSU=$TANSU"
 echo "export WARDEN_TEST_MONGODB_URL=mongodb://127.0.0.1:$MONGO_PORT"
+echo "export WARDEN_TEST_PROMTOOL=$PROMTOOL"

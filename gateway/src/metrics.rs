@@ -38,6 +38,9 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// `warden_erasure_next_due_seconds` when no request is open: a year.
+const NOTHING_DUE: i64 = 365 * 86_400;
+
 /// The erasure job states shown by `warden_erasure_open_requests` (zero when none).
 const OPEN_STATES: &[&str] = &["pending", "running", "waiting"];
 
@@ -123,6 +126,8 @@ impl Metrics {
         let erasure_open = Family::<StateLabels, Gauge>::default();
         let erasure_oldest_open_age = Gauge::default();
         let erasure_next_due = Gauge::default();
+        // Until the first reading of the jobs: nothing due (a zero would look due now).
+        erasure_next_due.set(NOTHING_DUE);
         registry.register(
             "warden_erasure_steps",
             "Erasure job steps run, by step and outcome (failed steps are retried)",
@@ -206,7 +211,7 @@ impl Metrics {
         self.erasure_oldest_open_age
             .set(oldest_age.map_or(0, |a| a / 1_000_000));
         self.erasure_next_due
-            .set(next_due.map_or(365 * 86_400, |d| d / 1_000_000));
+            .set(next_due.map_or(NOTHING_DUE, |d| d / 1_000_000));
     }
 }
 
