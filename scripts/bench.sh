@@ -2,7 +2,9 @@
 # Prints Warden's benchmark figures (release build): authorization decisions/s, durable
 # audit appends/s on SQLite and PostgreSQL, audit verification events/s, PAN
 # tokenizations/s on SQLite and PostgreSQL, and the data plane end to end (HTTP → Kafka →
-# stages → Delta) beside a bare rdkafka producer into the same broker. The release build of
+# stages → Delta) beside a bare rdkafka producer into the same broker, and one subject erased
+# from a ten-million-row Delta table and a million documents (beside the same delete without
+# subject buckets). The release build of
 # the data plane (DataFusion, Delta) takes about an hour cold on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,3 +17,4 @@ trap 'scripts/dev-services.sh --stop' EXIT
 cargo bench --locked -p warden-gateway --bench foundation
 cargo bench --locked -p warden-policy --bench protection
 cargo bench --locked -p warden-gateway --bench pipeline
+cargo bench --locked -p warden-pipeline --bench erasure
