@@ -317,10 +317,10 @@ pub struct ErasureConfig {
     /// cost of failing queries that were running over an older snapshot.
     #[serde(with = "humantime_serde")]
     pub vacuum_retention: Duration,
-    /// This replica's name on the jobs it leases (default: the host name). A restarted
-    /// replica resumes its own jobs at once; another one waits for the lease to expire.
-    /// Replicas sharing a host and a database need distinct names.
-    pub worker_id: Option<String>,
+    /// How long a worker owns a job it stopped renewing (it renews while it works): after a
+    /// crash, the job resumes on any replica once this has passed.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 impl Default for ErasureConfig {
@@ -330,7 +330,7 @@ impl Default for ErasureConfig {
             deadline: Duration::from_secs(30 * 86_400),
             max_extension: Duration::from_secs(60 * 86_400),
             vacuum_retention: Duration::from_secs(15 * 60),
-            worker_id: None,
+            lease: Duration::from_secs(30),
         }
     }
 }

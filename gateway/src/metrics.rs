@@ -42,7 +42,7 @@ pub struct StateLabels {
 const NOTHING_DUE: i64 = 365 * 86_400;
 
 /// The erasure job states shown by `warden_erasure_open_requests` (zero when none).
-const OPEN_STATES: &[&str] = &["pending", "running", "waiting"];
+const OPEN_STATES: &[&str] = &["pending", "running", "waiting", "held"];
 
 /// The gateway's metrics.
 #[derive(Debug)]

@@ -341,6 +341,7 @@ pub async fn start(
     let stream = crate::pipeline::open_stream(&config, &state_db)?;
     let documents = crate::pipeline::open_documents(&config, &state_db).await?;
     let lake = crate::pipeline::open_lake(&config)?;
+    let erasure_lease = config.erasure.lease;
     let state = AppState(Arc::new(Inner {
         config,
         clock,
@@ -365,7 +366,7 @@ pub async fn start(
         topics: crate::api::records::Topics::default(),
         subscriptions: crate::api::subscriptions::Subscriptions::default(),
         stage_graph,
-        erasures: crate::erasure::Jobs::new(state_db.clone()),
+        erasures: crate::erasure::Jobs::new(state_db.clone()).with_lease(erasure_lease),
         receipt_signer,
         dbs,
     }));

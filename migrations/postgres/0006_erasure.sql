@@ -6,7 +6,7 @@ CREATE TABLE erasure_jobs (
     idempotency_key TEXT,
     requested_by    TEXT NOT NULL,         -- principal id
     requested_as    TEXT NOT NULL,         -- 'subject' or 'dpo'
-    state           TEXT NOT NULL,         -- 'pending', 'running', 'waiting', 'completed'
+    state           TEXT NOT NULL,         -- 'pending', 'running', 'waiting', 'held', 'completed'
     step            BIGINT NOT NULL,        -- index of the next step to run
     pass            BIGINT NOT NULL,        -- erase passes (the verification scan may ask again)
     progress        TEXT NOT NULL,         -- JSON: what each finished step did

@@ -740,49 +740,6 @@ impl Lake {
         Ok(out)
     }
 
-    /// Which of `values` still appear in text `column` of any row (a token another subject
-    /// shares stays in the vault). Reads that one column of the whole table.
-    ///
-    /// # Errors
-    /// The table cannot be read.
-    pub async fn values_in_use(
-        &self,
-        contract: &Contract,
-        column: &str,
-        values: &std::collections::BTreeSet<String>,
-    ) -> Result<std::collections::BTreeSet<String>> {
-        use deltalake::datafusion::prelude::{col, lit};
-        let mut out = std::collections::BTreeSet::new();
-        if values.is_empty() {
-            return Ok(out);
-        }
-        let Some(table) = self.existing(contract).await? else {
-            return Ok(out);
-        };
-        let provider = table
-            .table_provider()
-            .await
-            .map_err(|e| lake_err("table provider", e))?;
-        let ctx = deltalake::datafusion::prelude::SessionContext::new();
-        let list = values.iter().map(|v| lit(v.clone())).collect();
-        let batches = ctx
-            .read_table(provider)
-            .map_err(df_err)?
-            .select(vec![col(column)])
-            .map_err(df_err)?
-            .filter(col(column).in_list(list, false))
-            .map_err(df_err)?
-            .distinct()
-            .map_err(df_err)?
-            .collect()
-            .await
-            .map_err(df_err)?;
-        for b in &batches {
-            collect_strings(b, &[column.to_owned()], Some(values), &mut out);
-        }
-        Ok(out)
-    }
-
     /// Removes the data files no version within `retention` needs (those rewritten or
     /// dropped by deletes, erasures included). With zero retention, readers still scanning
     /// an older snapshot fail — the price of removing an erased subject's files now. Returns

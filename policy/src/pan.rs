@@ -228,14 +228,45 @@ impl Tokenizer {
             .collect()
     }
 
-    /// Removes `tokens` from the vault (an erased subject's cards): afterwards they
-    /// detokenize to nothing, and the same card number gets a new token. Returns how many
-    /// the vault held.
+    /// As [`tokenize`](Self::tokenize), recording which subject's record carries each
+    /// token (`subjects[i]` for `pans[i]`), so an erasure can purge the subject's tokens.
+    ///
+    /// # Errors
+    /// Vault or key failures.
+    pub async fn tokenize_for(
+        &self,
+        dataset: &str,
+        pans: &[String],
+        subjects: &[&str],
+    ) -> Result<Vec<String>> {
+        let tokens = self.tokenize(dataset, pans).await?;
+        let mut refs: Vec<(String, String)> = tokens
+            .iter()
+            .zip(subjects)
+            .map(|(t, s)| (t.clone(), (*s).to_owned()))
+            .collect();
+        refs.sort_unstable();
+        refs.dedup();
+        self.vault.put_token_refs(dataset, &refs).await?;
+        Ok(tokens)
+    }
+
+    /// Erases a subject from the vault: the tokens only its records carry (afterwards they
+    /// detokenize to nothing, and the same card number gets a new token) and its references.
+    /// Returns `(tokens deleted, tokens kept for other subjects)`.
     ///
     /// # Errors
     /// Vault failures.
-    pub async fn purge(&self, dataset: &str, tokens: &[String]) -> Result<u64> {
-        self.vault.delete_tokens(dataset, tokens).await
+    pub async fn purge_subject(&self, dataset: &str, subject_ref: &str) -> Result<(u64, u64)> {
+        self.vault.purge_subject(dataset, subject_ref).await
+    }
+
+    /// How many tokens the vault still links to a subject (zero after its erasure).
+    ///
+    /// # Errors
+    /// Vault failures.
+    pub async fn subject_tokens(&self, dataset: &str, subject_ref: &str) -> Result<u64> {
+        self.vault.subject_tokens(dataset, subject_ref).await
     }
 
     /// How many of `tokens` the vault holds.

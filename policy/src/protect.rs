@@ -312,7 +312,14 @@ impl Protector {
             .zip(pans)
             .filter(|((slot, _), _)| !erased(*slot))
             .unzip();
-        let tokens = self.tokenizer.tokenize(&contract.name, &live_pans).await?;
+        let owners: Vec<&str> = live_slots
+            .iter()
+            .map(|(slot, _)| refs[*slot].as_str())
+            .collect();
+        let tokens = self
+            .tokenizer
+            .tokenize_for(&contract.name, &live_pans, &owners)
+            .await?;
         let mut token_of: HashMap<(usize, &str), &str> = HashMap::new();
         for ((slot, field), token) in live_slots.into_iter().zip(&tokens) {
             token_of.insert((*slot, field.as_str()), token.as_str());

@@ -71,8 +71,15 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
     /// Inserts tokens in one transaction, skipping indexes that have one already; returns
     /// how many were inserted.
     async fn insert_tokens(&self, dataset: &str, tokens: &[NewToken], now: i64) -> Result<usize>;
-    /// Deletes the tokens among `tokens` (an erased subject's); how many there were.
-    async fn delete_tokens(&self, dataset: &str, tokens: &[String]) -> Result<u64>;
+    /// Records which subject's records carry which token (`(token, subject_ref)`; known
+    /// pairs are skipped).
+    async fn put_token_refs(&self, dataset: &str, refs: &[(String, String)]) -> Result<()>;
+    /// Erases a subject from the vault in one transaction: deletes the tokens only its
+    /// records carry and its references. Returns `(tokens deleted, tokens kept because
+    /// another subject's records carry them too)`. A second run finds nothing.
+    async fn purge_subject(&self, dataset: &str, subject_ref: &str) -> Result<(u64, u64)>;
+    /// How many tokens the vault still links to a subject.
+    async fn subject_tokens(&self, dataset: &str, subject_ref: &str) -> Result<u64>;
     /// The encrypted PAN of each token among `tokens` that exists.
     async fn pans_by_token(
         &self,
@@ -307,22 +314,69 @@ impl VaultStore for SqlVaultStore {
         Ok(usize::try_from(inserted).unwrap_or(usize::MAX))
     }
 
-    async fn delete_tokens(&self, dataset: &str, tokens: &[String]) -> Result<u64> {
+    async fn put_token_refs(&self, dataset: &str, refs: &[(String, String)]) -> Result<()> {
+        if refs.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.db.pool().begin().await?;
-        let mut deleted = 0;
-        for chunk in tokens.chunks(CHUNK) {
+        for chunk in refs.chunks(INSERT_ROWS) {
             let sql = format!(
-                "DELETE FROM vault_tokens WHERE dataset = $1 AND token IN ({})",
-                placeholders(2, chunk.len())
+                "INSERT INTO vault_token_refs (dataset, subject_ref, token) VALUES {} ON CONFLICT DO NOTHING",
+                value_rows(chunk.len(), 3)
             );
-            let mut q = sqlx::query::<Any>(&sql).bind(dataset.to_owned());
-            for t in chunk {
-                q = q.bind(t.clone());
+            let mut q = sqlx::query::<Any>(&sql);
+            for (token, subject_ref) in chunk {
+                q = q
+                    .bind(dataset.to_owned())
+                    .bind(subject_ref.clone())
+                    .bind(token.clone());
             }
-            deleted += q.execute(&mut *tx).await?.rows_affected();
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(deleted)
+        Ok(())
+    }
+
+    async fn purge_subject(&self, dataset: &str, subject_ref: &str) -> Result<(u64, u64)> {
+        let mut tx = self.db.pool().begin().await?;
+        let shared: i64 = sqlx::query::<Any>(
+            "SELECT COUNT(*) FROM vault_token_refs r WHERE r.dataset = $1 AND r.subject_ref = $2 \
+             AND EXISTS (SELECT 1 FROM vault_token_refs o WHERE o.dataset = $1 AND o.token = r.token AND o.subject_ref <> $2)",
+        )
+        .bind(dataset.to_owned())
+        .bind(subject_ref.to_owned())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let deleted = sqlx::query::<Any>(
+            "DELETE FROM vault_tokens WHERE dataset = $1 AND token IN (\
+             SELECT r.token FROM vault_token_refs r WHERE r.dataset = $1 AND r.subject_ref = $2 \
+             AND NOT EXISTS (SELECT 1 FROM vault_token_refs o WHERE o.dataset = $1 AND o.token = r.token AND o.subject_ref <> $2))",
+        )
+        .bind(dataset.to_owned())
+        .bind(subject_ref.to_owned())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query::<Any>("DELETE FROM vault_token_refs WHERE dataset = $1 AND subject_ref = $2")
+            .bind(dataset.to_owned())
+            .bind(subject_ref.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((deleted, u64::try_from(shared).unwrap_or(0)))
+    }
+
+    async fn subject_tokens(&self, dataset: &str, subject_ref: &str) -> Result<u64> {
+        let n: i64 = sqlx::query::<Any>(
+            "SELECT COUNT(*) FROM vault_token_refs WHERE dataset = $1 AND subject_ref = $2",
+        )
+        .bind(dataset.to_owned())
+        .bind(subject_ref.to_owned())
+        .fetch_one(self.db.pool())
+        .await?
+        .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn pans_by_token(

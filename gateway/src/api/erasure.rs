@@ -31,6 +31,8 @@ use crate::state::AppState;
 /// Longest identifier, idempotency key or reason accepted.
 const MAX_ID: usize = 256;
 const MAX_REASON: usize = 1000;
+/// Most records of one store and dataset in one export.
+const MAX_EXPORT: u64 = 1_000_000;
 
 fn api(e: impl Into<Error>) -> ApiError {
     ApiError::from(e.into())
@@ -203,9 +205,9 @@ pub async fn list(
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(s) = &params.state {
-        if !["pending", "running", "waiting", "completed"].contains(&s.as_str()) {
+        if !["pending", "running", "waiting", "held", "completed"].contains(&s.as_str()) {
             return Err(ApiError::invalid(
-                "state: pending, running, waiting or completed",
+                "state: pending, running, waiting, held or completed",
             ));
         }
     }
@@ -244,6 +246,9 @@ pub async fn extend(
 ) -> axum::response::Response {
     let mut note = AuditNote::default();
     let result = async {
+        if job.len() > MAX_ID {
+            return Err(ApiError::not_found());
+        }
         if !(1..=60).contains(&body.days) {
             return Err(ApiError::invalid("days: 1 to 60"));
         }
@@ -271,6 +276,9 @@ pub async fn extend(
         note.subject_ref = Some(extended.subject_ref.clone());
         note.details.insert("job".into(), json!(extended.id));
         note.details.insert("days".into(), json!(body.days));
+        // The reason itself stays in the job (free text could name someone).
+        note.details
+            .insert("extension".into(), json!(extended.extensions.len()));
         Ok(Json(extended.view(app.clock.now_micros())))
     }
     .await;
@@ -299,9 +307,15 @@ pub async fn export(
         ..AuditNote::default()
     };
     let result = async {
+        let format = params.format.as_deref().unwrap_or("json");
+        if format != "json" && format != "csv" {
+            return Err(ApiError::invalid("format: json or csv"));
+        }
+        if format == "csv" && params.dataset.is_none() {
+            return Err(ApiError::invalid("dataset: required with format=csv"));
+        }
         let (subject_ref, _) = resolve(&app, &principal, &id).await?;
         note.subject_ref = Some(subject_ref.clone());
-        let format = params.format.as_deref().unwrap_or("json");
         let datasets: Vec<std::sync::Arc<Contract>> = match &params.dataset {
             Some(name) => vec![app.datasets.get(name).ok_or_else(ApiError::not_found)?],
             None => app.datasets.all(),
@@ -345,7 +359,7 @@ pub async fn export(
             .into_response()),
             "csv" => {
                 let Some(name) = &params.dataset else {
-                    return Err(ApiError::invalid("dataset: required with format=csv"));
+                    return Err(ApiError::internal());
                 };
                 let rows = out
                     .get(name)
@@ -386,7 +400,7 @@ async fn subject_documents(
             contract_version: d.contract_version,
             fields: d.fields,
         }));
-        if out.len() > 1_000_000 {
+        if out.len() as u64 > MAX_EXPORT {
             return Err(ApiError::invalid("the export is too large for one answer"));
         }
     }
@@ -399,6 +413,15 @@ async fn lake_records(
     contract: &Contract,
     subject_ref: &str,
 ) -> Result<Vec<ProtectedRecord>, ApiError> {
+    if app
+        .lake
+        .count_subject(contract, subject_ref)
+        .await
+        .map_err(api)?
+        > MAX_EXPORT
+    {
+        return Err(ApiError::invalid("the export is too large for one answer"));
+    }
     let batches = app
         .lake
         .subject_rows(contract, subject_ref)
@@ -551,6 +574,9 @@ pub async fn release_hold(
 ) -> axum::response::Response {
     let mut note = AuditNote::default();
     let result = async {
+        if id.len() > MAX_ID {
+            return Err(ApiError::not_found());
+        }
         note.details.insert("hold".into(), json!(id));
         if app
             .erasures

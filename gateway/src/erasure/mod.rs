@@ -16,13 +16,19 @@
 //! 3. `lake` — Delta `DELETE` on `subject_bucket` and `subject_ref` (one partition read).
 //! 4. `documents` — `delete_many` on `subject_ref`.
 //! 5. `stream` — the subject's key erased from each dataset topic (a tombstone on Kafka).
-//! 6. `vault` — the subject's tokens removed, except those other subjects' rows still use.
+//! 6. `vault` — the tokens only the subject's records carry removed, with its references
+//!    (the vault records at the edge which subject's record carries each token; a card shared
+//!    with another subject keeps its token).
 //! 7. `vacuum` — once `erasure.vacuum_retention` has passed since the lake step, the files the
 //!    delete rewrote are removed (time travel to before the delete fails from then on).
 //! 8. `verify` — every store must return zero rows of the subject and the key must be gone;
 //!    rows that arrived meanwhile send the job back to `collect` (a new pass).
 //! 9. `receipt` — the completion is audited; the receipt (counts, Delta versions, the audit
 //!    event's sequence number) is signed and stored. Asking again returns the same receipt.
+//!
+//! A legal hold placed after the request stops the job before its next destructive step
+//! (state `held`, audited) until released. A worker renews its lease while a step runs; one
+//! that died leaves the job to any replica once `erasure.lease` has passed.
 //!
 //! A failing step is retried with exponential backoff; the job shows the attempts and the
 //! error kind, and `warden_erasure_step_failures` counts them. Deadlines: `due = received +
@@ -31,7 +37,7 @@
 pub mod cli;
 pub mod receipt;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,7 +45,7 @@ use serde_json::{json, Value};
 use sqlx::{Any, Row};
 use tracing::{error, info, warn};
 use warden_audit::{Db, NewEvent};
-use warden_policy::contract::{Contract, DataClass};
+use warden_policy::contract::Contract;
 use warden_policy::keyring::SCOPE_SUBJECT;
 use warden_sdk::Decision;
 
@@ -65,8 +71,9 @@ pub const CRASH_ENV: &str = "WARDEN_CRASH_AFTER_ERASURE_STEP";
 
 /// Erase passes before the job gives up for this attempt (rows keep arriving).
 const MAX_PASSES: i64 = 5;
-/// How long a worker owns a job without renewing.
-const LEASE: Duration = Duration::from_secs(120);
+/// How long a worker owns a job without renewing (it renews every third of it while a
+/// step runs; a worker that died leaves the job to another after this long).
+const LEASE: Duration = Duration::from_secs(30);
 /// Retry backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -75,10 +82,15 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// What the finished steps did, per dataset.
+/// What the finished steps did, per dataset. A step records each dataset as it finishes
+/// it (`*_pass`), so a crash in the middle resumes with the datasets left.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DatasetProgress {
+    /// Rows and documents the subject had when this pass's `collect` looked.
+    pub found_lake: u64,
+    pub found_documents: u64,
+    /// Totals over the passes: what was there, or what the delete removed if more arrived.
     pub lake_rows: u64,
     pub lake_version_before: Option<u64>,
     pub lake_version_after: Option<u64>,
@@ -87,11 +99,13 @@ pub struct DatasetProgress {
     pub documents: u64,
     pub stream_topic: String,
     pub stream_erased: u64,
-    /// Vault tokens found in the subject's rows, until the receipt is signed.
-    pub tokens: BTreeSet<String>,
-    /// Of those, the ones other subjects' rows still use (kept in the vault).
-    pub tokens_shared: BTreeSet<String>,
     pub tokens_purged: u64,
+    pub tokens_shared: u64,
+    /// The pass in which each step last finished this dataset.
+    pub lake_pass: i64,
+    pub documents_pass: i64,
+    pub stream_pass: i64,
+    pub vault_pass: i64,
 }
 
 /// What the job has done so far (stored as JSON in the job).
@@ -239,11 +253,71 @@ pub struct ListFilter {
 #[derive(Debug, Clone)]
 pub struct Jobs {
     db: Db,
+    lease: Duration,
 }
 
 impl Jobs {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, lease: LEASE }
+    }
+
+    /// With another lease length (tests of worker failover).
+    #[must_use]
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Extends the lease `owner` holds; false when it is no longer its.
+    async fn renew(&self, id: &str, owner: &str, now: i64) -> Result<bool> {
+        let n = sqlx::query::<Any>(
+            "UPDATE erasure_jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND lease_until >= $4",
+        )
+        .bind(now + micros(self.lease))
+        .bind(id.to_owned())
+        .bind(owner.to_owned())
+        .bind(now)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Records progress within a step (one dataset done), while `owner` holds the lease.
+    async fn save_progress(&self, job: &Job, owner: &str, now: i64) -> Result<()> {
+        let n = sqlx::query::<Any>(
+            "UPDATE erasure_jobs SET progress = $1, lease_until = $2, updated_at = $3 WHERE id = $4 AND lease_owner = $5",
+        )
+        .bind(serde_json::to_string(&job.progress).unwrap_or_default())
+        .bind(now + micros(self.lease))
+        .bind(now)
+        .bind(job.id.clone())
+        .bind(owner.to_owned())
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(Error::Conflict("the erasure job's lease was lost".into()))
+        }
+    }
+
+    /// Parks a job a legal hold stops: `held`, the hold named in `last_error`, looked at
+    /// again at `until`.
+    async fn park(&self, job: &Job, owner: &str, why: &str, until: i64, now: i64) -> Result<()> {
+        sqlx::query::<Any>(
+            "UPDATE erasure_jobs SET state = 'held', last_error = $1, next_attempt_at = $2, lease_owner = NULL, \
+             lease_until = NULL, updated_at = $3 WHERE id = $4 AND lease_owner = $5",
+        )
+        .bind(why.to_owned())
+        .bind(until)
+        .bind(now)
+        .bind(job.id.clone())
+        .bind(owner.to_owned())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
     }
 
     /// Creates the job for a subject, unless one exists (one erasure per subject: a second
@@ -287,7 +361,7 @@ impl Jobs {
             "INSERT INTO erasure_jobs (id, subject_ref, idempotency_key, requested_by, requested_as, state, step, pass, \
              progress, received_at, due_at, extensions, attempts, last_error, next_attempt_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, 'pending', 0, 1, '{}', $6, $7, '[]', 0, NULL, $6, $6) \
-             ON CONFLICT (subject_ref) DO NOTHING",
+             ON CONFLICT DO NOTHING",
         )
         .bind(id.clone())
         .bind(subject_ref.to_owned())
@@ -299,6 +373,25 @@ impl Jobs {
         .execute(self.db.pool())
         .await?
         .rows_affected();
+        if inserted == 0 {
+            // A concurrent request won: for this subject, or with this key.
+            if let Some(key) = idempotency_key {
+                let row = sqlx::query::<Any>(&format!(
+                    "SELECT {COLUMNS} FROM erasure_jobs WHERE requested_by = $1 AND idempotency_key = $2"
+                ))
+                .bind(requested_by.to_owned())
+                .bind(key.to_owned())
+                .fetch_optional(self.db.pool())
+                .await?;
+                if let Some(job) = row.as_ref().map(job_from_row).transpose()? {
+                    if job.subject_ref != subject_ref {
+                        return Err(Error::Conflict(
+                            "this Idempotency-Key was used for another subject's erasure".into(),
+                        ));
+                    }
+                }
+            }
+        }
         let job = self
             .by_subject(subject_ref)
             .await?
@@ -442,10 +535,9 @@ impl Jobs {
     async fn claim(&self, owner: &str, now: i64) -> Result<Option<Job>> {
         let ids: Vec<String> = sqlx::query::<Any>(
             "SELECT id FROM erasure_jobs WHERE state <> 'completed' AND next_attempt_at <= $1 \
-             AND (lease_until IS NULL OR lease_until < $1 OR lease_owner = $2) ORDER BY next_attempt_at LIMIT 8",
+             AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_attempt_at LIMIT 8",
         )
         .bind(now)
-        .bind(owner.to_owned())
         .fetch_all(self.db.pool())
         .await?
         .iter()
@@ -454,10 +546,10 @@ impl Jobs {
         for id in ids {
             let n = sqlx::query::<Any>(
                 "UPDATE erasure_jobs SET lease_owner = $1, lease_until = $2, state = 'running', updated_at = $3 \
-                 WHERE id = $4 AND state <> 'completed' AND (lease_until IS NULL OR lease_until < $3 OR lease_owner = $1)",
+                 WHERE id = $4 AND state <> 'completed' AND (lease_until IS NULL OR lease_until < $3)",
             )
             .bind(owner.to_owned())
-            .bind(now + micros(LEASE))
+            .bind(now + micros(self.lease))
             .bind(now)
             .bind(id.clone())
             .execute(self.db.pool())
@@ -482,7 +574,7 @@ impl Jobs {
         .bind(serde_json::to_string(&job.progress).unwrap_or_default())
         .bind(job.state.clone())
         .bind(job.next_attempt_at)
-        .bind(now + micros(LEASE))
+        .bind(now + micros(self.lease))
         .bind(job.receipt.clone())
         .bind(job.completed_at)
         .bind(now)
@@ -672,6 +764,8 @@ enum Outcome {
     WaitUntil(i64),
     /// Go back to a step (a new erase pass).
     Back(usize),
+    /// A legal hold stops the job (the hold's scope and target).
+    Held(String),
 }
 
 /// Runs due jobs until none is left (or `max_steps` steps ran); returns how many steps ran.
@@ -687,7 +781,8 @@ pub async fn run_due(app: &AppState, owner: &str, max_steps: usize) -> Result<us
         };
         let ran = run_job(app, owner, job, max_steps - steps).await;
         if ran == 0 {
-            // It failed, waits, or its state could not be recorded: the next tick goes on.
+            // It failed, waits, is held, or its state could not be recorded: the next tick
+            // goes on.
             break;
         }
         steps += ran;
@@ -695,8 +790,37 @@ pub async fn run_due(app: &AppState, owner: &str, max_steps: usize) -> Result<us
     Ok(steps)
 }
 
+/// Runs one step while renewing the job's lease; `None` when the lease was lost (another
+/// worker owns the job now: this one stops).
+async fn step_with_lease(
+    app: &AppState,
+    owner: &str,
+    job: &mut Job,
+    step: &str,
+) -> Option<Result<Outcome>> {
+    let id = job.id.clone();
+    let every = app.erasures.lease / 3;
+    let run = run_step(app, owner, job, step);
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            outcome = &mut run => return Some(outcome),
+            () = tokio::time::sleep(every) => {
+                match app.erasures.renew(&id, owner, app.clock.now_micros()).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        warn!(job = id, step, "erasure job lease lost; leaving the step to its new owner");
+                        return None;
+                    }
+                    Err(e) => warn!(job = id, error = %e, "cannot renew an erasure job lease"),
+                }
+            }
+        }
+    }
+}
+
 /// Runs a claimed job until it completes, waits or fails (or `max_steps` steps ran); the
-/// number of steps run.
+/// number of steps run (0 also when the job's state could not be recorded).
 async fn run_job(app: &AppState, owner: &str, mut job: Job, max_steps: usize) -> usize {
     let mut ran = 0;
     loop {
@@ -713,7 +837,9 @@ async fn run_job(app: &AppState, owner: &str, mut job: Job, max_steps: usize) ->
         let Some(step) = STEPS.get(index).copied() else {
             return ran;
         };
-        let outcome = run_step(app, &mut job, step).await;
+        let Some(outcome) = step_with_lease(app, owner, &mut job, step).await else {
+            return 0;
+        };
         let now = app.clock.now_micros();
         match outcome {
             Ok(Outcome::Next) => {
@@ -725,7 +851,7 @@ async fn run_job(app: &AppState, owner: &str, mut job: Job, max_steps: usize) ->
                 }
                 if let Err(e) = app.erasures.advance(&job, owner, now).await {
                     warn!(job = job.id, step, error = %e, "cannot record an erasure step");
-                    return ran;
+                    return 0;
                 }
                 app.metrics.erasure_steps(step, "done");
                 info!(job = job.id, step, "erasure step done");
@@ -746,13 +872,44 @@ async fn run_job(app: &AppState, owner: &str, mut job: Job, max_steps: usize) ->
                 job.pass += 1;
                 if let Err(e) = app.erasures.advance(&job, owner, now).await {
                     warn!(job = job.id, error = %e, "cannot record an erasure pass");
-                    return ran;
+                    return 0;
                 }
                 info!(
                     job = job.id,
                     pass = job.pass,
                     "rows arrived during the erasure; erasing again"
                 );
+                if job.pass > MAX_PASSES {
+                    // Rows keep coming back: go on erasing, but with backoff, visibly.
+                    app.metrics.erasure_steps("verify", "failed");
+                    if let Err(e) = app
+                        .erasures
+                        .failed(
+                            &job,
+                            owner,
+                            "verify: the subject's rows keep arriving; erasing again",
+                            now,
+                        )
+                        .await
+                    {
+                        warn!(job = job.id, error = %e, "cannot record an erasure failure");
+                    }
+                    return 0;
+                }
+            }
+            Ok(Outcome::Held(why)) => {
+                if job.state != "held" {
+                    held_event(app, &job, step, &why).await;
+                }
+                let until = now + micros(HOLD_RECHECK);
+                if let Err(e) = app
+                    .erasures
+                    .park(&job, owner, &format!("legal hold on {why}"), until, now)
+                    .await
+                {
+                    warn!(job = job.id, error = %e, "cannot park a held erasure job");
+                }
+                return 0;
             }
             Err(e) => {
                 app.metrics.erasure_steps(step, "failed");
@@ -765,9 +922,29 @@ async fn run_job(app: &AppState, owner: &str, mut job: Job, max_steps: usize) ->
                 {
                     warn!(job = job.id, error = %e, "cannot record an erasure failure");
                 }
-                return ran;
+                return 0;
             }
         }
+    }
+}
+
+/// How often a held job looks at its holds again.
+const HOLD_RECHECK: Duration = Duration::from_secs(60);
+
+/// Audits that a legal hold stopped a job (once per hold period).
+async fn held_event(app: &AppState, job: &Job, step: &str, why: &str) {
+    let event = NewEvent::new(
+        app.clock.now_micros(),
+        "warden".to_owned(),
+        "service".to_owned(),
+        "erasure.held".to_owned(),
+        format!("erasure:{}", job.id),
+        Decision::Deny,
+    )
+    .subject_ref(Some(job.subject_ref.clone()))
+    .details(&json!({"job": job.id, "step": step, "hold": why}));
+    if let Err(e) = app.audit.append(event).await {
+        warn!(job = job.id, error = %e, "cannot audit a held erasure job");
     }
 }
 
@@ -796,19 +973,23 @@ fn crash_point(step: &str) {
     }
 }
 
-/// The pci.pan columns of a contract (where vault tokens are).
-fn token_columns(contract: &Contract) -> Vec<String> {
-    contract
-        .fields
-        .iter()
-        .filter(|(_, s)| s.class == DataClass::PciPan)
-        .map(|(n, _)| n.clone())
-        .collect()
-}
+/// Steps that remove or destroy something: a legal hold placed after the request stops them.
+const DESTRUCTIVE: &[&str] = &["shred", "lake", "documents", "stream", "vault", "vacuum"];
 
-async fn run_step(app: &AppState, job: &mut Job, step: &str) -> Result<Outcome> {
+async fn run_step(app: &AppState, owner: &str, job: &mut Job, step: &str) -> Result<Outcome> {
     let sr = job.subject_ref.clone();
+    let pass = job.pass;
     let datasets = app.datasets.all();
+    if DESTRUCTIVE.contains(&step) {
+        if let Some((scope, target, _)) = holds_against(app, &sr).await?.into_iter().next() {
+            let what = if scope == "dataset" {
+                format!("dataset {target}")
+            } else {
+                "the subject".to_owned()
+            };
+            return Ok(Outcome::Held(what));
+        }
+    }
     match step {
         "shred" => {
             let destroyed = app.keys.destroy(SCOPE_SUBJECT, &sr).await?;
@@ -816,76 +997,85 @@ async fn run_step(app: &AppState, job: &mut Job, step: &str) -> Result<Outcome> 
         }
         "collect" => {
             for contract in &datasets {
-                let lake_rows = app.lake.count_subject(contract, &sr).await?;
+                let found_lake = app.lake.count_subject(contract, &sr).await?;
                 let version = app.lake.version(contract).await?;
                 let spec = warden_pipeline::loader::collection_spec(contract);
-                let documents = app.documents.count(&spec, Some(&sr)).await?;
-                let columns = token_columns(contract);
-                let mut tokens = app.lake.subject_values(contract, &sr, &columns).await?;
-                tokens.extend(document_tokens(app, &spec, &sr, &columns).await?);
+                let found_documents = app.documents.count(&spec, Some(&sr)).await?;
                 let d = job
                     .progress
                     .datasets
                     .entry(contract.name.clone())
                     .or_default();
-                d.lake_rows += lake_rows;
-                d.documents += documents;
+                d.found_lake = found_lake;
+                d.found_documents = found_documents;
                 if d.lake_version_before.is_none() {
                     d.lake_version_before = version;
                 }
-                d.tokens.extend(tokens);
             }
         }
         "lake" => {
             for contract in &datasets {
+                if dataset(job, contract).lake_pass == pass {
+                    continue;
+                }
                 let done = app.lake.delete_subject(contract, &sr, &job.id).await?;
-                let d = job
-                    .progress
-                    .datasets
-                    .entry(contract.name.clone())
-                    .or_default();
+                let d = dataset(job, contract);
+                d.lake_rows += d.found_lake.max(done.rows);
                 d.lake_version_after = done.version_after.or(d.lake_version_after);
                 d.lake_files_removed += done.files_removed;
                 d.lake_bytes_removed += done.bytes_removed;
+                d.lake_pass = pass;
+                app.erasures
+                    .save_progress(job, owner, app.clock.now_micros())
+                    .await?;
             }
             job.progress.lake_done_at = Some(app.clock.now_micros());
         }
         "documents" => {
             for contract in &datasets {
+                if dataset(job, contract).documents_pass == pass {
+                    continue;
+                }
                 let spec = warden_pipeline::loader::collection_spec(contract);
-                app.documents.delete_subject(&spec, &sr).await?;
+                let deleted = app.documents.delete_subject(&spec, &sr).await?;
+                let d = dataset(job, contract);
+                d.documents += d.found_documents.max(deleted);
+                d.documents_pass = pass;
+                app.erasures
+                    .save_progress(job, owner, app.clock.now_micros())
+                    .await?;
             }
         }
         "stream" => {
             for contract in &datasets {
+                if dataset(job, contract).stream_pass == pass {
+                    continue;
+                }
                 let topic = app.topic(contract);
                 app.topics_ensure(&topic).await?;
                 let erased = app.stream.erase_key(&topic, &sr).await?;
-                let d = job
-                    .progress
-                    .datasets
-                    .entry(contract.name.clone())
-                    .or_default();
+                let d = dataset(job, contract);
                 d.stream_topic = topic;
                 d.stream_erased += erased;
+                d.stream_pass = pass;
+                app.erasures
+                    .save_progress(job, owner, app.clock.now_micros())
+                    .await?;
             }
         }
         "vault" => {
             for contract in &datasets {
-                let Some(d) = job.progress.datasets.get_mut(&contract.name) else {
-                    continue;
-                };
-                if d.tokens.is_empty() {
+                if dataset(job, contract).vault_pass == pass {
                     continue;
                 }
-                // A card another subject's rows still carry keeps its token.
-                let mut shared = BTreeSet::new();
-                for column in token_columns(contract) {
-                    shared.extend(app.lake.values_in_use(contract, &column, &d.tokens).await?);
-                }
-                let purge: Vec<String> = d.tokens.difference(&shared).cloned().collect();
-                d.tokens_purged += app.tokenizer.purge(&contract.name, &purge).await?;
-                d.tokens_shared = shared;
+                let (purged, shared) = app.tokenizer.purge_subject(&contract.name, &sr).await?;
+                let d = dataset(job, contract);
+                d.tokens_purged += purged;
+                d.tokens_shared += shared;
+                d.vault_pass = pass;
+                app.erasures
+                    .save_progress(job, owner, app.clock.now_micros())
+                    .await?;
             }
         }
         "vacuum" => {
@@ -915,21 +1105,16 @@ async fn run_step(app: &AppState, job: &mut Job, step: &str) -> Result<Outcome> 
                 v.lake_rows += app.lake.count_subject(contract, &sr).await?;
                 let spec = warden_pipeline::loader::collection_spec(contract);
                 v.documents += app.documents.count(&spec, Some(&sr)).await?;
-                if let Some(d) = job.progress.datasets.get(&contract.name) {
-                    let purged: Vec<String> =
-                        d.tokens.difference(&d.tokens_shared).cloned().collect();
-                    v.vault_tokens += app.tokenizer.held(&contract.name, &purged).await?;
-                }
+                v.vault_tokens += app.tokenizer.subject_tokens(&contract.name, &sr).await?;
             }
             let clean = v.lake_rows == 0 && v.documents == 0 && v.vault_tokens == 0;
-            if !clean && job.pass < MAX_PASSES {
+            if !clean {
                 job.progress.verification = None;
                 return Ok(Outcome::Back(1));
             }
-            if !clean || !v.subject_key_destroyed {
-                job.progress.verification = Some(v);
-                return Err(Error::Conflict(
-                    "the verification scan still finds the subject's data".into(),
+            if !v.subject_key_destroyed {
+                return Err(Error::Corrupt(
+                    "the subject's key is not destroyed after the shred step".into(),
                 ));
             }
             job.progress.verification = Some(v);
@@ -937,10 +1122,6 @@ async fn run_step(app: &AppState, job: &mut Job, step: &str) -> Result<Outcome> 
         "receipt" => {
             let (seq, hash) = completion_event(app, job).await?;
             let receipt = app.receipt_signer.sign(build_receipt(app, job, seq, &hash));
-            for d in job.progress.datasets.values_mut() {
-                d.tokens.clear();
-                d.tokens_shared.clear();
-            }
             job.receipt = Some(serde_json::to_string(&receipt).unwrap_or_default());
         }
         other => return Err(Error::Corrupt(format!("unknown erasure step {other}"))),
@@ -948,35 +1129,12 @@ async fn run_step(app: &AppState, job: &mut Job, step: &str) -> Result<Outcome> 
     Ok(Outcome::Next)
 }
 
-/// The tokens in a subject's documents (`columns` of their fields).
-async fn document_tokens(
-    app: &AppState,
-    spec: &warden_pipeline::docs::CollectionSpec,
-    subject_ref: &str,
-    columns: &[String],
-) -> Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    if columns.is_empty() {
-        return Ok(out);
-    }
-    let mut q = warden_pipeline::docs::Query {
-        subject_ref: Some(subject_ref.to_owned()),
-        limit: warden_pipeline::docs::MAX_FIND,
-        ..warden_pipeline::docs::Query::default()
-    };
-    loop {
-        let page = app.documents.find(spec, &q).await?;
-        let Some(last) = page.last() else { break };
-        q.after = Some((last.ts, last.key.clone()));
-        for d in &page {
-            for c in columns {
-                if let Some(Value::String(t)) = d.fields.get(c) {
-                    out.insert(t.clone());
-                }
-            }
-        }
-    }
-    Ok(out)
+/// The progress of a dataset in the job.
+fn dataset<'a>(job: &'a mut Job, contract: &Contract) -> &'a mut DatasetProgress {
+    job.progress
+        .datasets
+        .entry(contract.name.clone())
+        .or_default()
 }
 
 /// The audit event of the job's completion: the one recorded before a crash, or a new one.
@@ -1061,7 +1219,7 @@ fn build_receipt(app: &AppState, job: &Job, seq: u64, hash: &str) -> Receipt {
                         stream_topic: d.stream_topic.clone(),
                         stream_erased: d.stream_erased,
                         tokens_purged: d.tokens_purged,
-                        tokens_shared: d.tokens_shared.len() as u64,
+                        tokens_shared: d.tokens_shared,
                     },
                 )
             })
@@ -1080,22 +1238,26 @@ fn build_receipt(app: &AppState, job: &Job, seq: u64, hash: &str) -> Receipt {
 /// until aborted. A new request waits for the next tick: by then its answer and audit event
 /// are out.
 pub fn start(app: AppState) -> tokio::task::JoinHandle<()> {
-    let owner = app.config.erasure.worker_id.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "warden".to_owned())
-    });
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "warden".to_owned());
+    // Unique per process: a restarted process waits for its predecessor's leases to expire,
+    // so two processes never run one job at once.
+    let owner = format!(
+        "{host}:{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if let Err(e) = run_due(&app, &owner, usize::MAX).await {
-                warn!(error = %e, "erasure worker cannot claim jobs");
-            }
             if let Err(e) = update_metrics(&app).await {
                 warn!(error = %e, "cannot read the erasure jobs for the metrics");
+            }
+            if let Err(e) = run_due(&app, &owner, usize::MAX).await {
+                warn!(error = %e, "erasure worker cannot claim jobs");
             }
         }
     })

@@ -624,6 +624,59 @@ async fn holds_deadlines_retries_and_metrics() {
     let r = g.get("/v1/erasure?state=bogus", &dpo).await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
 
+    // A hold placed after the request stops the job before it destroys anything (audited);
+    // released, the job goes on.
+    let r = g
+        .post(
+            "/v1/legal-holds",
+            Some(&dpo),
+            json!({"subject": kept, "reason": "late litigation"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let late_hold = r.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        erasure::run_due(&g.state, "w", usize::MAX).await.unwrap(),
+        0
+    );
+    let r = g.get(&format!("/v1/erasure/{job}"), &dpo).await;
+    assert_eq!(r.json["state"], "held", "{r:?}");
+    assert_eq!(r.json["last_error"], "legal hold on the subject");
+    assert_eq!(r.json["steps_done"], json!([]));
+    assert!(g
+        .state
+        .keys
+        .data_keys("subject", std::slice::from_ref(&kept), false)
+        .await
+        .unwrap()
+        .destroyed
+        .is_empty());
+    g.audit_settled().await;
+    let held_events = g
+        .state
+        .audit_store
+        .query(&warden_audit::Query {
+            action: Some("erasure.held".into()),
+            limit: 100,
+            ..warden_audit::Query::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(held_events.len(), 1);
+    assert_eq!(
+        held_events[0].body.subject_ref.as_deref(),
+        Some(kept.as_str())
+    );
+    let r = g
+        .post(
+            &format!("/v1/legal-holds/{late_hold}/release"),
+            Some(&dpo),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
+    g.clock.tick(Duration::from_secs(61));
+
     // A store that fails: the step is retried with backoff, the job says so, the metric counts.
     let lake_dir = g.state.config.data_dir.join("lake");
     let payments_dir = lake_dir.join("payments");
@@ -637,8 +690,9 @@ async fn holds_deadlines_retries_and_metrics() {
     let r = g.get(&format!("/v1/erasure/{job}"), &dpo).await;
     assert_eq!(r.json["state"], "pending", "{r:?}");
     assert_eq!(r.json["attempts"], 1, "{r:?}");
-    assert_eq!(r.json["last_error"], "collect: lake unavailable", "{r:?}");
-    assert_eq!(r.json["steps_done"], json!(["shred"]));
+    // (A hold on the dataset is checked against the lake before anything is destroyed.)
+    assert_eq!(r.json["last_error"], "shred: lake unavailable", "{r:?}");
+    assert_eq!(r.json["steps_done"], json!([]));
     // Not due again before its backoff...
     assert_eq!(
         erasure::run_due(&g.state, "w", usize::MAX).await.unwrap(),
@@ -647,7 +701,7 @@ async fn holds_deadlines_retries_and_metrics() {
     let m = g.get("/metrics", &dpo).await;
     let text = String::from_utf8_lossy(&m.bytes).to_string();
     assert!(
-        text.contains("warden_erasure_steps_total{step=\"collect\",outcome=\"failed\"} 1"),
+        text.contains("warden_erasure_steps_total{step=\"shred\",outcome=\"failed\"} 1"),
         "{text}"
     );
     // ...then, the store repaired, it finishes.
@@ -672,7 +726,9 @@ async fn a_job_killed_after_each_step_resumes_and_finishes_once() {
     let datasets = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/datasets");
     std::fs::write(
         dir.join("warden.toml"),
-        format!("datasets_dir = \"{datasets}\"\n[erasure]\nvacuum_retention = \"0s\"\n"),
+        format!(
+            "datasets_dir = \"{datasets}\"\n[erasure]\nvacuum_retention = \"0s\"\nlease = \"2s\"\n"
+        ),
     )
     .unwrap();
     let args = ["--config", "warden.toml"];

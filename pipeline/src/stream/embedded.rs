@@ -175,17 +175,13 @@ impl Stream for EmbeddedStream {
     /// The key's records become tombstones in place: their values and headers are gone,
     /// their positions stay (a position is never reused, so no consumer skips a record).
     async fn erase_key(&self, topic: &str, key: &str) -> Result<u64> {
-        let partitions = match self.partitions(topic).await {
-            Ok(n) => n,
-            Err(Error::NoSuchTopic(_)) => return Ok(0),
-            Err(e) => return Err(e),
-        };
+        // Every partition: the key's records are where its partition was when they were
+        // written.
         let n = sqlx::query::<Any>(
             "UPDATE stream_records SET value = NULL, headers = '{}' \
-             WHERE topic = $1 AND part = $2 AND record_key = $3 AND value IS NOT NULL",
+             WHERE topic = $1 AND record_key = $2 AND value IS NOT NULL",
         )
         .bind(topic.to_owned())
-        .bind(partition_of(key, partitions))
         .bind(key.to_owned())
         .execute(self.db.pool())
         .await?

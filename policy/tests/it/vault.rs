@@ -6,7 +6,8 @@ use crate::{fixture, Kind};
 
 warden_audit::on_both_backends!(crate::Kind;
     keys_first_writer_wins_and_destroy_is_final,
-    tokens_batched_and_unique
+    tokens_batched_and_unique,
+    purging_a_subject_keeps_shared_tokens
 );
 
 async fn keys_first_writer_wins_and_destroy_is_final(kind: Kind) {
@@ -108,4 +109,53 @@ async fn tokens_batched_and_unique(kind: Kind) {
     let pans = v.pans_by_token("payments", &tokens).await.unwrap();
     assert_eq!(pans.len(), 1);
     assert_eq!(pans[&tokens[0]], vec![42u8; 3]);
+}
+
+async fn purging_a_subject_keeps_shared_tokens(kind: Kind) {
+    let f = fixture(kind).await;
+    let v = f.vault.as_ref();
+    let token = |i: u8| NewToken {
+        pan_index: vec![i; 32],
+        token: format!("tok-{i}"),
+        pan_ciphertext: vec![i],
+    };
+    v.insert_tokens("payments", &[token(1), token(2), token(3)], 1)
+        .await
+        .unwrap();
+    v.insert_tokens("other", &[token(4)], 1).await.unwrap();
+    let refs = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(t, s)| ((*t).to_owned(), (*s).to_owned()))
+            .collect()
+    };
+    // tok-1 is the subject's own card, tok-2 one it shares with another subject.
+    let mine = refs(&[("tok-1", "sr-a"), ("tok-2", "sr-a")]);
+    v.put_token_refs("payments", &mine).await.unwrap();
+    v.put_token_refs("payments", &mine).await.unwrap(); // known pairs are skipped
+    v.put_token_refs("payments", &refs(&[("tok-2", "sr-b"), ("tok-3", "sr-b")]))
+        .await
+        .unwrap();
+    v.put_token_refs("other", &refs(&[("tok-4", "sr-a")]))
+        .await
+        .unwrap();
+    assert_eq!(v.subject_tokens("payments", "sr-a").await.unwrap(), 2);
+
+    assert_eq!(v.purge_subject("payments", "sr-a").await.unwrap(), (1, 1));
+    let all: Vec<String> = (1..=3).map(|i| format!("tok-{i}")).collect();
+    let left = v.pans_by_token("payments", &all).await.unwrap();
+    assert!(!left.contains_key("tok-1"), "its own card is gone");
+    assert!(left.contains_key("tok-2") && left.contains_key("tok-3"));
+    assert_eq!(v.subject_tokens("payments", "sr-a").await.unwrap(), 0);
+    assert_eq!(v.subject_tokens("payments", "sr-b").await.unwrap(), 2);
+    assert_eq!(
+        v.subject_tokens("other", "sr-a").await.unwrap(),
+        1,
+        "datasets are separate"
+    );
+    // Idempotent: nothing left to do.
+    assert_eq!(v.purge_subject("payments", "sr-a").await.unwrap(), (0, 0));
+    // The other subject erased too: now the shared card goes.
+    assert_eq!(v.purge_subject("payments", "sr-b").await.unwrap(), (2, 0));
+    assert!(v.pans_by_token("payments", &all).await.unwrap().is_empty());
 }
