@@ -488,20 +488,9 @@ impl Lake {
     /// # Errors
     /// The table cannot be read.
     pub async fn aggregate_provider(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let url = self.aggregate_url(name)?;
-        if url.scheme() == "file"
-            && url
-                .to_file_path()
-                .is_ok_and(|p| !p.join("_delta_log").exists())
-        {
+        let Some(table) = self.open_if_exists(self.aggregate_url(name)?).await? else {
             return Ok(None);
-        }
-        let table = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
-            .await
-            .map_err(|e| lake_err("open aggregate", e))?;
-        if table.version().is_none() {
-            return Ok(None);
-        }
+        };
         table
             .table_provider()
             .await
@@ -587,17 +576,8 @@ impl Lake {
         Ok(self.existing(contract).await?.and_then(|t| t.version()))
     }
 
-    /// The table, current, if it exists (never created here: erasing from or reading a
-    /// dataset that never had a row must not make a table).
-    async fn existing(&self, contract: &Contract) -> Result<Option<DeltaTable>> {
-        {
-            let tables = self.tables.lock().await;
-            if tables.contains_key(&contract.lake_table) {
-                drop(tables);
-                return self.table(contract).await.map(Some);
-            }
-        }
-        let url = self.table_url(contract)?;
+    /// The table at `url` if there is one (a local directory without a log is not opened).
+    async fn open_if_exists(&self, url: Url) -> Result<Option<DeltaTable>> {
         if url.scheme() == "file"
             && url
                 .to_file_path()
@@ -608,9 +588,22 @@ impl Lake {
         let table = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
             .await
             .map_err(|e| lake_err("open table", e))?;
-        if table.version().is_none() {
-            return Ok(None);
+        Ok(table.version().is_some().then_some(table))
+    }
+
+    /// The table, current, if it exists (never created here: erasing from or reading a
+    /// dataset that never had a row must not make a table).
+    async fn existing(&self, contract: &Contract) -> Result<Option<DeltaTable>> {
+        {
+            let tables = self.tables.lock().await;
+            if tables.contains_key(&contract.lake_table) {
+                drop(tables);
+                return self.table(contract).await.map(Some);
+            }
         }
+        let Some(table) = self.open_if_exists(self.table_url(contract)?).await? else {
+            return Ok(None);
+        };
         self.tables
             .lock()
             .await

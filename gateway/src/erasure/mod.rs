@@ -335,23 +335,11 @@ impl Jobs {
         now: i64,
         deadline: Duration,
     ) -> Result<Requested> {
-        if let Some(key) = idempotency_key {
-            let row = sqlx::query::<Any>(&format!(
-                "SELECT {COLUMNS} FROM erasure_jobs WHERE requested_by = $1 AND idempotency_key = $2"
-            ))
-            .bind(requested_by.to_owned())
-            .bind(key.to_owned())
-            .fetch_optional(self.db.pool())
-            .await?;
-            if let Some(row) = row {
-                let job = job_from_row(&row)?;
-                if job.subject_ref != subject_ref {
-                    return Err(Error::Conflict(
-                        "this Idempotency-Key was used for another subject's erasure".into(),
-                    ));
-                }
-                return Ok(Requested::Existing(job));
-            }
+        if let Some(job) = self
+            .by_key(requested_by, idempotency_key, subject_ref)
+            .await?
+        {
+            return Ok(Requested::Existing(job));
         }
         if let Some(job) = self.by_subject(subject_ref).await? {
             return Ok(Requested::Existing(job));
@@ -374,23 +362,10 @@ impl Jobs {
         .await?
         .rows_affected();
         if inserted == 0 {
-            // A concurrent request won: for this subject, or with this key.
-            if let Some(key) = idempotency_key {
-                let row = sqlx::query::<Any>(&format!(
-                    "SELECT {COLUMNS} FROM erasure_jobs WHERE requested_by = $1 AND idempotency_key = $2"
-                ))
-                .bind(requested_by.to_owned())
-                .bind(key.to_owned())
-                .fetch_optional(self.db.pool())
+            // A concurrent request won: for this subject, or with this key (for another
+            // subject: a conflict).
+            self.by_key(requested_by, idempotency_key, subject_ref)
                 .await?;
-                if let Some(job) = row.as_ref().map(job_from_row).transpose()? {
-                    if job.subject_ref != subject_ref {
-                        return Err(Error::Conflict(
-                            "this Idempotency-Key was used for another subject's erasure".into(),
-                        ));
-                    }
-                }
-            }
         }
         let job = self
             .by_subject(subject_ref)
@@ -401,6 +376,31 @@ impl Jobs {
         } else {
             Requested::Existing(job)
         })
+    }
+
+    /// The job a requester's idempotency key names; a conflict if it names another
+    /// subject's.
+    async fn by_key(
+        &self,
+        requested_by: &str,
+        key: Option<&str>,
+        subject_ref: &str,
+    ) -> Result<Option<Job>> {
+        let Some(key) = key else { return Ok(None) };
+        let row = sqlx::query::<Any>(&format!(
+            "SELECT {COLUMNS} FROM erasure_jobs WHERE requested_by = $1 AND idempotency_key = $2"
+        ))
+        .bind(requested_by.to_owned())
+        .bind(key.to_owned())
+        .fetch_optional(self.db.pool())
+        .await?;
+        let job = row.as_ref().map(job_from_row).transpose()?;
+        if job.as_ref().is_some_and(|j| j.subject_ref != subject_ref) {
+            return Err(Error::Conflict(
+                "this Idempotency-Key was used for another subject's erasure".into(),
+            ));
+        }
+        Ok(job)
     }
 
     /// # Errors
