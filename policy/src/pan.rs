@@ -178,11 +178,32 @@ impl Tokenizer {
     /// # Errors
     /// Vault or key failures.
     pub async fn tokenize(&self, dataset: &str, pans: &[String]) -> Result<Vec<String>> {
+        self.tokenize_inner(dataset, pans, None).await
+    }
+
+    async fn tokenize_inner(
+        &self,
+        dataset: &str,
+        pans: &[String],
+        subjects: Option<&[&str]>,
+    ) -> Result<Vec<String>> {
         if pans.is_empty() {
             return Ok(Vec::new());
         }
         let keys = self.dataset_keys(dataset, true).await?;
         let indexes: Vec<Vec<u8>> = pans.iter().map(|p| keys.index(p)).collect();
+        if let Some(subjects) = subjects {
+            // Before the lookup: an erasure purging these cards meanwhile either sees the
+            // references (and keeps the tokens) or has removed the tokens before the lookup.
+            let mut refs: Vec<(Vec<u8>, String)> = indexes
+                .iter()
+                .zip(subjects)
+                .map(|(i, s)| (i.clone(), (*s).to_owned()))
+                .collect();
+            refs.sort_unstable();
+            refs.dedup();
+            self.vault.put_token_refs(dataset, &refs).await?;
+        }
         let mut unique: Vec<Vec<u8>> = indexes.clone();
         unique.sort_unstable();
         unique.dedup();
@@ -239,16 +260,12 @@ impl Tokenizer {
         pans: &[String],
         subjects: &[&str],
     ) -> Result<Vec<String>> {
-        let tokens = self.tokenize(dataset, pans).await?;
-        let mut refs: Vec<(String, String)> = tokens
-            .iter()
-            .zip(subjects)
-            .map(|(t, s)| (t.clone(), (*s).to_owned()))
-            .collect();
-        refs.sort_unstable();
-        refs.dedup();
-        self.vault.put_token_refs(dataset, &refs).await?;
-        Ok(tokens)
+        if subjects.len() != pans.len() {
+            return Err(Error::Store(
+                "one subject per card number is needed".to_owned(),
+            ));
+        }
+        self.tokenize_inner(dataset, pans, Some(subjects)).await
     }
 
     /// Erases a subject from the vault: the tokens only its records carry (afterwards they

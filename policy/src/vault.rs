@@ -71,9 +71,9 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
     /// Inserts tokens in one transaction, skipping indexes that have one already; returns
     /// how many were inserted.
     async fn insert_tokens(&self, dataset: &str, tokens: &[NewToken], now: i64) -> Result<usize>;
-    /// Records which subject's records carry which token (`(token, subject_ref)`; known
-    /// pairs are skipped).
-    async fn put_token_refs(&self, dataset: &str, refs: &[(String, String)]) -> Result<()>;
+    /// Records which subject's records carry which card (`(pan_index, subject_ref)`; known
+    /// pairs are skipped). Called before the tokens are looked up.
+    async fn put_token_refs(&self, dataset: &str, refs: &[(Vec<u8>, String)]) -> Result<()>;
     /// Erases a subject from the vault in one transaction: deletes the tokens only its
     /// records carry and its references. Returns `(tokens deleted, tokens kept because
     /// another subject's records carry them too)`. A second run finds nothing.
@@ -314,22 +314,22 @@ impl VaultStore for SqlVaultStore {
         Ok(usize::try_from(inserted).unwrap_or(usize::MAX))
     }
 
-    async fn put_token_refs(&self, dataset: &str, refs: &[(String, String)]) -> Result<()> {
+    async fn put_token_refs(&self, dataset: &str, refs: &[(Vec<u8>, String)]) -> Result<()> {
         if refs.is_empty() {
             return Ok(());
         }
         let mut tx = self.db.pool().begin().await?;
         for chunk in refs.chunks(INSERT_ROWS) {
             let sql = format!(
-                "INSERT INTO vault_token_refs (dataset, subject_ref, token) VALUES {} ON CONFLICT DO NOTHING",
+                "INSERT INTO vault_token_refs (dataset, subject_ref, pan_index) VALUES {} ON CONFLICT DO NOTHING",
                 value_rows(chunk.len(), 3)
             );
             let mut q = sqlx::query::<Any>(&sql);
-            for (token, subject_ref) in chunk {
+            for (index, subject_ref) in chunk {
                 q = q
                     .bind(dataset.to_owned())
                     .bind(subject_ref.clone())
-                    .bind(token.clone());
+                    .bind(index.clone());
             }
             q.execute(&mut *tx).await?;
         }
@@ -339,9 +339,18 @@ impl VaultStore for SqlVaultStore {
 
     async fn purge_subject(&self, dataset: &str, subject_ref: &str) -> Result<(u64, u64)> {
         let mut tx = self.db.pool().begin().await?;
+        if self.db.backend() == warden_audit::Backend::Postgres {
+            // References recorded meanwhile wait for this purge (SQLite has one writer): a
+            // tokenization either is seen here, and its card keeps its token, or looks the
+            // token up after it is gone and vaults the card afresh.
+            sqlx::query::<Any>("LOCK TABLE vault_token_refs IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
         let shared: i64 = sqlx::query::<Any>(
             "SELECT COUNT(*) FROM vault_token_refs r WHERE r.dataset = $1 AND r.subject_ref = $2 \
-             AND EXISTS (SELECT 1 FROM vault_token_refs o WHERE o.dataset = $1 AND o.token = r.token AND o.subject_ref <> $2)",
+             AND EXISTS (SELECT 1 FROM vault_token_refs o WHERE o.dataset = $1 AND o.pan_index = r.pan_index \
+             AND o.subject_ref <> $2)",
         )
         .bind(dataset.to_owned())
         .bind(subject_ref.to_owned())
@@ -349,9 +358,10 @@ impl VaultStore for SqlVaultStore {
         .await?
         .try_get(0)?;
         let deleted = sqlx::query::<Any>(
-            "DELETE FROM vault_tokens WHERE dataset = $1 AND token IN (\
-             SELECT r.token FROM vault_token_refs r WHERE r.dataset = $1 AND r.subject_ref = $2 \
-             AND NOT EXISTS (SELECT 1 FROM vault_token_refs o WHERE o.dataset = $1 AND o.token = r.token AND o.subject_ref <> $2))",
+            "DELETE FROM vault_tokens WHERE dataset = $1 AND pan_index IN (\
+             SELECT r.pan_index FROM vault_token_refs r WHERE r.dataset = $1 AND r.subject_ref = $2 \
+             AND NOT EXISTS (SELECT 1 FROM vault_token_refs o WHERE o.dataset = $1 AND o.pan_index = r.pan_index \
+             AND o.subject_ref <> $2))",
         )
         .bind(dataset.to_owned())
         .bind(subject_ref.to_owned())
