@@ -189,9 +189,14 @@ async fn a_purge_racing_a_tokenization_never_strands_a_token(kind: Kind) {
             t.purge_subject("payments", &a),
             t.tokenize_for("payments", &card, &owners)
         );
-        // A purge that met a concurrent writer may fail (SQLite: busy snapshot); the job
-        // retries it. Either way the other subject's token must hold.
-        let _ = purged;
+        // The purge saw the other subject's reference (the card keeps its token), or ran
+        // first (the other record gets a new token); on SQLite it may also meet the
+        // concurrent writer and fail (the job retries it). Either way the other subject's
+        // token must hold.
+        assert!(
+            matches!(purged, Err(_) | Ok((0, 1)) | Ok((1, 0))),
+            "round {i}: {purged:?}"
+        );
         let theirs = theirs.unwrap();
         assert_eq!(
             t.detokenize("payments", &theirs).await.unwrap(),
