@@ -88,6 +88,9 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     async fn set_secret_hash(&self, id: &str, hash: &str) -> Result<()>;
     /// Returns false when there is no such principal.
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool>;
+    /// Renames a principal (an erased subject's account gets its pseudonym for a name);
+    /// returns false when there is no such principal.
+    async fn rename_principal(&self, id: &str, name: &str) -> Result<bool>;
     /// Reserves one login attempt for the account: counts it as a failure in advance and, at
     /// `max_failures`, locks the account until `lock_until` (resetting the count). Returns
     /// false, reserving nothing, while the account is locked at `now`. One atomic statement,
@@ -378,6 +381,16 @@ impl StateStore for SqlStateStore {
         .execute(self.db.pool())
         .await?;
         Ok(())
+    }
+
+    async fn rename_principal(&self, id: &str, name: &str) -> Result<bool> {
+        let n = sqlx::query("UPDATE principals SET name = $1 WHERE id = $2")
+            .bind(name.to_owned())
+            .bind(id.to_owned())
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool> {

@@ -133,6 +133,22 @@ pub async fn request(
                 ));
             }
         }
+        // The subject's own login account, renamed to its pseudonym by the job.
+        let account = if own {
+            Some(principal.id.clone())
+        } else if is_subject_ref(&id) {
+            None
+        } else {
+            app.store
+                .principal_by_name(&id)
+                .await
+                .map_err(api)?
+                .filter(|p| {
+                    p.kind == warden_sdk::PrincipalKind::Subject
+                        || p.roles.iter().any(|r| r == "subject")
+                })
+                .map(|p| p.id)
+        };
         let requested = app
             .erasures
             .request(
@@ -140,6 +156,7 @@ pub async fn request(
                 key.as_deref(),
                 &principal.id,
                 if own { "subject" } else { "dpo" },
+                account.as_deref(),
                 app.clock.now_micros(),
                 app.config.erasure.deadline,
             )

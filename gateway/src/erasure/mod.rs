@@ -19,11 +19,14 @@
 //! 6. `vault` — the tokens only the subject's records carry removed, with its references
 //!    (the vault records at the edge which subject's record carries each token; a card shared
 //!    with another subject keeps its token).
-//! 7. `vacuum` — once `erasure.vacuum_retention` has passed since the lake step, the files the
+//! 7. `account` — the subject's own login account, if it has one, is renamed to its
+//!    pseudonym: the identifier leaves the state store, the account can still fetch its job
+//!    and receipt.
+//! 8. `vacuum` — once `erasure.vacuum_retention` has passed since the lake step, the files the
 //!    delete rewrote are removed (time travel to before the delete fails from then on).
-//! 8. `verify` — every store must return zero rows of the subject and the key must be gone;
+//! 9. `verify` — every store must return zero rows of the subject and the key must be gone;
 //!    rows that arrived meanwhile send the job back to `collect` (a new pass).
-//! 9. `receipt` — the completion is audited; the receipt (counts, Delta versions, the audit
+//! 10. `receipt` — the completion is audited; the receipt (counts, Delta versions, the audit
 //!    event's sequence number) is signed and stored. Asking again returns the same receipt.
 //!
 //! A legal hold placed after the request stops the job before its next destructive step
@@ -61,6 +64,7 @@ pub const STEPS: &[&str] = &[
     "documents",
     "stream",
     "vault",
+    "account",
     "vacuum",
     "verify",
     "receipt",
@@ -112,6 +116,10 @@ pub struct DatasetProgress {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Progress {
+    /// The subject's own login account (a principal id), found when the request came.
+    pub account: Option<String>,
+    /// Whether this job renamed it to the subject's pseudonym.
+    pub account_renamed: bool,
     pub key_destroyed: bool,
     pub datasets: BTreeMap<String, DatasetProgress>,
     /// When the lake step finished (Unix microseconds): the vacuum waits for the retention.
@@ -187,6 +195,7 @@ impl Job {
             "pass": self.pass,
             "progress": {
                 "subject_key_destroyed": self.progress.key_destroyed,
+                "subject_account_renamed": self.progress.account_renamed,
                 "datasets": datasets,
                 "lake_files_vacuumed": self.progress.lake_files_vacuumed,
                 "verification": self.progress.verification,
@@ -332,6 +341,7 @@ impl Jobs {
         idempotency_key: Option<&str>,
         requested_by: &str,
         requested_as: &str,
+        account: Option<&str>,
         now: i64,
         deadline: Duration,
     ) -> Result<Requested> {
@@ -348,7 +358,7 @@ impl Jobs {
         let inserted = sqlx::query::<Any>(
             "INSERT INTO erasure_jobs (id, subject_ref, idempotency_key, requested_by, requested_as, state, step, pass, \
              progress, received_at, due_at, extensions, attempts, last_error, next_attempt_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'pending', 0, 1, '{}', $6, $7, '[]', 0, NULL, $6, $6) \
+             VALUES ($1, $2, $3, $4, $5, 'pending', 0, 1, $8, $6, $7, '[]', 0, NULL, $6, $6) \
              ON CONFLICT DO NOTHING",
         )
         .bind(id.clone())
@@ -358,6 +368,13 @@ impl Jobs {
         .bind(requested_as.to_owned())
         .bind(now)
         .bind(now.saturating_add(micros(deadline)))
+        .bind(
+            serde_json::to_string(&Progress {
+                account: account.map(str::to_owned),
+                ..Progress::default()
+            })
+            .unwrap_or_default(),
+        )
         .execute(self.db.pool())
         .await?
         .rows_affected();
@@ -974,7 +991,15 @@ fn crash_point(step: &str) {
 }
 
 /// Steps that remove or destroy something: a legal hold placed after the request stops them.
-const DESTRUCTIVE: &[&str] = &["shred", "lake", "documents", "stream", "vault", "vacuum"];
+const DESTRUCTIVE: &[&str] = &[
+    "shred",
+    "lake",
+    "documents",
+    "stream",
+    "vault",
+    "account",
+    "vacuum",
+];
 
 async fn run_step(app: &AppState, owner: &str, job: &mut Job, step: &str) -> Result<Outcome> {
     let sr = job.subject_ref.clone();
@@ -1078,6 +1103,14 @@ async fn run_step(app: &AppState, owner: &str, job: &mut Job, step: &str) -> Res
                     .await?;
             }
         }
+        "account" => {
+            if let Some(id) = job.progress.account.clone() {
+                let named = app.store.principal_by_id(&id).await?.map(|p| p.name);
+                if named.is_some_and(|n| n != sr) {
+                    job.progress.account_renamed = app.store.rename_principal(&id, &sr).await?;
+                }
+            }
+        }
         "vacuum" => {
             let retention = app.config.erasure.vacuum_retention;
             let ready = job
@@ -1106,6 +1139,19 @@ async fn run_step(app: &AppState, owner: &str, job: &mut Job, step: &str) -> Res
                 let spec = warden_pipeline::loader::collection_spec(contract);
                 v.documents += app.documents.count(&spec, Some(&sr)).await?;
                 v.vault_tokens += app.tokenizer.subject_tokens(&contract.name, &sr).await?;
+            }
+            v.account_pseudonymous = match &job.progress.account {
+                Some(id) => app
+                    .store
+                    .principal_by_id(id)
+                    .await?
+                    .is_none_or(|p| p.name == sr),
+                None => true,
+            };
+            if !v.account_pseudonymous {
+                return Err(Error::Conflict(
+                    "the subject's account still carries its identifier".into(),
+                ));
             }
             let clean = v.lake_rows == 0 && v.documents == 0 && v.vault_tokens == 0;
             if !clean {
@@ -1225,6 +1271,7 @@ fn build_receipt(app: &AppState, job: &Job, seq: u64, hash: &str) -> Receipt {
             })
             .collect(),
         subject_key_destroyed: job.progress.key_destroyed,
+        subject_account_renamed: job.progress.account_renamed,
         lake_files_vacuumed: job.progress.lake_files_vacuumed,
         verification: job.progress.verification.clone().unwrap_or_default(),
         audit_seq: seq,

@@ -39,6 +39,8 @@ pub struct Verification {
     pub documents: u64,
     pub vault_tokens: u64,
     pub subject_key_destroyed: bool,
+    /// The subject's login account, if any, no longer carries its identifier.
+    pub account_pseudonymous: bool,
 }
 
 /// A signed erasure receipt.
@@ -54,6 +56,8 @@ pub struct Receipt {
     /// Whether the subject's data key was destroyed by this erasure (false: there was none,
     /// or it was destroyed before); either way none is left.
     pub subject_key_destroyed: bool,
+    /// Whether the subject's own login account was renamed to its pseudonym.
+    pub subject_account_renamed: bool,
     /// Lake files physically removed by the vacuum.
     pub lake_files_vacuumed: u64,
     pub verification: Verification,
@@ -160,6 +164,7 @@ mod tests {
                 },
             )]),
             subject_key_destroyed: true,
+            subject_account_renamed: false,
             lake_files_vacuumed: 2,
             verification: Verification::default(),
             audit_seq: 9,

@@ -399,6 +399,22 @@ async fn erasure_across_every_store(g: Gateway) {
     assert!(p.lake_version_after > Some(version_before));
     assert!(p.stream_erased >= 1);
     assert!(r.subject_key_destroyed && r.verification.subject_key_destroyed);
+    // Its login account no longer carries its identifier (and still reads its own job).
+    assert!(r.subject_account_renamed && r.verification.account_pseudonymous);
+    assert!(g
+        .state
+        .store
+        .principal_by_name(ERASED)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(g
+        .state
+        .store
+        .principal_by_name(&erased)
+        .await
+        .unwrap()
+        .is_some());
     assert_eq!(
         (
             r.verification.lake_rows,
@@ -843,7 +859,7 @@ async fn a_job_killed_after_each_step_resumes_and_finishes_once() {
         (12, 12, 1)
     );
     assert_eq!(receipt.verification.lake_rows, 0);
-    assert!(receipt.subject_key_destroyed);
+    assert!(receipt.subject_key_destroyed && receipt.subject_account_renamed);
     assert_eq!(count(analyst.clone(), server.base.clone()).await, 24);
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
         .current_dir(dir)
