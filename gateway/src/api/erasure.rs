@@ -23,7 +23,7 @@ use warden_sdk::ErrorCode;
 use super::noted;
 use super::records::own_subject_ref;
 use crate::auth::Principal;
-use crate::erasure::{holds_against, ListFilter, Requested};
+use crate::erasure::{holds_against, ListFilter, NewRequest, Requested};
 use crate::error::{ApiError, Error};
 use crate::middleware::AuditNote;
 use crate::state::AppState;
@@ -152,11 +152,13 @@ pub async fn request(
         let requested = app
             .erasures
             .request(
-                &subject_ref,
-                key.as_deref(),
-                &principal.id,
-                if own { "subject" } else { "dpo" },
-                account.as_deref(),
+                &NewRequest {
+                    subject_ref: &subject_ref,
+                    idempotency_key: key.as_deref(),
+                    requested_by: &principal.id,
+                    requested_as: if own { "subject" } else { "dpo" },
+                    account: account.as_deref(),
+                },
                 app.clock.now_micros(),
                 app.config.erasure.deadline,
             )

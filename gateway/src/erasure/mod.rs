@@ -26,8 +26,9 @@
 //!    delete rewrote are removed (time travel to before the delete fails from then on).
 //! 9. `verify` — every store must return zero rows of the subject and the key must be gone;
 //!    rows that arrived meanwhile send the job back to `collect` (a new pass).
-//! 10. `receipt` — the completion is audited; the receipt (counts, Delta versions, the audit
-//!    event's sequence number) is signed and stored. Asking again returns the same receipt.
+//! 10. `receipt` — the completion is audited; the receipt (counts, Delta versions, the
+//!     audit event's sequence number) is signed and stored. Asking again returns the same
+//!     receipt.
 //!
 //! A legal hold placed after the request stops the job before its next destructive step
 //! (state `held`, audited) until released. A worker renews its lease while a step runs; one
@@ -250,6 +251,18 @@ pub enum Requested {
     Existing(Job),
 }
 
+/// An erasure request.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRequest<'a> {
+    pub subject_ref: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    /// The principal asking, and as whom (`subject` or `dpo`).
+    pub requested_by: &'a str,
+    pub requested_as: &'a str,
+    /// The subject's own login account (a principal id), if it has one.
+    pub account: Option<&'a str>,
+}
+
 /// Filters of the DPO's list.
 #[derive(Debug, Default, Clone)]
 pub struct ListFilter {
@@ -337,14 +350,17 @@ impl Jobs {
     /// A database failure, or the conflict.
     pub async fn request(
         &self,
-        subject_ref: &str,
-        idempotency_key: Option<&str>,
-        requested_by: &str,
-        requested_as: &str,
-        account: Option<&str>,
+        asked: &NewRequest<'_>,
         now: i64,
         deadline: Duration,
     ) -> Result<Requested> {
+        let NewRequest {
+            subject_ref,
+            idempotency_key,
+            requested_by,
+            requested_as,
+            account,
+        } = *asked;
         if let Some(job) = self
             .by_key(requested_by, idempotency_key, subject_ref)
             .await?
