@@ -25,6 +25,8 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// The database file, for SQLite on disk.
+    sqlite_path: Option<std::path::PathBuf>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -85,7 +87,26 @@ impl Db {
                     .await?
             }
         };
-        Ok(Self { pool, backend })
+        let sqlite_path = (backend == Backend::Sqlite)
+            .then(|| {
+                let rest = url
+                    .strip_prefix("sqlite://")
+                    .or_else(|| url.strip_prefix("sqlite:"))?;
+                let path = rest.split('?').next()?;
+                (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+            })
+            .flatten();
+        Ok(Self {
+            pool,
+            backend,
+            sqlite_path,
+        })
+    }
+
+    /// The database file of an SQLite database on disk (for a native connection beside the
+    /// pool: the vault's bulk inserts).
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        self.sqlite_path.as_deref()
     }
 
     /// Applies the migrations of this backend (`migrations/sqlite` or `migrations/postgres`).

@@ -2,13 +2,14 @@
 //! (`migrations/*/0003_vault_init.sql`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::{Any, Row};
 use warden_audit::db::{placeholders, value_rows};
 use warden_audit::Db;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// Items per batched lookup: far below both databases' parameter limits (32766, 65535).
 const CHUNK: usize = 500;
@@ -92,11 +93,79 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug, Clone)]
 pub struct SqlVaultStore {
     db: Db,
+    /// On SQLite on disk: a native connection for bulk inserts (prepared once, one
+    /// transaction per batch, no worker-thread round trip per statement).
+    native: Option<Arc<Native>>,
+}
+
+/// A native SQLite connection to the state database.
+struct Native(std::sync::Mutex<rusqlite::Connection>);
+
+impl std::fmt::Debug for Native {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Native")
+    }
+}
+
+fn native_err(e: rusqlite::Error) -> Error {
+    Error::Store(format!("sqlite: {e}"))
+}
+
+impl Native {
+    fn open(path: &std::path::Path) -> Option<Self> {
+        let conn = rusqlite::Connection::open(path).ok()?;
+        // As the pool's connections: every commit durable, waits for the other writers.
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
+            .ok()?;
+        Some(Self(std::sync::Mutex::new(conn)))
+    }
+
+    /// Runs `sql` once per row of `rows` in one immediate transaction; the rows changed.
+    fn insert<const N: usize>(
+        &self,
+        sql: &str,
+        rows: &[[rusqlite::types::Value; N]],
+    ) -> Result<usize> {
+        let mut conn = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(native_err)?;
+        let mut changed = 0;
+        {
+            let mut stmt = tx.prepare_cached(sql).map_err(native_err)?;
+            for row in rows {
+                changed += stmt
+                    .execute(rusqlite::params_from_iter(row.iter()))
+                    .map_err(native_err)?;
+            }
+        }
+        tx.commit().map_err(native_err)?;
+        Ok(changed)
+    }
 }
 
 impl SqlVaultStore {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        let native = db.sqlite_path().and_then(Native::open).map(Arc::new);
+        Self { db, native }
+    }
+
+    /// Bulk insert on the native SQLite connection, off the async threads; `None` when
+    /// there is none (PostgreSQL, or SQLite in memory).
+    async fn native_insert<const N: usize>(
+        &self,
+        sql: &'static str,
+        rows: Vec<[rusqlite::types::Value; N]>,
+    ) -> Option<Result<usize>> {
+        let native = self.native.clone()?;
+        Some(
+            tokio::task::spawn_blocking(move || native.insert(sql, &rows))
+                .await
+                .unwrap_or_else(|e| Err(Error::Store(format!("vault insert task: {e}")))),
+        )
     }
 
     /// The rows of `table` whose `key` is one of `items` and whose `filter` is
@@ -290,6 +359,29 @@ impl VaultStore for SqlVaultStore {
     }
 
     async fn insert_tokens(&self, dataset: &str, tokens: &[NewToken], now: i64) -> Result<usize> {
+        use rusqlite::types::Value as V;
+        let rows: Vec<[V; 5]> = tokens
+            .iter()
+            .map(|t| {
+                [
+                    V::Text(dataset.to_owned()),
+                    V::Blob(t.pan_index.clone()),
+                    V::Text(t.token.clone()),
+                    V::Blob(t.pan_ciphertext.clone()),
+                    V::Integer(now),
+                ]
+            })
+            .collect();
+        if let Some(done) = self
+            .native_insert(
+                "INSERT INTO vault_tokens (dataset, pan_index, token, pan_ciphertext, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (pan_index) DO NOTHING",
+                rows,
+            )
+            .await
+        {
+            return done;
+        }
         let mut tx = self.db.pool().begin().await?;
         let mut inserted = 0;
         for chunk in tokens.chunks(INSERT_ROWS) {
@@ -315,8 +407,29 @@ impl VaultStore for SqlVaultStore {
     }
 
     async fn put_token_refs(&self, dataset: &str, refs: &[(Vec<u8>, String)]) -> Result<()> {
+        use rusqlite::types::Value as V;
         if refs.is_empty() {
             return Ok(());
+        }
+        let rows: Vec<[V; 3]> = refs
+            .iter()
+            .map(|(index, subject_ref)| {
+                [
+                    V::Text(dataset.to_owned()),
+                    V::Text(subject_ref.clone()),
+                    V::Blob(index.clone()),
+                ]
+            })
+            .collect();
+        if let Some(done) = self
+            .native_insert(
+                "INSERT INTO vault_token_refs (dataset, subject_ref, pan_index) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+                rows,
+            )
+            .await
+        {
+            return done.map(|_| ());
         }
         let mut tx = self.db.pool().begin().await?;
         for chunk in refs.chunks(INSERT_ROWS) {
@@ -339,14 +452,17 @@ impl VaultStore for SqlVaultStore {
 
     async fn purge_subject(&self, dataset: &str, subject_ref: &str) -> Result<(u64, u64)> {
         let mut tx = self.db.pool().begin().await?;
-        if self.db.backend() == warden_audit::Backend::Postgres {
-            // References recorded meanwhile wait for this purge (SQLite has one writer): a
-            // tokenization either is seen here, and its card keeps its token, or looks the
-            // token up after it is gone and vaults the card afresh.
-            sqlx::query::<Any>("LOCK TABLE vault_token_refs IN SHARE ROW EXCLUSIVE MODE")
-                .execute(&mut *tx)
-                .await?;
-        }
+        // References recorded meanwhile wait for this purge: a tokenization either is seen
+        // here, and its card keeps its token, or looks the token up after it is gone and
+        // vaults the card afresh. PostgreSQL: a lock against inserts; SQLite: the write lock
+        // taken before the first read (a write first), so no writer slips in between.
+        let lock = match self.db.backend() {
+            warden_audit::Backend::Postgres => {
+                "LOCK TABLE vault_token_refs IN SHARE ROW EXCLUSIVE MODE"
+            }
+            warden_audit::Backend::Sqlite => "DELETE FROM vault_token_refs WHERE 1 = 0",
+        };
+        sqlx::query::<Any>(lock).execute(&mut *tx).await?;
         let shared: i64 = sqlx::query::<Any>(
             "SELECT COUNT(*) FROM vault_token_refs r WHERE r.dataset = $1 AND r.subject_ref = $2 \
              AND EXISTS (SELECT 1 FROM vault_token_refs o WHERE o.dataset = $1 AND o.pan_index = r.pan_index \
