@@ -98,8 +98,12 @@ pub struct SqlVaultStore {
     native: Option<Arc<Native>>,
 }
 
-/// A native SQLite connection to the state database.
-struct Native(std::sync::Mutex<rusqlite::Connection>);
+/// Native SQLite connections to the state database: one for bulk inserts, one for batched
+/// point lookups.
+struct Native {
+    writer: std::sync::Mutex<rusqlite::Connection>,
+    reader: std::sync::Mutex<rusqlite::Connection>,
+}
 
 impl std::fmt::Debug for Native {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,11 +117,38 @@ fn native_err(e: rusqlite::Error) -> Error {
 
 impl Native {
     fn open(path: &std::path::Path) -> Option<Self> {
-        let conn = rusqlite::Connection::open(path).ok()?;
-        // As the pool's connections: every commit durable, waits for the other writers.
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
-            .ok()?;
-        Some(Self(std::sync::Mutex::new(conn)))
+        let connect = || {
+            let conn = rusqlite::Connection::open(path).ok()?;
+            // As the pool's connections: every commit durable, waits for the other writers.
+            conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
+                .ok()?;
+            Some(std::sync::Mutex::new(conn))
+        };
+        Some(Self {
+            writer: connect()?,
+            reader: connect()?,
+        })
+    }
+
+    /// The token of each of `indexes` that has one in `dataset` (one prepared probe each).
+    fn tokens(&self, dataset: &str, indexes: &[Vec<u8>]) -> Result<HashMap<Vec<u8>, String>> {
+        let conn = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stmt = conn
+            .prepare_cached("SELECT token FROM vault_tokens WHERE pan_index = ?1 AND dataset = ?2")
+            .map_err(native_err)?;
+        let mut out = HashMap::with_capacity(indexes.len());
+        for index in indexes {
+            let mut rows = stmt
+                .query(rusqlite::params![index, dataset])
+                .map_err(native_err)?;
+            if let Some(row) = rows.next().map_err(native_err)? {
+                out.insert(index.clone(), row.get::<_, String>(0).map_err(native_err)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Runs `sql` once per row of `rows` in one immediate transaction; the rows changed.
@@ -127,7 +158,7 @@ impl Native {
         rows: &[[rusqlite::types::Value; N]],
     ) -> Result<usize> {
         let mut conn = self
-            .0
+            .writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = conn
@@ -337,6 +368,12 @@ impl VaultStore for SqlVaultStore {
         dataset: &str,
         indexes: &[Vec<u8>],
     ) -> Result<HashMap<Vec<u8>, String>> {
+        if let Some(native) = self.native.clone() {
+            let (dataset, indexes) = (dataset.to_owned(), indexes.to_vec());
+            return tokio::task::spawn_blocking(move || native.tokens(&dataset, &indexes))
+                .await
+                .unwrap_or_else(|e| Err(Error::Store(format!("vault lookup task: {e}"))));
+        }
         let mut out = HashMap::with_capacity(indexes.len());
         let columns = "pan_index, token";
         for row in self
