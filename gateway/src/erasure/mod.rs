@@ -251,6 +251,15 @@ pub enum Requested {
     Existing(Job),
 }
 
+/// An update made under a lease: it changed one row, or the lease was lost.
+fn still_leased(rows: u64) -> Result<()> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(Error::Conflict("the erasure job's lease was lost".into()))
+    }
+}
+
 /// An erasure request.
 #[derive(Debug, Clone, Copy)]
 pub struct NewRequest<'a> {
@@ -318,11 +327,7 @@ impl Jobs {
         .execute(self.db.pool())
         .await?
         .rows_affected();
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(Error::Conflict("the erasure job's lease was lost".into()))
-        }
+        still_leased(n)
     }
 
     /// Parks a job a legal hold stops: `held`, the hold named in `last_error`, looked at
@@ -616,11 +621,7 @@ impl Jobs {
         .execute(self.db.pool())
         .await?
         .rows_affected();
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(Error::Conflict("the erasure job's lease was lost".into()))
-        }
+        still_leased(n)
     }
 
     /// Records a failed attempt and when to try again; releases the lease.
