@@ -712,27 +712,6 @@ impl Lake {
         }
     }
 
-    /// The distinct non-null values of text `columns` in a subject's rows (the vault tokens
-    /// an erasure must purge).
-    ///
-    /// # Errors
-    /// The table cannot be read.
-    pub async fn subject_values(
-        &self,
-        contract: &Contract,
-        subject_ref: &str,
-        columns: &[String],
-    ) -> Result<std::collections::BTreeSet<String>> {
-        let mut out = std::collections::BTreeSet::new();
-        if columns.is_empty() {
-            return Ok(out);
-        }
-        for batch in self.subject_rows(contract, subject_ref).await? {
-            collect_strings(&batch, columns, None, &mut out);
-        }
-        Ok(out)
-    }
-
     /// Removes the data files no version within `retention` needs (those rewritten or
     /// dropped by deletes, erasures included). With zero retention, readers still scanning
     /// an older snapshot fail — the price of removing an erased subject's files now. Returns
@@ -792,33 +771,5 @@ impl Lake {
             .await
             .map_err(df_err)?;
         Ok(n as u64)
-    }
-}
-
-/// The non-null strings of `columns` in `batch` (those in `only`, if given) into `out`.
-fn collect_strings(
-    batch: &RecordBatch,
-    columns: &[String],
-    only: Option<&std::collections::BTreeSet<String>>,
-    out: &mut std::collections::BTreeSet<String>,
-) {
-    use deltalake::arrow::array::{Array, AsArray};
-    use deltalake::arrow::compute::cast;
-    for c in columns {
-        let Some(array) = batch.column_by_name(c) else {
-            continue;
-        };
-        let Ok(array) = cast(array, &ArrowType::Utf8) else {
-            continue;
-        };
-        let strings = array.as_string::<i32>();
-        for i in 0..strings.len() {
-            if strings.is_valid(i) {
-                let v = strings.value(i);
-                if only.is_none_or(|o| o.contains(v)) {
-                    out.insert(v.to_owned());
-                }
-            }
-        }
     }
 }

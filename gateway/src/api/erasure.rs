@@ -21,7 +21,7 @@ use warden_policy::protect::{is_subject_ref, ProtectedRecord, ViewRights};
 use warden_sdk::ErrorCode;
 
 use super::noted;
-use super::records::own_subject_ref;
+use super::records::{own_subject_ref, subject_ref_of};
 use crate::auth::Principal;
 use crate::erasure::{holds_against, ListFilter, NewRequest, Requested};
 use crate::error::{ApiError, Error};
@@ -71,14 +71,6 @@ async fn resolve(
         return Err(ApiError::mfa_required());
     }
     Ok((subject_ref_of(app, id).await?, false))
-}
-
-async fn subject_ref_of(app: &AppState, id: &str) -> Result<String, ApiError> {
-    if is_subject_ref(id) {
-        return Ok(id.to_owned());
-    }
-    let refs = app.protector.subject_refs(&[id]).await.map_err(api)?;
-    refs.into_iter().next().ok_or_else(ApiError::internal)
 }
 
 /// `POST /v1/subjects/{id}/erasure`: asks for a subject's erasure. 202 with the new job, or

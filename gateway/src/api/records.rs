@@ -338,9 +338,14 @@ pub(crate) async fn own_subject_ref(
         .await
         .map_err(ApiError::from)?
         .ok_or_else(ApiError::forbidden)?;
+    subject_ref_of(app, &record.name).await
+}
+
+/// The `subject_ref` of a subject's identifier (a `subject_ref` stays as it is).
+pub(crate) async fn subject_ref_of(app: &AppState, id: &str) -> Result<String, ApiError> {
     let refs = app
         .protector
-        .subject_refs(&[record.name.as_str()])
+        .subject_refs(&[id])
         .await
         .map_err(|e| ApiError::from(Error::from(e)))?;
     refs.into_iter().next().ok_or_else(ApiError::internal)
@@ -378,15 +383,7 @@ pub async fn read(
             Some(s) if s.is_empty() || s.len() > 256 => {
                 return Err(ApiError::invalid("subject: 1 to 256 bytes"))
             }
-            Some(s) => Some(
-                app.protector
-                    .subject_refs(&[s])
-                    .await
-                    .map_err(|e| ApiError::from(Error::from(e)))?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(ApiError::internal)?,
-            ),
+            Some(s) => Some(subject_ref_of(&app, s).await?),
         };
         let subject_ref = if principal.reads_as_subject() {
             // Row filter: a data subject reads its own records, whatever it asks for.

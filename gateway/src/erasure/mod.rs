@@ -113,6 +113,18 @@ pub struct DatasetProgress {
     pub vault_pass: i64,
 }
 
+impl DatasetProgress {
+    /// The pass in which a per-dataset step last finished this dataset.
+    fn pass_of(&mut self, step: &str) -> &mut i64 {
+        match step {
+            "lake" => &mut self.lake_pass,
+            "documents" => &mut self.documents_pass,
+            "stream" => &mut self.stream_pass,
+            _ => &mut self.vault_pass,
+        }
+    }
+}
+
 /// What the job has done so far (stored as JSON in the job).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -1055,69 +1067,19 @@ async fn run_step(app: &AppState, owner: &str, job: &mut Job, step: &str) -> Res
                 }
             }
         }
-        "lake" => {
+        "lake" | "documents" | "stream" | "vault" => {
             for contract in &datasets {
-                if dataset(job, contract).lake_pass == pass {
+                if *dataset(job, contract).pass_of(step) == pass {
                     continue;
                 }
-                let done = app.lake.delete_subject(contract, &sr, &job.id).await?;
-                let d = dataset(job, contract);
-                d.lake_rows += d.found_lake.max(done.rows);
-                d.lake_version_after = done.version_after.or(d.lake_version_after);
-                d.lake_files_removed += done.files_removed;
-                d.lake_bytes_removed += done.bytes_removed;
-                d.lake_pass = pass;
+                erase_in(app, job, contract, step).await?;
+                *dataset(job, contract).pass_of(step) = pass;
                 app.erasures
                     .save_progress(job, owner, app.clock.now_micros())
                     .await?;
             }
-            job.progress.lake_done_at = Some(app.clock.now_micros());
-        }
-        "documents" => {
-            for contract in &datasets {
-                if dataset(job, contract).documents_pass == pass {
-                    continue;
-                }
-                let spec = warden_pipeline::loader::collection_spec(contract);
-                let deleted = app.documents.delete_subject(&spec, &sr).await?;
-                let d = dataset(job, contract);
-                d.documents += d.found_documents.max(deleted);
-                d.documents_pass = pass;
-                app.erasures
-                    .save_progress(job, owner, app.clock.now_micros())
-                    .await?;
-            }
-        }
-        "stream" => {
-            for contract in &datasets {
-                if dataset(job, contract).stream_pass == pass {
-                    continue;
-                }
-                let topic = app.topic(contract);
-                app.topics_ensure(&topic).await?;
-                let erased = app.stream.erase_key(&topic, &sr).await?;
-                let d = dataset(job, contract);
-                d.stream_topic = topic;
-                d.stream_erased += erased;
-                d.stream_pass = pass;
-                app.erasures
-                    .save_progress(job, owner, app.clock.now_micros())
-                    .await?;
-            }
-        }
-        "vault" => {
-            for contract in &datasets {
-                if dataset(job, contract).vault_pass == pass {
-                    continue;
-                }
-                let (purged, shared) = app.tokenizer.purge_subject(&contract.name, &sr).await?;
-                let d = dataset(job, contract);
-                d.tokens_purged += purged;
-                d.tokens_shared += shared;
-                d.vault_pass = pass;
-                app.erasures
-                    .save_progress(job, owner, app.clock.now_micros())
-                    .await?;
+            if step == "lake" {
+                job.progress.lake_done_at = Some(app.clock.now_micros());
             }
         }
         "account" => {
@@ -1192,6 +1154,44 @@ async fn run_step(app: &AppState, owner: &str, job: &mut Job, step: &str) -> Res
     Ok(Outcome::Next)
 }
 
+/// One store's erasure of the subject in one dataset (`lake`, `documents`, `stream`,
+/// `vault`), recorded in the job's progress.
+async fn erase_in(app: &AppState, job: &mut Job, contract: &Contract, step: &str) -> Result<()> {
+    let sr = job.subject_ref.clone();
+    match step {
+        "lake" => {
+            let done = app.lake.delete_subject(contract, &sr, &job.id).await?;
+            let d = dataset(job, contract);
+            d.lake_rows += d.found_lake.max(done.rows);
+            d.lake_version_after = done.version_after.or(d.lake_version_after);
+            d.lake_files_removed += done.files_removed;
+            d.lake_bytes_removed += done.bytes_removed;
+        }
+        "documents" => {
+            let spec = warden_pipeline::loader::collection_spec(contract);
+            let deleted = app.documents.delete_subject(&spec, &sr).await?;
+            let d = dataset(job, contract);
+            d.documents += d.found_documents.max(deleted);
+        }
+        "stream" => {
+            let topic = app.topic(contract);
+            app.topics_ensure(&topic).await?;
+            let erased = app.stream.erase_key(&topic, &sr).await?;
+            let d = dataset(job, contract);
+            d.stream_topic = topic;
+            d.stream_erased += erased;
+        }
+        "vault" => {
+            let (purged, shared) = app.tokenizer.purge_subject(&contract.name, &sr).await?;
+            let d = dataset(job, contract);
+            d.tokens_purged += purged;
+            d.tokens_shared += shared;
+        }
+        other => return Err(Error::Corrupt(format!("unknown erasure step {other}"))),
+    }
+    Ok(())
+}
+
 /// The progress of a dataset in the job.
 fn dataset<'a>(job: &'a mut Job, contract: &Contract) -> &'a mut DatasetProgress {
     job.progress
@@ -1257,7 +1257,6 @@ async fn completion_event(app: &AppState, job: &Job) -> Result<(u64, String)> {
 }
 
 fn build_receipt(app: &AppState, job: &Job, seq: u64, hash: &str) -> Receipt {
-    let _ = app;
     Receipt {
         version: 1,
         job: job.id.clone(),
