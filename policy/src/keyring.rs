@@ -72,6 +72,14 @@ impl Default for CachePolicy {
     }
 }
 
+/// Unwrapped keys, valid for one value of the vault's epoch.
+#[derive(Default)]
+struct KeyCache {
+    /// The epoch the entries were checked against (`None`: not read yet).
+    epoch: Option<i64>,
+    entries: HashMap<(String, String), Cached>,
+}
+
 struct Cached {
     key: DataKey,
     /// Unix microseconds when unwrapped.
@@ -93,7 +101,7 @@ pub struct KeyRing {
     vault: Arc<dyn VaultStore>,
     clock: Arc<dyn Clock>,
     policy: CachePolicy,
-    cache: Mutex<HashMap<(String, String), Cached>>,
+    cache: Mutex<KeyCache>,
     wrapping: tokio::sync::Mutex<()>,
 }
 
@@ -121,31 +129,63 @@ impl KeyRing {
             vault,
             clock,
             policy,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(KeyCache::default()),
             wrapping: tokio::sync::Mutex::new(()),
         }
     }
 
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn cached(&self, scope: &str, key_ref: &str) -> Option<DataKey> {
+        self.cached_in(&mut self.lock_cache(), scope, key_ref)
+    }
+
+    fn cached_in(&self, cache: &mut KeyCache, scope: &str, key_ref: &str) -> Option<DataKey> {
         let now = self.clock.now_micros();
         let ttl = i64::try_from(self.policy.ttl.as_micros()).unwrap_or(i64::MAX);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let id = (scope.to_owned(), key_ref.to_owned());
-        let fresh = cache
+        let entries = &mut cache.entries;
+        let fresh = entries
             .get(&id)
             .is_some_and(|c| now - c.at < ttl && c.uses < self.policy.max_uses);
         if !fresh {
-            cache.remove(&id);
+            entries.remove(&id);
             return None;
         }
-        cache.get_mut(&id).map(|c| {
+        entries.get_mut(&id).map(|c| {
             c.uses += 1;
             c.key.clone()
         })
     }
 
+    /// Moves the cache to the vault's `epoch`: a higher one than the cache was checked
+    /// against empties it (something was destroyed somewhere); a lower one (a reader that
+    /// started before another) changes nothing.
+    fn advance(&self, epoch: i64) {
+        let mut cache = self.lock_cache();
+        if cache.epoch.is_none_or(|e| e < epoch) {
+            cache.entries.clear();
+            cache.epoch = Some(epoch);
+        }
+    }
+
+    /// Caches a key unwrapped from a store read made at `epoch`; not when the cache has
+    /// moved on since (the key may have been destroyed meanwhile).
+    fn remember_at(&self, scope: &str, key_ref: &str, key: &DataKey, epoch: i64) {
+        let mut cache = self.lock_cache();
+        if cache.epoch == Some(epoch) {
+            self.remember_in(&mut cache, scope, key_ref, key);
+        }
+    }
+
     fn remember(&self, scope: &str, key_ref: &str, key: &DataKey) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        self.remember_in(&mut self.lock_cache(), scope, key_ref, key);
+    }
+
+    fn remember_in(&self, cache: &mut KeyCache, scope: &str, key_ref: &str, key: &DataKey) {
+        let cache = &mut cache.entries;
         if cache.len() >= self.policy.capacity {
             cache.clear();
         }
@@ -218,8 +258,28 @@ impl KeyRing {
         if unique.is_empty() {
             return Ok(batch);
         }
-        // The store is asked every time (one batched query): a key destroyed by another
-        // replica is refused at once, whatever this one cached. The cache saves the unwrap.
+        // The vault's epoch is read every time (one point query): while it is unchanged,
+        // every cached key is still live; once it rose, the cache is emptied, so a key
+        // destroyed by another replica is refused at this one's next batch. Only the keys
+        // not cached are looked up (one batched query).
+        let epoch = self.vault.epoch().await?;
+        self.advance(epoch);
+        let unique: Vec<String> = {
+            let mut cache = self.lock_cache();
+            unique
+                .into_iter()
+                .filter(|r| match self.cached_in(&mut cache, scope, r) {
+                    Some(k) => {
+                        batch.keys.insert(r.clone(), k);
+                        false
+                    }
+                    None => true,
+                })
+                .collect()
+        };
+        if unique.is_empty() {
+            return Ok(batch);
+        }
         let mut stored = self.vault.keys(scope, &unique).await?;
         let absent: Vec<String> = unique
             .iter()
@@ -247,25 +307,20 @@ impl KeyRing {
                 batch.destroyed.insert(r);
                 continue;
             };
-            if let Some(k) = self.cached(scope, &r) {
-                batch.keys.insert(r, k);
-                continue;
-            }
             if wrapping.is_none() {
                 wrapping = Some(self.wrapping_key().await?);
             }
             let unwrapper = wrapping.as_ref().ok_or(Error::Unwrap)?;
             let k = DataKey::from_slice(unwrapper.unwrap(&w, &dek_aad(scope, &r)).await?.expose())?;
-            self.remember(scope, &r, &k);
+            self.remember_at(scope, &r, &k, epoch);
             batch.keys.insert(r, k);
         }
         Ok(batch)
     }
 
     fn forget(&self, scope: &str, key_ref: &str) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.lock_cache()
+            .entries
             .remove(&(scope.to_owned(), key_ref.to_owned()));
     }
 
@@ -330,10 +385,7 @@ impl KeyRing {
             .vault
             .destroy_key(scope, key_ref, self.clock.now_micros())
             .await?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(scope.to_owned(), key_ref.to_owned()));
+        self.forget(scope, key_ref);
         Ok(destroyed)
     }
 }

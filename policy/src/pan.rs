@@ -155,17 +155,128 @@ fn pan_aad(dataset: &str, token: &str) -> Vec<u8> {
     format!("warden:pan:{dataset}:{token}").into_bytes()
 }
 
+/// Subject references to cards this process has recorded in the vault, so a record of a
+/// known (subject, card) pair costs no write. Two generations of at most [`KnownRefs::CAP`]
+/// entries each: when the young one fills, it becomes the old one and the old one is
+/// dropped. An entry is 128 bits of SHA-256 over (dataset, subject, PAN index).
+///
+/// Only an erasure removes references, and only its subject's, whose records the edge
+/// refuses from the moment its key is destroyed (before the purge): an entry that outlived
+/// its row can only concern a subject that sends nothing more. A purge in this process
+/// forgets everything all the same.
+#[derive(Debug, Default)]
+struct KnownRefs {
+    young: std::collections::HashSet<[u8; 16]>,
+    old: std::collections::HashSet<[u8; 16]>,
+}
+
+impl KnownRefs {
+    const CAP: usize = 1 << 18;
+
+    fn entry(dataset: &str, subject_ref: &str, pan_index: &[u8]) -> [u8; 16] {
+        use sha2::Digest;
+        let mut h = Sha256::new();
+        for part in [dataset.as_bytes(), subject_ref.as_bytes(), pan_index] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize()[..16]);
+        out
+    }
+
+    fn contains(&self, e: &[u8; 16]) -> bool {
+        self.young.contains(e) || self.old.contains(e)
+    }
+
+    fn insert(&mut self, e: [u8; 16]) {
+        if self.young.len() >= Self::CAP {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(e);
+    }
+}
+
+/// Tokens by PAN index, per dataset, valid for one value of the vault's epoch (a purge that
+/// deletes tokens raises it). At most [`TokenCache::CAP`] entries; then it starts afresh.
+#[derive(Debug, Default)]
+struct TokenCache {
+    epoch: Option<i64>,
+    entries: usize,
+    tokens: HashMap<String, HashMap<Vec<u8>, String>>,
+}
+
+impl TokenCache {
+    const CAP: usize = 1 << 18;
+
+    /// A higher epoch empties the cache; a lower one (an older reader) changes nothing.
+    fn advance(&mut self, epoch: i64) {
+        if self.epoch.is_none_or(|e| e < epoch) {
+            *self = Self {
+                epoch: Some(epoch),
+                ..Self::default()
+            };
+        }
+    }
+
+    fn get(&self, dataset: &str, index: &[u8]) -> Option<&String> {
+        self.tokens.get(dataset)?.get(index)
+    }
+
+    /// Caches tokens read from the vault at `epoch`; not when the cache has moved on since.
+    fn remember<'a>(
+        &mut self,
+        dataset: &str,
+        epoch: i64,
+        tokens: impl Iterator<Item = (&'a Vec<u8>, &'a String)>,
+    ) {
+        if self.epoch != Some(epoch) {
+            return;
+        }
+        for (index, token) in tokens {
+            if self.entries >= Self::CAP {
+                self.tokens.clear();
+                self.entries = 0;
+            }
+            let per_dataset = self.tokens.entry(dataset.to_owned()).or_default();
+            if per_dataset.insert(index.clone(), token.clone()).is_none() {
+                self.entries += 1;
+            }
+        }
+    }
+}
+
 /// Tokenizes and detokenizes card numbers, in batches.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     keys: Arc<KeyRing>,
     vault: Arc<dyn VaultStore>,
     clock: Arc<dyn Clock>,
+    known: Arc<std::sync::Mutex<KnownRefs>>,
+    cache: Arc<std::sync::Mutex<TokenCache>>,
 }
 
 impl Tokenizer {
     pub fn new(keys: Arc<KeyRing>, vault: Arc<dyn VaultStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { keys, vault, clock }
+        Self {
+            keys,
+            vault,
+            clock,
+            known: Arc::default(),
+            cache: Arc::default(),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, TokenCache> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, KnownRefs> {
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn dataset_keys(&self, dataset: &str, create: bool) -> Result<DatasetKeys> {
@@ -195,19 +306,58 @@ impl Tokenizer {
         if let Some(subjects) = subjects {
             // Before the lookup: an erasure purging these cards meanwhile either sees the
             // references (and keeps the tokens) or has removed the tokens before the lookup.
-            let mut refs: Vec<(Vec<u8>, String)> = indexes
+            let entries: Vec<[u8; 16]> = indexes
                 .iter()
                 .zip(subjects)
-                .map(|(i, s)| (i.clone(), (*s).to_owned()))
+                .map(|(i, s)| KnownRefs::entry(dataset, s, i))
                 .collect();
+            let mut refs: Vec<(Vec<u8>, String)> = {
+                let known = self.known();
+                indexes
+                    .iter()
+                    .zip(subjects)
+                    .zip(&entries)
+                    .filter(|(_, e)| !known.contains(e))
+                    .map(|((i, s), _)| (i.clone(), (*s).to_owned()))
+                    .collect()
+            };
             refs.sort_unstable();
             refs.dedup();
-            self.vault.put_token_refs(dataset, &refs).await?;
+            if !refs.is_empty() {
+                self.vault.put_token_refs(dataset, &refs).await?;
+                let mut known = self.known();
+                for e in entries {
+                    known.insert(e);
+                }
+            }
         }
         let mut unique: Vec<Vec<u8>> = indexes.clone();
         unique.sort_unstable();
         unique.dedup();
-        let mut found = self.vault.tokens_by_index(dataset, &unique).await?;
+        // The epoch is read after the references are in the vault: a purge that deleted
+        // one of these tokens committed before (the epoch rose, the cache is emptied), or
+        // after, and then it saw the references and kept the token.
+        let epoch = self.vault.epoch().await?;
+        let mut found: HashMap<Vec<u8>, String> = HashMap::with_capacity(unique.len());
+        let missing: Vec<Vec<u8>> = {
+            let mut cache = self.cache();
+            cache.advance(epoch);
+            unique
+                .into_iter()
+                .filter(|i| match cache.get(dataset, i) {
+                    Some(t) => {
+                        found.insert(i.clone(), t.clone());
+                        false
+                    }
+                    None => true,
+                })
+                .collect()
+        };
+        if !missing.is_empty() {
+            let stored = self.vault.tokens_by_index(dataset, &missing).await?;
+            self.cache().remember(dataset, epoch, stored.iter());
+            found.extend(stored);
+        }
         let mut new = Vec::new();
         let mut planned: HashMap<&[u8], ()> = HashMap::new();
         for (pan, index) in pans.iter().zip(&indexes) {
@@ -230,13 +380,15 @@ impl Tokenizer {
                 .vault
                 .insert_tokens(dataset, &new, self.clock.now_micros())
                 .await?;
-            if inserted == new.len() {
-                found.extend(new.into_iter().map(|t| (t.pan_index, t.token)));
+            let vaulted: HashMap<Vec<u8>, String> = if inserted == new.len() {
+                new.into_iter().map(|t| (t.pan_index, t.token)).collect()
             } else {
                 // A concurrent writer vaulted some of these PANs first: its tokens are the ones.
                 let fresh: Vec<Vec<u8>> = new.into_iter().map(|t| t.pan_index).collect();
-                found.extend(self.vault.tokens_by_index(dataset, &fresh).await?);
-            }
+                self.vault.tokens_by_index(dataset, &fresh).await?
+            };
+            self.cache().remember(dataset, epoch, vaulted.iter());
+            found.extend(vaulted);
         }
         indexes
             .iter()
@@ -275,6 +427,7 @@ impl Tokenizer {
     /// # Errors
     /// Vault failures.
     pub async fn purge_subject(&self, dataset: &str, subject_ref: &str) -> Result<(u64, u64)> {
+        *self.known() = KnownRefs::default();
         self.vault.purge_subject(dataset, subject_ref).await
     }
 

@@ -334,6 +334,7 @@ impl Protector {
             None
         };
         // 3. Build the protected records.
+        let mut index_keys: HashMap<&str, [u8; 32]> = HashMap::new();
         'build: for (slot, ((i, rec), subject_ref)) in accepted.iter().zip(&refs).enumerate() {
             if erased(slot) {
                 out.rejections.push(Rejection {
@@ -390,9 +391,17 @@ impl Protector {
                             )
                             .await?;
                         let dk = dataset_key.as_ref().ok_or(Error::Wrap)?;
+                        let field_key = match index_keys.get(name.as_str()) {
+                            Some(k) => *k,
+                            None => {
+                                let k = blind_index_key(dk, name)?;
+                                index_keys.insert(name.as_str(), k);
+                                k
+                            }
+                        };
                         fields.insert(
                             format!("{name}{BLIND_INDEX_SUFFIX}"),
-                            Value::String(blind_index(dk, name, clear)?),
+                            Value::String(blind_index_with(&field_key, clear)?),
                         );
                         Value::String(format!("{ENC_PREFIX}{}", STANDARD.encode(ct)))
                     }
@@ -576,11 +585,19 @@ impl Protector {
 }
 
 fn blind_index(dataset_key: &DataKey, field: &str, value: &str) -> Result<String> {
-    let key = hmac(
+    blind_index_with(&blind_index_key(dataset_key, field)?, value)
+}
+
+/// The key of a field's blind index (derived once per batch and field).
+fn blind_index_key(dataset_key: &DataKey, field: &str) -> Result<[u8; 32]> {
+    hmac(
         dataset_key.expose(),
         &[b"warden:blind-index:", field.as_bytes()],
-    )?;
-    Ok(hex::encode(hmac(&key, &[value.as_bytes()])?))
+    )
+}
+
+fn blind_index_with(field_key: &[u8; 32], value: &str) -> Result<String> {
+    Ok(hex::encode(hmac(field_key, &[value.as_bytes()])?))
 }
 
 #[cfg(test)]

@@ -63,6 +63,11 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
     /// Destroys a key: forgets the wrapped bytes, keeps the fact — as a tombstone if there was
     /// no key yet, so none is ever created. Returns false when it was destroyed already.
     async fn destroy_key(&self, scope: &str, key_ref: &str, now: i64) -> Result<bool>;
+    /// The vault's epoch: a count raised in the transaction of each
+    /// [`destroy_key`](Self::destroy_key) that destroyed a key and each
+    /// [`purge_subject`](Self::purge_subject) that deleted tokens, never lowered. While it
+    /// is unchanged, keys and tokens read earlier are still in the vault.
+    async fn epoch(&self) -> Result<i64>;
     /// Token of each PAN index among `indexes` that has one.
     async fn tokens_by_index(
         &self,
@@ -89,6 +94,9 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<HashMap<String, Vec<u8>>>;
 }
 
+/// Raises the vault's epoch (see [`VaultStore::epoch`]).
+const EPOCH_RISES: &str = "UPDATE vault_epoch SET changes = changes + 1 WHERE id = 1";
+
 /// [`VaultStore`] on SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SqlVaultStore {
@@ -98,12 +106,16 @@ pub struct SqlVaultStore {
     native: Option<Arc<Native>>,
 }
 
-/// Native SQLite connections to the state database: one for bulk inserts, one for batched
-/// point lookups.
+/// Native SQLite connections to the state database: one for bulk inserts, [`READERS`] for
+/// batched point lookups (the edge's and the loaders' key lookups run side by side).
 struct Native {
     writer: std::sync::Mutex<rusqlite::Connection>,
-    reader: std::sync::Mutex<rusqlite::Connection>,
+    readers: Vec<std::sync::Mutex<rusqlite::Connection>>,
+    next: std::sync::atomic::AtomicUsize,
 }
+
+/// Native read connections (WAL: readers do not wait for each other or for the writer).
+const READERS: usize = 3;
 
 impl std::fmt::Debug for Native {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,16 +138,27 @@ impl Native {
         };
         Some(Self {
             writer: connect()?,
-            reader: connect()?,
+            readers: (0..READERS).map(|_| connect()).collect::<Option<_>>()?,
+            next: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// A free read connection, or the next one in turn when all are busy.
+    fn reader(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        for r in &self.readers {
+            if let Ok(conn) = r.try_lock() {
+                return conn;
+            }
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.readers.len();
+        self.readers[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The token of each of `indexes` that has one in `dataset` (one prepared probe each).
     fn tokens(&self, dataset: &str, indexes: &[Vec<u8>]) -> Result<HashMap<Vec<u8>, String>> {
-        let conn = self
-            .reader
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached("SELECT token FROM vault_tokens WHERE pan_index = ?1 AND dataset = ?2")
             .map_err(native_err)?;
@@ -146,6 +169,30 @@ impl Native {
                 .map_err(native_err)?;
             if let Some(row) = rows.next().map_err(native_err)? {
                 out.insert(index.clone(), row.get::<_, String>(0).map_err(native_err)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored keys among `refs` in `scope` (one prepared probe each).
+    fn keys(&self, scope: &str, refs: &[String]) -> Result<HashMap<String, StoredKey>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT wrapped, wrapped_by FROM vault_keys WHERE key_ref = ?1 AND scope = ?2",
+            )
+            .map_err(native_err)?;
+        let mut out = HashMap::with_capacity(refs.len());
+        for r in refs {
+            let mut rows = stmt
+                .query(rusqlite::params![r, scope])
+                .map_err(native_err)?;
+            if let Some(row) = rows.next().map_err(native_err)? {
+                let key = StoredKey {
+                    wrapped: row.get(0).map_err(native_err)?,
+                    wrapped_by: row.get(1).map_err(native_err)?,
+                };
+                out.insert(r.clone(), key);
             }
         }
         Ok(out)
@@ -306,6 +353,12 @@ impl VaultStore for SqlVaultStore {
     }
 
     async fn keys(&self, scope: &str, refs: &[String]) -> Result<HashMap<String, StoredKey>> {
+        if let Some(native) = self.native.clone() {
+            let (scope, refs) = (scope.to_owned(), refs.to_vec());
+            return tokio::task::spawn_blocking(move || native.keys(&scope, &refs))
+                .await
+                .unwrap_or_else(|e| Err(Error::Store(format!("vault key lookup task: {e}"))));
+        }
         let mut out = HashMap::with_capacity(refs.len());
         let columns = "key_ref, wrapped, wrapped_by";
         for row in self
@@ -347,7 +400,9 @@ impl VaultStore for SqlVaultStore {
 
     async fn destroy_key(&self, scope: &str, key_ref: &str, now: i64) -> Result<bool> {
         // An upsert: a subject erased before it ever had a key gets a tombstone, so no key is
-        // ever made for it afterwards.
+        // ever made for it afterwards. The epoch rises in the same transaction, so no reader
+        // can see the key gone yet the epoch unchanged.
+        let mut tx = self.db.pool().begin().await?;
         let n = sqlx::query(
             "INSERT INTO vault_keys (scope, key_ref, wrapped, wrapped_by, created_at, destroyed_at) \
              VALUES ($1, $2, NULL, 'destroyed', $3, $3) \
@@ -357,10 +412,32 @@ impl VaultStore for SqlVaultStore {
         .bind(scope.to_owned())
         .bind(key_ref.to_owned())
         .bind(now)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        if n == 1 {
+            sqlx::query(EPOCH_RISES).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(n == 1)
+    }
+
+    async fn epoch(&self) -> Result<i64> {
+        const SQL: &str = "SELECT changes FROM vault_epoch WHERE id = 1";
+        if let Some(native) = self.native.clone() {
+            return tokio::task::spawn_blocking(move || {
+                native
+                    .reader()
+                    .query_row(SQL, [], |row| row.get::<_, i64>(0))
+                    .map_err(native_err)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Store(format!("vault epoch task: {e}"))));
+        }
+        Ok(sqlx::query::<Any>(SQL)
+            .fetch_one(self.db.pool())
+            .await?
+            .try_get(0)?)
     }
 
     async fn tokens_by_index(
@@ -526,6 +603,9 @@ impl VaultStore for SqlVaultStore {
             .bind(subject_ref.to_owned())
             .execute(&mut *tx)
             .await?;
+        if deleted > 0 {
+            sqlx::query(EPOCH_RISES).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok((deleted, u64::try_from(shared).unwrap_or(0)))
     }

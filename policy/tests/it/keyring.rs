@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use warden_policy::keyring::{CachePolicy, SCOPE_DATASET, SCOPE_SUBJECT};
 use warden_policy::keys::{KeyProvider, LocalKeyFile, SecretBytes};
 use warden_policy::pan::{is_token, Tokenizer};
+use warden_policy::vault::VaultStore;
 use warden_policy::Error;
 
 use crate::{fixture, Kind};
@@ -137,8 +138,14 @@ async fn destroyed_keys_stay_destroyed(kind: Kind) {
     let ring = f.keyring(counting(), CachePolicy::default());
     let both = vec!["sr-a".to_owned(), "sr-b".to_owned()];
     let keys = ring.data_keys(SCOPE_SUBJECT, &both, true).await.unwrap();
+    assert_eq!(f.vault.epoch().await.unwrap(), 0);
     assert!(ring.destroy(SCOPE_SUBJECT, "sr-a").await.unwrap());
     assert!(!ring.destroy(SCOPE_SUBJECT, "sr-a").await.unwrap());
+    assert_eq!(
+        f.vault.epoch().await.unwrap(),
+        1,
+        "the epoch rises with each key destroyed, once"
+    );
     let err = ring
         .data_key(SCOPE_SUBJECT, "sr-a", true)
         .await

@@ -8,7 +8,8 @@ warden_audit::on_both_backends!(crate::Kind;
     keys_first_writer_wins_and_destroy_is_final,
     tokens_batched_and_unique,
     purging_a_subject_keeps_shared_tokens,
-    a_purge_racing_a_tokenization_never_strands_a_token
+    a_purge_racing_a_tokenization_never_strands_a_token,
+    a_card_tokenized_again_after_a_purge_is_referenced_again
 );
 
 async fn keys_first_writer_wins_and_destroy_is_final(kind: Kind) {
@@ -204,4 +205,70 @@ async fn a_purge_racing_a_tokenization_never_strands_a_token(kind: Kind) {
             "round {i}: the other subject's token was purged"
         );
     }
+}
+
+/// The tokenizer remembers the (subject, card) pairs it has recorded and skips writing them
+/// again; a purge makes it forget, so the subject's next record with the card is referenced
+/// (and found by the next purge) again.
+async fn a_card_tokenized_again_after_a_purge_is_referenced_again(kind: Kind) {
+    use std::sync::Arc;
+    use warden_policy::keyring::CachePolicy;
+    use warden_policy::keys::LocalKeyFile;
+    use warden_policy::pan::Tokenizer;
+    let f = fixture(kind).await;
+    let ring = f.keyring(
+        Arc::new(LocalKeyFile::from_key(&[5u8; 32])),
+        CachePolicy::default(),
+    );
+    let t = Tokenizer::new(ring, f.vault.clone(), f.clock.clone());
+    let card = vec![warden_policy::pan::with_check_digit("400000000009123")];
+    let first = t.tokenize_for("payments", &card, &["sr-a"]).await.unwrap();
+    let again = t.tokenize_for("payments", &card, &["sr-a"]).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(f.vault.subject_tokens("payments", "sr-a").await.unwrap(), 1);
+    assert_eq!(t.purge_subject("payments", "sr-a").await.unwrap(), (1, 0));
+    assert_eq!(f.vault.subject_tokens("payments", "sr-a").await.unwrap(), 0);
+    let after = t.tokenize_for("payments", &card, &["sr-a"]).await.unwrap();
+    assert_ne!(
+        after, first,
+        "the purged token is gone; the card gets a new one"
+    );
+    assert_eq!(
+        f.vault.subject_tokens("payments", "sr-a").await.unwrap(),
+        1,
+        "the reference is written again after the purge"
+    );
+    // Another replica has the card's token cached when this one purges it: its next
+    // record with the card gets a token the vault holds, not the purged one.
+    let replica = Tokenizer::new(
+        f.keyring(
+            Arc::new(LocalKeyFile::from_key(&[5u8; 32])),
+            CachePolicy::default(),
+        ),
+        f.vault.clone(),
+        f.clock.clone(),
+    );
+    let cached = replica
+        .tokenize_for("payments", &card, &["sr-a"])
+        .await
+        .unwrap();
+    assert_eq!(cached, after);
+    assert_eq!(t.purge_subject("payments", "sr-a").await.unwrap(), (1, 0));
+    assert_eq!(
+        t.detokenize("payments", &after).await.unwrap(),
+        vec![None],
+        "the second purge found the new token"
+    );
+    let other = replica
+        .tokenize_for("payments", &card, &["sr-c"])
+        .await
+        .unwrap();
+    assert_ne!(
+        other, after,
+        "the purged token is not handed out from a cache"
+    );
+    assert_eq!(
+        replica.detokenize("payments", &other).await.unwrap(),
+        vec![Some(card[0].clone())]
+    );
 }
