@@ -1,10 +1,12 @@
 //! The data plane's throughput (figures, not assertions), in one run against one broker:
 //!
-//! 1. a bare rdkafka producer (no gateway) sending the same number of keyed JSON records of
-//!    the same size into the broker: the raw rate;
+//! 1. first, on a quiet machine, a bare rdkafka producer (no gateway, the gateway's producer
+//!    settings) sending the same transactions as JSON records keyed by customer into the
+//!    broker: the raw rate;
 //! 2. end to end: HTTP ingest → contract check and protection (tokens, encryption,
 //!    pseudonyms) → Kafka → the lake loader (stages) → Delta, timed from the first request
-//!    to the last row committed in the lake.
+//!    to the last row committed in the lake; the document loader runs beside it (embedded
+//!    store), and its finish is printed too.
 //!
 //! Run with `scripts/bench.sh` (it starts the broker and sets `WARDEN_TEST_KAFKA`).
 //! `WARDEN_BENCH_RECORDS` sets the record count (default 100 000).
@@ -23,6 +25,10 @@ use serde_json::{json, Value};
 use warden_gateway::store::PrincipalRecord;
 use warden_pipeline::stream::Stream as _;
 use warden_sdk::PrincipalKind;
+
+/// The binary's allocator: per-record and per-field allocations dominate the data plane.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -60,7 +66,9 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-async fn raw_producer(n: usize, topic: &str, payload_len: usize) -> f64 {
+/// The same transactions as the gateway takes, each one JSON record keyed by its customer,
+/// sent as a bare producer would (no protection), with the gateway's producer settings.
+async fn raw_producer(topic: &str, records: &[(String, Vec<u8>)]) -> f64 {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("enable.idempotence", "true")
@@ -69,16 +77,11 @@ async fn raw_producer(n: usize, topic: &str, payload_len: usize) -> f64 {
         .set("compression.type", "lz4")
         .create()
         .unwrap();
-    let payload = vec![b'x'; payload_len];
     let start = Instant::now();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
-        let keys: Vec<String> = chunk
-            .iter()
-            .map(|i| format!("sr_{:032x}", i % 5000))
-            .collect();
-        let sends = keys.iter().map(|k| {
+    for chunk in records.chunks(5000) {
+        let sends = chunk.iter().map(|(key, payload)| {
             producer.send(
-                FutureRecord::to(topic).key(k).payload(&payload),
+                FutureRecord::to(topic).key(key).payload(payload),
                 Timeout::After(Duration::from_secs(30)),
             )
         });
@@ -89,13 +92,49 @@ async fn raw_producer(n: usize, topic: &str, payload_len: usize) -> f64 {
     producer
         .flush(Timeout::After(Duration::from_secs(30)))
         .unwrap();
-    rate(n, start.elapsed())
+    rate(records.len(), start.elapsed())
 }
 
 async fn run() {
     let n = records();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let dir = tempfile::tempdir().unwrap();
+
+    // First, on a quiet machine: the same records straight into the broker.
+    let raw_records: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let t = transaction(i);
+            (
+                t["user_id"].as_str().unwrap().to_owned(),
+                serde_json::to_vec(&t).unwrap(),
+            )
+        })
+        .collect();
+    let raw_len = raw_records.iter().map(|(_, p)| p.len()).sum::<usize>() / n;
+    // A protected record as streamed, for its size.
+    let email = format!("enc:v1:{}", "A".repeat(64));
+    let sample = warden_pipeline::StreamedRecord {
+        dataset: "payments".into(),
+        subject_ref: format!("sr_{:032x}", 1),
+        contract_version: 1,
+        fields: serde_json::from_value(json!({"transaction_id": "bench-00000001", "user_id": "sr_00000000000000000000000000000001",
+            "card_number": "tok_abcdefghijklmnop1234", "email": email,
+            "email__bidx": "b".repeat(64), "ip": "198.51.1.0", "amount": 1.25, "country": "DE",
+            "created_at": "2026-11-24T10:00:00Z"})).unwrap(),
+    };
+    let streamed_len = serde_json::to_vec(&sample).unwrap().len();
+    let raw_topic = format!("bench{id}.raw");
+    // The best of three runs (one topic each): the broker's rate varies from run to run.
+    let mut raw: f64 = 0.0;
+    for run in 0..3 {
+        let topic = format!("{raw_topic}{run}");
+        warden_pipeline::stream::kafka::KafkaStream::new(&brokers(), 1)
+            .unwrap()
+            .ensure_topic(&topic, warden_pipeline::DEFAULT_PARTITIONS)
+            .await
+            .unwrap();
+        raw = raw.max(raw_producer(&topic, &raw_records).await);
+    }
 
     // The gateway: embedded state, Kafka, the lake on local disk, loaders on.
     let mut config = warden_gateway::config::Config::load(None, &HashMap::new()).unwrap();
@@ -199,36 +238,37 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let end_to_end = start.elapsed();
+    loop {
+        let stored = state
+            .loaders
+            .stats("payments", "documents")
+            .map_or(0, |s| s.stored.load(Ordering::Relaxed));
+        if stored >= n as u64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1800),
+            "the documents hold {stored} of {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let both = start.elapsed();
     stop.send(()).ok();
     server.await.unwrap().unwrap();
 
-    // The same number of records, the same size, straight into the broker.
-    let email = format!("enc:v1:{}", "A".repeat(64));
-    let sample = warden_pipeline::StreamedRecord {
-        dataset: "payments".into(),
-        subject_ref: format!("sr_{:032x}", 1),
-        contract_version: 1,
-        fields: serde_json::from_value(json!({"transaction_id": "bench-00000001", "user_id": "sr_00000000000000000000000000000001",
-            "card_number": "tok_abcdefghijklmnop1234", "email": email,
-            "email__bidx": "b".repeat(64), "ip": "198.51.1.0", "amount": 1.25, "country": "DE",
-            "created_at": "2026-11-24T10:00:00Z"})).unwrap(),
-    };
-    let payload_len = serde_json::to_vec(&sample).unwrap().len();
-    let raw_topic = format!("bench{id}.raw");
-    warden_pipeline::stream::kafka::KafkaStream::new(&brokers(), 1)
-        .unwrap()
-        .ensure_topic(&raw_topic, warden_pipeline::DEFAULT_PARTITIONS)
-        .await
-        .unwrap();
-    let raw = raw_producer(n, &raw_topic, payload_len).await;
-
     let e2e = rate(n, end_to_end);
-    println!("pipeline: {n} records of ~{payload_len} bytes on the stream");
+    println!(
+        "pipeline: {n} records: ~{raw_len} bytes as sent, ~{streamed_len} bytes protected on the stream"
+    );
     println!(
         "  accepted over HTTP (protected, published): {:>9.0} records/s",
         rate(n, accepted)
     );
     println!("  end to end (HTTP → Kafka → stages → Delta): {e2e:>9.0} records/s");
-    println!("  bare rdkafka producer into the same broker:  {raw:>9.0} records/s");
+    println!(
+        "  ... and into the documents as well:          {:>9.0} records/s",
+        rate(n, both)
+    );
+    println!("  bare rdkafka producer into the same broker:  {raw:>9.0} records/s (best of 3)");
     println!("  end to end / raw: {:.2}", e2e / raw);
 }

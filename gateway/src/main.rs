@@ -14,6 +14,10 @@ use warden_gateway::config::Config;
 use warden_gateway::{cli, state};
 use warden_sdk::VerifyReport;
 
+/// The binary's allocator: per-record and per-field allocations dominate the data plane.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "warden",

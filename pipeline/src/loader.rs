@@ -16,8 +16,10 @@ use crate::stages::{Delivered, StageKind, Stages};
 use crate::stream::{Message, Stream, Subscription};
 use crate::Result;
 
-/// Records per sink write (one Delta commit each: larger batches, fewer commits).
-pub const BATCH: usize = 5000;
+/// Most records per sink write (one Delta commit each: larger batches, fewer commits and
+/// fewer small files; a poll takes what is fetched already, so a loader that keeps up
+/// writes smaller ones).
+pub const BATCH: usize = 20_000;
 /// How long a poll waits for a first record.
 const POLL_WAIT: Duration = Duration::from_millis(500);
 /// Pause after a failure before reading again (from the last committed position).

@@ -28,18 +28,13 @@ impl StreamedRecord {
     /// The stream form: keyed by `subject_ref` (so one subject's records stay in order, in one
     /// partition), with the dataset, contract version and request id as headers.
     pub fn to_out(&self, request_id: &str) -> OutRecord {
-        OutRecord {
-            key: self.subject_ref.clone(),
-            value: Some(serde_json::to_vec(self).unwrap_or_default()),
-            headers: vec![
-                (H_DATASET.to_owned(), self.dataset.clone()),
-                (
-                    H_CONTRACT_VERSION.to_owned(),
-                    self.contract_version.to_string(),
-                ),
-                (H_REQUEST_ID.to_owned(), request_id.to_owned()),
-            ],
+        StreamedRef {
+            dataset: &self.dataset,
+            subject_ref: &self.subject_ref,
+            contract_version: self.contract_version,
+            fields: &self.fields,
         }
+        .to_out(request_id)
     }
 
     /// Reads a streamed record back. `Ok(None)` for a tombstone.
@@ -73,6 +68,34 @@ impl StreamedRecord {
     /// The record's time (the contract's `time_field`) in Unix microseconds.
     pub fn time_micros(&self, contract: &Contract) -> Option<i64> {
         time_micros(self.fields.get(&contract.time_field)?)
+    }
+}
+
+/// A streamed record borrowed from its parts (the ingest path publishes without copying
+/// the fields); the same stream form as [`StreamedRecord`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StreamedRef<'a> {
+    pub dataset: &'a str,
+    pub subject_ref: &'a str,
+    pub contract_version: u32,
+    pub fields: &'a Map<String, Value>,
+}
+
+impl StreamedRef<'_> {
+    /// See [`StreamedRecord::to_out`].
+    pub fn to_out(&self, request_id: &str) -> OutRecord {
+        OutRecord {
+            key: self.subject_ref.to_owned(),
+            value: Some(serde_json::to_vec(self).unwrap_or_default()),
+            headers: vec![
+                (H_DATASET.to_owned(), self.dataset.to_owned()),
+                (
+                    H_CONTRACT_VERSION.to_owned(),
+                    self.contract_version.to_string(),
+                ),
+                (H_REQUEST_ID.to_owned(), request_id.to_owned()),
+            ],
+        }
     }
 }
 

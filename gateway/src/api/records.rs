@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use warden_pipeline::docs::{Query as DocQuery, MAX_FIND};
 use warden_pipeline::loader::collection_spec;
+use warden_pipeline::record::StreamedRef;
 use warden_pipeline::stream::Position;
-use warden_pipeline::StreamedRecord;
 use warden_policy::contract::Contract;
 use warden_policy::protect::{ProtectedRecord, Rejection, ViewRights};
 use warden_sdk::ErrorCode;
@@ -261,11 +261,11 @@ async fn publish(
     let out = records
         .iter()
         .map(|(_, r)| {
-            StreamedRecord {
-                dataset: contract.name.clone(),
-                subject_ref: r.subject_ref.clone(),
+            StreamedRef {
+                dataset: &contract.name,
+                subject_ref: &r.subject_ref,
                 contract_version: r.contract_version,
-                fields: r.fields.clone(),
+                fields: &r.fields,
             }
             .to_out(request_id)
         })

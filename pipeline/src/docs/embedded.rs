@@ -1,5 +1,7 @@
 //! [`DocumentStore`] as a table in the state database (`documents`).
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use async_trait::async_trait;
 use sqlx::{Any, Row};
 use warden_audit::db::value_rows;
@@ -11,15 +13,69 @@ use crate::{Error, Result};
 /// Rows per multi-row upsert (six parameters each).
 const UPSERT_ROWS: usize = 200;
 
+const UPSERT_SQL: &str =
+    "INSERT INTO documents (collection, record_key, subject_ref, ts, contract_version, body) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (collection, record_key) DO UPDATE SET \
+     subject_ref = excluded.subject_ref, ts = excluded.ts, \
+     contract_version = excluded.contract_version, body = excluded.body";
+
 /// Documents in the state database.
 #[derive(Debug, Clone)]
 pub struct EmbeddedDocuments {
     db: Db,
+    /// On SQLite on disk: a native connection for the loader's upserts (one prepared
+    /// statement, one immediate transaction per batch, off the async threads).
+    native: Option<Arc<Native>>,
+}
+
+struct Native(Mutex<rusqlite::Connection>);
+
+impl std::fmt::Debug for Native {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Native")
+    }
+}
+
+fn native_err(e: rusqlite::Error) -> Error {
+    Error::Documents(format!("sqlite: {e}"))
+}
+
+impl Native {
+    fn open(path: &std::path::Path) -> Option<Self> {
+        let conn = rusqlite::Connection::open(path).ok()?;
+        // As the pool's connections: every commit durable, waits for the other writers.
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
+            .ok()?;
+        Some(Self(Mutex::new(conn)))
+    }
+
+    fn upsert(&self, collection: &str, rows: &[(String, String, i64, i64, String)]) -> Result<()> {
+        let mut conn = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(native_err)?;
+        {
+            let mut stmt = tx.prepare_cached(UPSERT_SQL).map_err(native_err)?;
+            for (key, subject_ref, ts, version, body) in rows {
+                stmt.execute(rusqlite::params![
+                    collection,
+                    key,
+                    subject_ref,
+                    ts,
+                    version,
+                    body
+                ])
+                .map_err(native_err)?;
+            }
+        }
+        tx.commit().map_err(native_err)
+    }
 }
 
 impl EmbeddedDocuments {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        let native = db.sqlite_path().and_then(Native::open).map(Arc::new);
+        Self { db, native }
     }
 }
 
@@ -43,6 +99,24 @@ impl DocumentStore for EmbeddedDocuments {
             .filter(|(i, d)| last.get(d.key.as_str()) == Some(i))
             .map(|(_, d)| d)
             .collect();
+        if let Some(native) = self.native.clone() {
+            let collection = spec.name.clone();
+            let rows: Vec<(String, String, i64, i64, String)> = docs
+                .iter()
+                .map(|d| {
+                    (
+                        d.key.clone(),
+                        d.subject_ref.clone(),
+                        d.ts,
+                        i64::from(d.contract_version),
+                        serde_json::to_string(&d.fields).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            return tokio::task::spawn_blocking(move || native.upsert(&collection, &rows))
+                .await
+                .unwrap_or_else(|e| Err(Error::Documents(format!("upsert task: {e}"))));
+        }
         let mut tx = self.db.pool().begin().await?;
         for chunk in docs.chunks(UPSERT_ROWS) {
             let rows = value_rows(chunk.len(), 6);
