@@ -50,6 +50,14 @@ fn records() -> usize {
         .unwrap_or(100_000)
 }
 
+/// Requests in flight at once (`WARDEN_BENCH_IN_FLIGHT`, default 4), as concurrent sources.
+fn in_flight_requests() -> usize {
+    std::env::var("WARDEN_BENCH_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+}
+
 fn luhn_pan(n: u64) -> String {
     warden_policy::pan::with_check_digit(&format!("5{:014}", n % 100_000_000_000_000))
 }
@@ -211,7 +219,7 @@ async fn run() {
             assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
         }
     };
-    for _ in 0..4 {
+    for _ in 0..in_flight_requests() {
         if let Some(b) = next.next() {
             in_flight.push(post(b));
         }
