@@ -231,35 +231,29 @@ async fn run() {
         }
     }
     let accepted = start.elapsed();
-    loop {
-        let stored = state
-            .loaders
-            .stats("payments", "lake")
-            .map_or(0, |s| s.stored.load(Ordering::Relaxed));
-        if stored >= n as u64 {
-            break;
+    // Until a sink holds every record.
+    let stored_all = |sink: &'static str| {
+        let state = state.clone();
+        async move {
+            loop {
+                let stored = state
+                    .loaders
+                    .stats("payments", sink)
+                    .map_or(0, |s| s.stored.load(Ordering::Relaxed));
+                if stored >= n as u64 {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(1800),
+                    "{sink}: {stored} of {n} stored"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(1800),
-            "the lake holds {stored} of {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    stored_all("lake").await;
     let end_to_end = start.elapsed();
-    loop {
-        let stored = state
-            .loaders
-            .stats("payments", "documents")
-            .map_or(0, |s| s.stored.load(Ordering::Relaxed));
-        if stored >= n as u64 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(1800),
-            "the documents hold {stored} of {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stored_all("documents").await;
     let both = start.elapsed();
     stop.send(()).ok();
     server.await.unwrap().unwrap();
