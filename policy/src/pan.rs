@@ -233,12 +233,17 @@ impl TokenCache {
         if self.epoch != Some(epoch) {
             return;
         }
-        for (index, token) in tokens {
-            if self.entries >= Self::CAP {
-                self.tokens.clear();
-                self.entries = 0;
-            }
-            let per_dataset = self.tokens.entry(dataset.to_owned()).or_default();
+        let tokens: Vec<_> = tokens.collect();
+        if self.entries + tokens.len() > Self::CAP {
+            self.tokens.clear();
+            self.entries = 0;
+        }
+        let per_dataset = match self.tokens.get_mut(dataset) {
+            Some(m) => m,
+            None => self.tokens.entry(dataset.to_owned()).or_default(),
+        };
+        per_dataset.reserve(tokens.len());
+        for (index, token) in tokens.into_iter().take(Self::CAP) {
             if per_dataset.insert(index.clone(), token.clone()).is_none() {
                 self.entries += 1;
             }
@@ -387,7 +392,8 @@ impl Tokenizer {
                 let fresh: Vec<Vec<u8>> = new.into_iter().map(|t| t.pan_index).collect();
                 self.vault.tokens_by_index(dataset, &fresh).await?
             };
-            self.cache().remember(dataset, epoch, vaulted.iter());
+            // Not cached: a card seen once may never come again, and filling the cache with
+            // every new card cost a tenth of the new-card rate. Its next lookup caches it.
             found.extend(vaulted);
         }
         indexes
