@@ -161,13 +161,18 @@ impl KeyRing {
     }
 
     /// Moves the cache to the vault's `epoch`: a higher one than the cache was checked
-    /// against empties it (something was destroyed somewhere); a lower one (a reader that
-    /// started before another) changes nothing.
+    /// against empties it (something was destroyed somewhere). A lower one (a reader that
+    /// started before another, or a database restored from a backup) empties it too but
+    /// keeps the epoch, so nothing read at the lower one is cached.
     fn advance(&self, epoch: i64) {
         let mut cache = self.lock_cache();
-        if cache.epoch.is_none_or(|e| e < epoch) {
-            cache.entries.clear();
-            cache.epoch = Some(epoch);
+        match cache.epoch {
+            Some(e) if e == epoch => {}
+            Some(e) if e > epoch => cache.entries.clear(),
+            _ => {
+                cache.entries.clear();
+                cache.epoch = Some(epoch);
+            }
         }
     }
 

@@ -164,10 +164,20 @@ fn pan_aad(dataset: &str, token: &str) -> Vec<u8> {
 /// refuses from the moment its key is destroyed (before the purge): an entry that outlived
 /// its row can only concern a subject that sends nothing more. A purge in this process
 /// forgets everything all the same.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct KnownRefs {
     young: std::collections::HashSet<[u8; 16]>,
     old: std::collections::HashSet<[u8; 16]>,
+}
+
+impl std::fmt::Debug for KnownRefs {
+    /// Sizes only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnownRefs")
+            .field("young", &self.young.len())
+            .field("old", &self.old.len())
+            .finish()
+    }
 }
 
 impl KnownRefs {
@@ -199,23 +209,42 @@ impl KnownRefs {
 
 /// Tokens by PAN index, per dataset, valid for one value of the vault's epoch (a purge that
 /// deletes tokens raises it). At most [`TokenCache::CAP`] entries; then it starts afresh.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct TokenCache {
     epoch: Option<i64>,
     entries: usize,
     tokens: HashMap<String, HashMap<Vec<u8>, String>>,
 }
 
+impl std::fmt::Debug for TokenCache {
+    /// The epoch and the size only: never a token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("epoch", &self.epoch)
+            .field("entries", &self.entries)
+            .finish()
+    }
+}
+
 impl TokenCache {
     const CAP: usize = 1 << 18;
 
-    /// A higher epoch empties the cache; a lower one (an older reader) changes nothing.
+    /// A higher epoch empties the cache and moves it on. A lower one (a reader that started
+    /// before another, or a database restored from a backup) empties it too but keeps the
+    /// epoch, so nothing read at the lower one is cached.
     fn advance(&mut self, epoch: i64) {
-        if self.epoch.is_none_or(|e| e < epoch) {
-            *self = Self {
-                epoch: Some(epoch),
-                ..Self::default()
-            };
+        match self.epoch {
+            Some(e) if e == epoch => {}
+            Some(e) if e > epoch => {
+                self.tokens.clear();
+                self.entries = 0;
+            }
+            _ => {
+                *self = Self {
+                    epoch: Some(epoch),
+                    ..Self::default()
+                }
+            }
         }
     }
 
@@ -308,6 +337,9 @@ impl Tokenizer {
         }
         let keys = self.dataset_keys(dataset, true).await?;
         let indexes: Vec<Vec<u8>> = pans.iter().map(|p| keys.index(p)).collect();
+        // References this process wrote before and skips now; written again below for any
+        // card that turns out to need a new token (its old one was purged meanwhile).
+        let mut skipped: Vec<(Vec<u8>, String)> = Vec::new();
         if let Some(subjects) = subjects {
             // Before the lookup: an erasure purging these cards meanwhile either sees the
             // references (and keeps the tokens) or has removed the tokens before the lookup.
@@ -316,16 +348,18 @@ impl Tokenizer {
                 .zip(subjects)
                 .map(|(i, s)| KnownRefs::entry(dataset, s, i))
                 .collect();
-            let mut refs: Vec<(Vec<u8>, String)> = {
+            let mut refs: Vec<(Vec<u8>, String)> = Vec::new();
+            {
                 let known = self.known();
-                indexes
-                    .iter()
-                    .zip(subjects)
-                    .zip(&entries)
-                    .filter(|(_, e)| !known.contains(e))
-                    .map(|((i, s), _)| (i.clone(), (*s).to_owned()))
-                    .collect()
-            };
+                for ((i, s), e) in indexes.iter().zip(subjects).zip(&entries) {
+                    let pair = (i.clone(), (*s).to_owned());
+                    if known.contains(e) {
+                        skipped.push(pair);
+                    } else {
+                        refs.push(pair);
+                    }
+                }
+            }
             refs.sort_unstable();
             refs.dedup();
             if !refs.is_empty() {
@@ -381,6 +415,20 @@ impl Tokenizer {
             });
         }
         if !new.is_empty() {
+            // A reference skipped as known may have been purged with its token (an erasure
+            // of that subject racing this batch): a new token is never vaulted without its
+            // references, so the erasure's verification finds it and purges it again.
+            let new_indexes: std::collections::HashSet<&[u8]> =
+                new.iter().map(|t| t.pan_index.as_slice()).collect();
+            let mut again: Vec<(Vec<u8>, String)> = skipped
+                .into_iter()
+                .filter(|(i, _)| new_indexes.contains(i.as_slice()))
+                .collect();
+            if !again.is_empty() {
+                again.sort_unstable();
+                again.dedup();
+                self.vault.put_token_refs(dataset, &again).await?;
+            }
             let inserted = self
                 .vault
                 .insert_tokens(dataset, &new, self.clock.now_micros())

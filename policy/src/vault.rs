@@ -63,10 +63,10 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
     /// Destroys a key: forgets the wrapped bytes, keeps the fact — as a tombstone if there was
     /// no key yet, so none is ever created. Returns false when it was destroyed already.
     async fn destroy_key(&self, scope: &str, key_ref: &str, now: i64) -> Result<bool>;
-    /// The vault's epoch: a count raised in the transaction of each
-    /// [`destroy_key`](Self::destroy_key) that destroyed a key and each
-    /// [`purge_subject`](Self::purge_subject) that deleted tokens, never lowered. While it
-    /// is unchanged, keys and tokens read earlier are still in the vault.
+    /// The vault's epoch: a count raised (by triggers, migration 0008) in the transaction of
+    /// every key destroyed or deleted and every token deleted or changed, by whatever
+    /// writer, never lowered. While it is unchanged, keys and tokens read earlier are still
+    /// in the vault.
     async fn epoch(&self) -> Result<i64>;
     /// Token of each PAN index among `indexes` that has one.
     async fn tokens_by_index(
@@ -93,9 +93,6 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug + 'static {
         tokens: &[String],
     ) -> Result<HashMap<String, Vec<u8>>>;
 }
-
-/// Raises the vault's epoch (see [`VaultStore::epoch`]).
-const EPOCH_RISES: &str = "UPDATE vault_epoch SET changes = changes + 1 WHERE id = 1";
 
 /// [`VaultStore`] on SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
@@ -400,9 +397,8 @@ impl VaultStore for SqlVaultStore {
 
     async fn destroy_key(&self, scope: &str, key_ref: &str, now: i64) -> Result<bool> {
         // An upsert: a subject erased before it ever had a key gets a tombstone, so no key is
-        // ever made for it afterwards. The epoch rises in the same transaction, so no reader
-        // can see the key gone yet the epoch unchanged.
-        let mut tx = self.db.pool().begin().await?;
+        // ever made for it afterwards. The epoch rises in the same transaction (a trigger), so
+        // no reader can see the key gone yet the epoch unchanged.
         let n = sqlx::query(
             "INSERT INTO vault_keys (scope, key_ref, wrapped, wrapped_by, created_at, destroyed_at) \
              VALUES ($1, $2, NULL, 'destroyed', $3, $3) \
@@ -412,13 +408,9 @@ impl VaultStore for SqlVaultStore {
         .bind(scope.to_owned())
         .bind(key_ref.to_owned())
         .bind(now)
-        .execute(&mut *tx)
+        .execute(self.db.pool())
         .await?
         .rows_affected();
-        if n == 1 {
-            sqlx::query(EPOCH_RISES).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
         Ok(n == 1)
     }
 
@@ -603,9 +595,6 @@ impl VaultStore for SqlVaultStore {
             .bind(subject_ref.to_owned())
             .execute(&mut *tx)
             .await?;
-        if deleted > 0 {
-            sqlx::query(EPOCH_RISES).execute(&mut *tx).await?;
-        }
         tx.commit().await?;
         Ok((deleted, u64::try_from(shared).unwrap_or(0)))
     }
