@@ -103,10 +103,15 @@ impl Db {
         })
     }
 
-    /// The database file of an SQLite database on disk (for a native connection beside the
-    /// pool: the vault's bulk inserts).
-    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
-        self.sqlite_path.as_deref()
+    /// A native connection beside the pool to an SQLite database on disk, with the pool's
+    /// durability settings (every commit durable, waits for the other writers): for bulk
+    /// writes and batched lookups without a worker-thread round trip per statement. `None`
+    /// on PostgreSQL, in memory, or when the file cannot be opened.
+    pub fn native_connection(&self) -> Option<rusqlite::Connection> {
+        let conn = rusqlite::Connection::open(self.sqlite_path.as_deref()?).ok()?;
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
+            .ok()?;
+        Some(conn)
     }
 
     /// Applies the migrations of this backend (`migrations/sqlite` or `migrations/postgres`).

@@ -337,9 +337,10 @@ impl Tokenizer {
         }
         let keys = self.dataset_keys(dataset, true).await?;
         let indexes: Vec<Vec<u8>> = pans.iter().map(|p| keys.index(p)).collect();
-        // References this process wrote before and skips now; written again below for any
-        // card that turns out to need a new token (its old one was purged meanwhile).
-        let mut skipped: Vec<(Vec<u8>, String)> = Vec::new();
+        // Positions of the references this process wrote before and skips now; written
+        // again below for any card that turns out to need a new token (its old one was
+        // purged meanwhile).
+        let mut skipped: Vec<usize> = Vec::new();
         if let Some(subjects) = subjects {
             // Before the lookup: an erasure purging these cards meanwhile either sees the
             // references (and keeps the tokens) or has removed the tokens before the lookup.
@@ -351,12 +352,11 @@ impl Tokenizer {
             let mut refs: Vec<(Vec<u8>, String)> = Vec::new();
             {
                 let known = self.known();
-                for ((i, s), e) in indexes.iter().zip(subjects).zip(&entries) {
-                    let pair = (i.clone(), (*s).to_owned());
+                for (pos, ((i, s), e)) in indexes.iter().zip(subjects).zip(&entries).enumerate() {
                     if known.contains(e) {
-                        skipped.push(pair);
+                        skipped.push(pos);
                     } else {
-                        refs.push(pair);
+                        refs.push((i.clone(), (*s).to_owned()));
                     }
                 }
             }
@@ -422,7 +422,8 @@ impl Tokenizer {
                 new.iter().map(|t| t.pan_index.as_slice()).collect();
             let mut again: Vec<(Vec<u8>, String)> = skipped
                 .into_iter()
-                .filter(|(i, _)| new_indexes.contains(i.as_slice()))
+                .filter(|pos| new_indexes.contains(indexes[*pos].as_slice()))
+                .filter_map(|pos| Some((indexes[pos].clone(), (*subjects?.get(pos)?).to_owned())))
                 .collect();
             if !again.is_empty() {
                 again.sort_unstable();

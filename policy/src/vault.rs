@@ -125,14 +125,8 @@ fn native_err(e: rusqlite::Error) -> Error {
 }
 
 impl Native {
-    fn open(path: &std::path::Path) -> Option<Self> {
-        let connect = || {
-            let conn = rusqlite::Connection::open(path).ok()?;
-            // As the pool's connections: every commit durable, waits for the other writers.
-            conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
-                .ok()?;
-            Some(std::sync::Mutex::new(conn))
-        };
+    fn open(db: &Db) -> Option<Self> {
+        let connect = || db.native_connection().map(std::sync::Mutex::new);
         Some(Self {
             writer: connect()?,
             readers: (0..READERS).map(|_| connect()).collect::<Option<_>>()?,
@@ -224,7 +218,7 @@ impl Native {
 
 impl SqlVaultStore {
     pub fn new(db: Db) -> Self {
-        let native = db.sqlite_path().and_then(Native::open).map(Arc::new);
+        let native = Native::open(&db).map(Arc::new);
         Self { db, native }
     }
 

@@ -41,14 +41,6 @@ fn native_err(e: rusqlite::Error) -> Error {
 }
 
 impl Native {
-    fn open(path: &std::path::Path) -> Option<Self> {
-        let conn = rusqlite::Connection::open(path).ok()?;
-        // As the pool's connections: every commit durable, waits for the other writers.
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
-            .ok()?;
-        Some(Self(Mutex::new(conn)))
-    }
-
     fn upsert(&self, collection: &str, rows: &[(String, String, i64, i64, String)]) -> Result<()> {
         let mut conn = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let tx = conn
@@ -74,7 +66,9 @@ impl Native {
 
 impl EmbeddedDocuments {
     pub fn new(db: Db) -> Self {
-        let native = db.sqlite_path().and_then(Native::open).map(Arc::new);
+        let native = db
+            .native_connection()
+            .map(|c| Arc::new(Native(Mutex::new(c))));
         Self { db, native }
     }
 }
