@@ -130,7 +130,7 @@ impl loader::Sink for SkipErased {
         &self,
         contract: &Contract,
         topic: &str,
-        records: &[warden_pipeline::stages::Delivered],
+        records: Vec<warden_pipeline::stages::Delivered>,
     ) -> warden_pipeline::Result<u64> {
         let refs: Vec<String> = records
             .iter()
@@ -145,20 +145,20 @@ impl loader::Sink for SkipErased {
         if erased.is_empty() {
             return self.inner.write(contract, topic, records).await;
         }
+        let count = records.len();
         let live: Vec<warden_pipeline::stages::Delivered> = records
-            .iter()
+            .into_iter()
             .filter(|d| !erased.contains(&d.record.subject_ref))
-            .cloned()
             .collect();
         info!(
-            dropped = records.len() - live.len(),
+            dropped = count - live.len(),
             sink = self.inner.name(),
             "records of erased subjects not loaded"
         );
         if live.is_empty() {
             return Ok(0);
         }
-        self.inner.write(contract, topic, &live).await
+        self.inner.write(contract, topic, live).await
     }
 }
 

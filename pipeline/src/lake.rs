@@ -523,8 +523,13 @@ impl Sink for LakeSink {
         self.0.table(contract).await.map(|_| ())
     }
 
-    async fn write(&self, contract: &Contract, topic: &str, records: &[Delivered]) -> Result<u64> {
-        self.0.append(contract, topic, records).await
+    async fn write(
+        &self,
+        contract: &Contract,
+        topic: &str,
+        records: Vec<Delivered>,
+    ) -> Result<u64> {
+        self.0.append(contract, topic, &records).await
     }
 }
 

@@ -76,8 +76,10 @@ pub trait Sink: Send + Sync + 'static {
     /// The sink's name for logs, metrics and consumer groups (`documents`, `lake`).
     fn name(&self) -> &'static str;
     /// Writes records read from `topic` durably; returns how many it wrote (a sink may skip
-    /// records it holds already), once they are safe.
-    async fn write(&self, contract: &Contract, topic: &str, records: &[Delivered]) -> Result<u64>;
+    /// records it holds already), once they are safe. The batch is the sink's: a sink that
+    /// keeps the fields (the documents) moves them instead of copying every record.
+    async fn write(&self, contract: &Contract, topic: &str, records: Vec<Delivered>)
+        -> Result<u64>;
 }
 
 /// The document store as a sink: upserts by record key.
@@ -94,17 +96,22 @@ impl Sink for DocumentSink {
         self.0.ensure_collection(&collection_spec(contract)).await
     }
 
-    async fn write(&self, contract: &Contract, _topic: &str, records: &[Delivered]) -> Result<u64> {
+    async fn write(
+        &self,
+        contract: &Contract,
+        _topic: &str,
+        records: Vec<Delivered>,
+    ) -> Result<u64> {
         let docs: Vec<Document> = records
-            .iter()
-            .map(|d| &d.record)
+            .into_iter()
+            .map(|d| d.record)
             .filter_map(|r| {
                 Some(Document {
                     key: r.key(contract)?,
-                    subject_ref: r.subject_ref.clone(),
                     ts: r.time_micros(contract).unwrap_or(0),
+                    subject_ref: r.subject_ref,
                     contract_version: r.contract_version,
-                    fields: r.fields.clone(),
+                    fields: r.fields,
                 })
             })
             .collect();
@@ -172,13 +179,14 @@ pub async fn step(
         return Ok(0);
     };
     let records = decode(&contract.name, &messages, stats);
-    let staged = stages.apply(contract, records);
-    if !staged.records.is_empty() {
-        let stored = sink.write(contract, &topic, &staged.records).await?;
-        stats.skipped.fetch_add(
-            (staged.records.len() as u64).saturating_sub(stored),
-            Ordering::Relaxed,
-        );
+    let mut staged = stages.apply(contract, records);
+    let batch = std::mem::take(&mut staged.records);
+    if !batch.is_empty() {
+        let count = batch.len() as u64;
+        let stored = sink.write(contract, &topic, batch).await?;
+        stats
+            .skipped
+            .fetch_add(count.saturating_sub(stored), Ordering::Relaxed);
         stats.stored.fetch_add(stored, Ordering::Relaxed);
     }
     stats

@@ -92,7 +92,7 @@ async fn records_land_once_even_when_a_commit_is_lost(backend: Backend) {
             })
         })
         .collect();
-    sink.write(&c, &c.stream, &decoded).await.unwrap();
+    sink.write(&c, &c.stream, decoded).await.unwrap();
     drop(sub);
 
     // ...is replaced by one that reads from the last commit: everything lands, once.
