@@ -6,7 +6,9 @@
 //! 2. end to end: HTTP ingest → contract check and protection (tokens, encryption,
 //!    pseudonyms) → Kafka → the lake loader (stages) → Delta, timed from the first request
 //!    to the last row committed in the lake; the document loader runs beside it (embedded
-//!    store), and its finish is printed too.
+//!    store), and its finish is printed too. Two rounds: a fresh process, then the same
+//!    gateway running (other transactions, other customers), with the gateway's CPU time
+//!    per record in each.
 //!
 //! Run with `scripts/bench.sh` (it starts the broker and sets `WARDEN_TEST_KAFKA`).
 //! `WARDEN_BENCH_RECORDS` sets the record count (default 100 000).
