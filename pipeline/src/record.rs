@@ -58,9 +58,14 @@ impl StreamedRecord {
 
     /// The record key's value (the contract's `record_key` field) as text.
     pub fn key(&self, contract: &Contract) -> Option<String> {
+        self.key_str(contract).map(std::borrow::Cow::into_owned)
+    }
+
+    /// As [`StreamedRecord::key`], borrowed where the key is a string already.
+    pub fn key_str(&self, contract: &Contract) -> Option<std::borrow::Cow<'_, str>> {
         match self.fields.get(&contract.record_key)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
+            Value::String(s) => Some(std::borrow::Cow::Borrowed(s)),
+            Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
             _ => None,
         }
     }

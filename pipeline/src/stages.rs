@@ -10,7 +10,9 @@
 //!   protection engine's enrichment hook, see [`crate::geo`]); listed here so the graph is
 //!   declared in one place.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::str::FromStr;
 
 use serde_json::Value;
@@ -59,17 +61,26 @@ pub struct Stages {
     seen: Option<Seen>,
 }
 
-/// A bounded memory of record keys, oldest forgotten first.
+/// A bounded memory of record keys, oldest forgotten first. A key is kept as a 128-bit
+/// digest ([`Seen::digest`]): 16 bytes and no allocation a record, where the key's text
+/// was copied twice (set and order) before.
 #[derive(Debug, Default)]
 struct Seen {
-    keys: HashSet<String>,
-    order: VecDeque<String>,
+    keys: HashSet<u128>,
+    order: VecDeque<u128>,
     capacity: usize,
+    /// Two SipHash keys, random for each process: an outsider cannot choose record keys
+    /// that collide, and two distinct keys share a digest with a chance of about 2^-128.
+    hashers: (RandomState, RandomState),
 }
 
 impl Seen {
-    fn remember(&mut self, key: String) {
-        if self.capacity == 0 || !self.keys.insert(key.clone()) {
+    fn digest(&self, key: &str) -> u128 {
+        (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
+    }
+
+    fn remember(&mut self, key: u128) {
+        if self.capacity == 0 || !self.keys.insert(key) {
             return;
         }
         self.order.push_back(key);
@@ -87,7 +98,7 @@ impl Seen {
 pub struct Staged {
     pub records: Vec<Delivered>,
     pub dropped: usize,
-    new_keys: Vec<String>,
+    new_keys: Vec<u128>,
 }
 
 impl Stages {
@@ -120,13 +131,16 @@ impl Stages {
                     }
                 }
                 StageKind::Dedupe => {
-                    let seen = self.seen.as_ref();
-                    let mut in_batch: HashSet<String> = HashSet::new();
-                    records.retain(|d| match d.record.key(contract) {
+                    // Present whenever `dedupe` is listed (see `with_memory`).
+                    let Some(seen) = self.seen.as_ref() else {
+                        continue;
+                    };
+                    let mut in_batch: HashSet<u128> = HashSet::with_capacity(records.len());
+                    records.retain(|d| match d.record.key_str(contract) {
                         None => true,
-                        Some(k) => {
-                            let fresh = !seen.is_some_and(|s| s.keys.contains(&k))
-                                && in_batch.insert(k.clone());
+                        Some(key) => {
+                            let k = seen.digest(&key);
+                            let fresh = !seen.keys.contains(&k) && in_batch.insert(k);
                             if fresh {
                                 out.new_keys.push(k);
                             } else {
