@@ -66,6 +66,8 @@ fn luhn_pan(n: u64) -> String {
 
 /// Distinct customers (and so card numbers and e-mail addresses) in a round.
 const CUSTOMERS: usize = 5000;
+/// Records a request carries (and the raw producer sends before it waits).
+const REQUEST_RECORDS: usize = 5000;
 
 /// Transaction `i`, of one of the customers from `customers_from` on.
 fn transaction(i: usize, customers_from: usize) -> Value {
@@ -87,6 +89,29 @@ fn cpu_seconds() -> Option<f64> {
     Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
+/// Waits until `sink`'s loader of the bench dataset has stored `target` records.
+async fn stored(
+    state: &warden_gateway::state::AppState,
+    sink: &str,
+    target: usize,
+    start: Instant,
+) {
+    loop {
+        let stored = state
+            .loaders
+            .stats("payments", sink)
+            .map_or(0, |s| s.stored.load(Ordering::Relaxed));
+        if stored >= target as u64 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1800),
+            "{sink}: {stored} of {target} stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -103,7 +128,7 @@ async fn raw_producer(topic: &str, records: &[(String, Vec<u8>)]) -> f64 {
         .create()
         .unwrap();
     let start = Instant::now();
-    for chunk in records.chunks(5000) {
+    for chunk in records.chunks(REQUEST_RECORDS) {
         let sends = chunk.iter().map(|(key, payload)| {
             producer.send(
                 FutureRecord::to(topic).key(key).payload(payload),
@@ -235,7 +260,7 @@ async fn run() {
             // The batches, encoded before the clock starts.
             let bodies: Vec<String> = (ids_from..ids_from + n)
                 .collect::<Vec<_>>()
-                .chunks(5000)
+                .chunks(REQUEST_RECORDS)
                 .map(|c| {
                     Value::Array(c.iter().map(|i| transaction(*i, customers_from)).collect())
                         .to_string()
@@ -257,30 +282,10 @@ async fn run() {
                 }
             }
             let accepted = start.elapsed();
-            // Until a sink holds every record.
-            let stored_all = |sink: &'static str| {
-                let state = state.clone();
-                async move {
-                    loop {
-                        let stored = state
-                            .loaders
-                            .stats("payments", sink)
-                            .map_or(0, |s| s.stored.load(Ordering::Relaxed));
-                        if stored >= sinks_hold as u64 {
-                            break;
-                        }
-                        assert!(
-                            start.elapsed() < Duration::from_secs(1800),
-                            "{sink}: {stored} of {sinks_hold} stored"
-                        );
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            };
-            stored_all("lake").await;
+            stored(&state, "lake", sinks_hold, start).await;
             let end_to_end = start.elapsed();
             let cpu = cpu_start.zip(cpu_seconds()).map(|(a, b)| b - a);
-            stored_all("documents").await;
+            stored(&state, "documents", sinks_hold, start).await;
             Round {
                 accepted,
                 end_to_end,
