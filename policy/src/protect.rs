@@ -13,6 +13,7 @@
 //! Everything keyed is batched: one pseudonym key, one tokenization, one lookup of subject
 //! keys per batch of records.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use sha2::Sha256;
 
 use crate::contract::{Contract, DataClass, FieldType, SadPolicy};
 use crate::keyring::{DataKey, KeyRing, SCOPE_DATASET, SCOPE_SUBJECT};
-use crate::keys::{KeyProvider, LocalKeyFile};
+use crate::keys::{seal, KeyProvider, LocalKeyFile};
 use crate::pan::{parse_pan, Tokenizer};
 use crate::{Error, Result};
 
@@ -89,7 +90,46 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> Result<[u8; 32]> {
 }
 
 fn pii_aad(dataset: &str, field: &str, subject_ref: &str) -> Vec<u8> {
-    format!("warden:pii:{dataset}:{field}:{subject_ref}").into_bytes()
+    let mut aad = Vec::new();
+    write_pii_aad(&mut aad, dataset, field, subject_ref);
+    aad
+}
+
+/// [`pii_aad`] into a buffer kept across records.
+fn write_pii_aad(aad: &mut Vec<u8>, dataset: &str, field: &str, subject_ref: &str) {
+    aad.clear();
+    for part in [
+        b"warden:pii:".as_slice(),
+        dataset.as_bytes(),
+        b":",
+        field.as_bytes(),
+        b":",
+        subject_ref.as_bytes(),
+    ] {
+        aad.extend_from_slice(part);
+    }
+}
+
+/// An HMAC-SHA-256 with its key (and a prefix) absorbed once: each value then costs a clone
+/// of the state instead of the two key blocks again.
+fn hmac_state(key: &[u8], prefix: &[u8]) -> Result<Hmac<Sha256>> {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| Error::Wrap)?;
+    m.update(prefix);
+    Ok(m)
+}
+
+/// `sr_` and 32 hex digits of the pseudonym MAC (keyed, `warden:subject:` absorbed) of `id`.
+fn subject_ref_with(keyed: &Hmac<Sha256>, id: &str) -> String {
+    let mut m = keyed.clone();
+    m.update(id.as_bytes());
+    format!("sr_{}", hex::encode(&m.finalize().into_bytes()[..16]))
+}
+
+/// The blind index of `value` under its field's keyed MAC state.
+fn blind_index_from(field_mac: &Hmac<Sha256>, value: &str) -> String {
+    let mut m = field_mac.clone();
+    m.update(value.as_bytes());
+    hex::encode(m.finalize().into_bytes())
 }
 
 /// Whether `s` is a subject pseudonym: `sr_` and 32 lowercase hex digits.
@@ -164,19 +204,19 @@ impl Protector {
             .keys
             .data_key(SCOPE_PSEUDONYM, PSEUDONYM_REF, true)
             .await?;
-        ids.iter()
+        let keyed = hmac_state(key.expose(), b"warden:subject:")?;
+        Ok(ids
+            .iter()
             .map(|id| {
                 // A pseudonym already (a stage writing derived records): kept, so the
                 // subject stays one subject across datasets (and erasure finds it).
                 if is_subject_ref(id) {
-                    return Ok((*id).to_owned());
+                    (*id).to_owned()
+                } else {
+                    subject_ref_with(&keyed, id)
                 }
-                Ok(format!(
-                    "sr_{}",
-                    hex::encode(&hmac(key.expose(), &[b"warden:subject:", id.as_bytes()])?[..16])
-                ))
             })
-            .collect()
+            .collect())
     }
 
     /// Protects a batch for `purpose`.
@@ -334,7 +374,8 @@ impl Protector {
             None
         };
         // 3. Build the protected records.
-        let mut index_keys: HashMap<&str, [u8; 32]> = HashMap::new();
+        let mut index_keys: HashMap<&str, Hmac<Sha256>> = HashMap::new();
+        let mut aad = Vec::new();
         'build: for (slot, ((i, rec), subject_ref)) in accepted.iter().zip(&refs).enumerate() {
             if erased(slot) {
                 out.rejections.push(Rejection {
@@ -384,26 +425,25 @@ impl Protector {
                             continue 'build;
                         };
                         let clear = v.as_str().unwrap_or_default();
-                        let ct = LocalKeyFile::from_key(key.expose())
-                            .wrap(
-                                clear.as_bytes(),
-                                &pii_aad(&contract.name, name, subject_ref),
-                            )
-                            .await?;
+                        write_pii_aad(&mut aad, &contract.name, name, subject_ref);
+                        let ct = seal(key.expose(), clear.as_bytes(), &aad)?;
                         let dk = dataset_key.as_ref().ok_or(Error::Wrap)?;
-                        let field_key = match index_keys.get(name.as_str()) {
-                            Some(k) => *k,
-                            None => {
-                                let k = blind_index_key(dk, name)?;
-                                index_keys.insert(name.as_str(), k);
-                                k
+                        let field_mac = match index_keys.entry(name.as_str()) {
+                            Entry::Occupied(e) => e.into_mut(),
+                            Entry::Vacant(e) => {
+                                e.insert(hmac_state(&blind_index_key(dk, name)?, b"")?)
                             }
                         };
                         fields.insert(
                             format!("{name}{BLIND_INDEX_SUFFIX}"),
-                            Value::String(blind_index_with(&field_key, clear)?),
+                            Value::String(blind_index_from(field_mac, clear)),
                         );
-                        Value::String(format!("{ENC_PREFIX}{}", STANDARD.encode(ct)))
+                        let mut enc = String::with_capacity(
+                            ENC_PREFIX.len() + base64::encoded_len(ct.len(), true).unwrap_or(0),
+                        );
+                        enc.push_str(ENC_PREFIX);
+                        STANDARD.encode_string(ct, &mut enc);
+                        Value::String(enc)
                     }
                 };
                 fields.insert(name.clone(), protected);
@@ -585,7 +625,10 @@ impl Protector {
 }
 
 fn blind_index(dataset_key: &DataKey, field: &str, value: &str) -> Result<String> {
-    blind_index_with(&blind_index_key(dataset_key, field)?, value)
+    Ok(blind_index_from(
+        &hmac_state(&blind_index_key(dataset_key, field)?, b"")?,
+        value,
+    ))
 }
 
 /// The key of a field's blind index (derived once per batch and field).
@@ -594,10 +637,6 @@ fn blind_index_key(dataset_key: &DataKey, field: &str) -> Result<[u8; 32]> {
         dataset_key.expose(),
         &[b"warden:blind-index:", field.as_bytes()],
     )
-}
-
-fn blind_index_with(field_key: &[u8; 32], value: &str) -> Result<String> {
-    Ok(hex::encode(hmac(field_key, &[value.as_bytes()])?))
 }
 
 #[cfg(test)]
@@ -614,5 +653,32 @@ mod tests {
             truncate_ip("2001:db8:abcd:12:1::7".parse().unwrap()).to_string(),
             "2001:db8:abcd::"
         );
+    }
+
+    #[test]
+    fn precomputed_macs_and_buffers_give_the_reference_values() {
+        let key = [7u8; 32];
+        let keyed = hmac_state(&key, b"warden:subject:").unwrap();
+        for id in [
+            "",
+            "customer-1",
+            "ü-longer-than-one-block-".repeat(5).as_str(),
+        ] {
+            let fast = subject_ref_with(&keyed, id);
+            let reference = hmac(&key, &[b"warden:subject:", id.as_bytes()]).unwrap();
+            assert_eq!(
+                fast,
+                format!("sr_{}", hex::encode(&reference[..16])),
+                "{id}"
+            );
+            assert!(is_subject_ref(&fast));
+        }
+        let index = blind_index_from(&hmac_state(&key, b"").unwrap(), "a@example.org");
+        let reference = hmac(&key, &[b"a@example.org"]).unwrap();
+        assert_eq!(index, hex::encode(reference));
+        let mut aad = b"left over".to_vec();
+        write_pii_aad(&mut aad, "payments", "email", "sr_1");
+        assert_eq!(aad, b"warden:pii:payments:email:sr_1");
+        assert_eq!(pii_aad("payments", "email", "sr_1"), aad);
     }
 }
