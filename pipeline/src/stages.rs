@@ -200,19 +200,23 @@ pub fn normalize(contract: &Contract, record: &mut StreamedRecord) {
         match spec.ty {
             FieldType::Timestamp => {
                 if let Some(t) = parse_time(v) {
-                    *v = Value::String(to_rfc3339(t));
+                    let canonical = to_rfc3339(t);
+                    if v.as_str() != Some(canonical.as_str()) {
+                        *v = Value::String(canonical);
+                    }
                 }
             }
             FieldType::String => {
                 if let Value::String(s) = v {
+                    // Written only when it changes: most values arrive clean.
                     let trimmed = s.trim();
                     let new = if is_country_field(name) {
-                        country_code(trimmed).map_or_else(|| trimmed.to_owned(), str::to_owned)
+                        country_code(trimmed).unwrap_or(trimmed)
                     } else {
-                        trimmed.to_owned()
+                        trimmed
                     };
-                    if new != *s {
-                        *s = new;
+                    if new != s.as_str() {
+                        *s = new.to_owned();
                     }
                 }
             }

@@ -77,7 +77,25 @@ impl Default for CachePolicy {
 struct KeyCache {
     /// The epoch the entries were checked against (`None`: not read yet).
     epoch: Option<i64>,
-    entries: HashMap<(String, String), Cached>,
+    /// By scope, then reference: looked up by `&str`, with no key built for each lookup.
+    entries: HashMap<String, HashMap<String, Cached>>,
+    /// Entries over all scopes.
+    len: usize,
+}
+
+impl KeyCache {
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.len = 0;
+    }
+
+    fn remove(&mut self, scope: &str, key_ref: &str) {
+        if let Some(scoped) = self.entries.get_mut(scope) {
+            if scoped.remove(key_ref).is_some() {
+                self.len -= 1;
+            }
+        }
+    }
 }
 
 struct Cached {
@@ -145,19 +163,13 @@ impl KeyRing {
     fn cached_in(&self, cache: &mut KeyCache, scope: &str, key_ref: &str) -> Option<DataKey> {
         let now = self.clock.now_micros();
         let ttl = i64::try_from(self.policy.ttl.as_micros()).unwrap_or(i64::MAX);
-        let id = (scope.to_owned(), key_ref.to_owned());
-        let entries = &mut cache.entries;
-        let fresh = entries
-            .get(&id)
-            .is_some_and(|c| now - c.at < ttl && c.uses < self.policy.max_uses);
-        if !fresh {
-            entries.remove(&id);
-            return None;
+        let entry = cache.entries.get_mut(scope)?.get_mut(key_ref)?;
+        if now - entry.at < ttl && entry.uses < self.policy.max_uses {
+            entry.uses += 1;
+            return Some(entry.key.clone());
         }
-        entries.get_mut(&id).map(|c| {
-            c.uses += 1;
-            c.key.clone()
-        })
+        cache.remove(scope, key_ref);
+        None
     }
 
     /// Moves the cache to the vault's `epoch`: a higher one than the cache was checked
@@ -168,9 +180,9 @@ impl KeyRing {
         let mut cache = self.lock_cache();
         match cache.epoch {
             Some(e) if e == epoch => {}
-            Some(e) if e > epoch => cache.entries.clear(),
+            Some(e) if e > epoch => cache.clear(),
             _ => {
-                cache.entries.clear();
+                cache.clear();
                 cache.epoch = Some(epoch);
             }
         }
@@ -190,18 +202,18 @@ impl KeyRing {
     }
 
     fn remember_in(&self, cache: &mut KeyCache, scope: &str, key_ref: &str, key: &DataKey) {
-        let cache = &mut cache.entries;
-        if cache.len() >= self.policy.capacity {
+        if cache.len >= self.policy.capacity {
             cache.clear();
         }
-        cache.insert(
-            (scope.to_owned(), key_ref.to_owned()),
-            Cached {
-                key: key.clone(),
-                at: self.clock.now_micros(),
-                uses: 1,
-            },
-        );
+        let fresh = Cached {
+            key: key.clone(),
+            at: self.clock.now_micros(),
+            uses: 1,
+        };
+        let scoped = cache.entries.entry(scope.to_owned()).or_default();
+        if scoped.insert(key_ref.to_owned(), fresh).is_none() {
+            cache.len += 1;
+        }
     }
 
     /// The wrapping key, created on first use.
@@ -323,10 +335,34 @@ impl KeyRing {
         Ok(batch)
     }
 
+    /// Which of `refs` have their key destroyed (erased subjects), for a reader that needs no
+    /// key — a loader dropping erased subjects' records. As [`data_keys`](Self::data_keys)
+    /// without `create`, but borrowing the references: the ones cached (live, at the vault's
+    /// current epoch) cost a lookup each; only the others are looked up in the vault.
+    ///
+    /// # Errors
+    /// Vault or key failures.
+    pub async fn destroyed_among(&self, scope: &str, refs: &[&str]) -> Result<HashSet<String>> {
+        let epoch = self.vault.epoch().await?;
+        self.advance(epoch);
+        let mut seen: HashSet<&str> = HashSet::with_capacity(refs.len());
+        let missing: Vec<String> = {
+            let mut cache = self.lock_cache();
+            refs.iter()
+                .copied()
+                .filter(|r| seen.insert(r))
+                .filter(|r| self.cached_in(&mut cache, scope, r).is_none())
+                .map(str::to_owned)
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(HashSet::new());
+        }
+        Ok(self.data_keys(scope, &missing, false).await?.destroyed)
+    }
+
     fn forget(&self, scope: &str, key_ref: &str) {
-        self.lock_cache()
-            .entries
-            .remove(&(scope.to_owned(), key_ref.to_owned()));
+        self.lock_cache().remove(scope, key_ref);
     }
 
     /// One data key; [`Error::KeyDestroyed`] if it was destroyed.

@@ -171,6 +171,13 @@ async fn destroyed_keys_stay_destroyed(kind: Kind) {
         replica.data_key(SCOPE_SUBJECT, "sr-a", false).await,
         Err(Error::KeyDestroyed { .. })
     ));
+    // The loaders' question (which of these were erased?), with repeats and a subject that
+    // never had a key; asked twice, so the second answer comes from the cache.
+    let refs = ["sr-a", "sr-b", "sr-a", "sr-unknown", "sr-b"];
+    for _ in 0..2 {
+        let erased = replica.destroyed_among(SCOPE_SUBJECT, &refs).await.unwrap();
+        assert_eq!(erased, std::collections::HashSet::from(["sr-a".to_owned()]));
+    }
     // A replica that holds a key in its cache refuses it as soon as another one destroys it.
     replica
         .data_key(SCOPE_SUBJECT, "sr-b", false)
@@ -181,6 +188,8 @@ async fn destroyed_keys_stay_destroyed(kind: Kind) {
         replica.data_key(SCOPE_SUBJECT, "sr-b", false).await,
         Err(Error::KeyDestroyed { .. })
     ));
+    let erased = replica.destroyed_among(SCOPE_SUBJECT, &refs).await.unwrap();
+    assert!(erased.contains("sr-a") && erased.contains("sr-b") && erased.len() == 2);
     // A subject erased before it ever had a key never gets one.
     assert!(ring.destroy(SCOPE_SUBJECT, "sr-never").await.unwrap());
     assert!(matches!(
