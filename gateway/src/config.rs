@@ -240,6 +240,11 @@ pub struct StreamsConfig {
     /// `max.compaction.lag.ms` a week — the bound on how long an erased subject's records
     /// stay in a topic, unreadable).
     pub topic: std::collections::BTreeMap<String, String>,
+    /// The embedded stream keeps a record this long after it was published, and then until
+    /// every consumer group of its topic has read it; `0s` keeps every record. Kafka: the
+    /// topics' `retention.ms` applies instead.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for StreamsConfig {
@@ -251,6 +256,8 @@ impl Default for StreamsConfig {
             replication: 1,
             producer: std::collections::BTreeMap::new(),
             topic: std::collections::BTreeMap::new(),
+            // Kafka's default `retention.ms`.
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -472,6 +479,9 @@ impl Config {
         {
             bail!("streams.partitions must be 1 to 1024 and streams.replication 1 to 16");
         }
+        if self.streams.retention > Duration::from_secs(100 * 365 * 24 * 3600) {
+            bail!("streams.retention: at most 100 years (0s keeps every record)");
+        }
         self.pipeline.stage_graph()?;
         for a in &self.lake.aggregates {
             if !warden_policy::contract::valid_name(&a.name) {
@@ -599,6 +609,12 @@ mod tests {
         let c = Config::load(Some(path), &HashMap::new()).unwrap();
         assert_eq!(c.audit.checkpoint_every, 1000);
         assert!(c.auth.oidc.is_none());
+        assert_eq!(c.streams.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(
+            Config::default().streams.retention,
+            c.streams.retention,
+            "the example shows the default"
+        );
     }
 
     #[test]

@@ -184,6 +184,7 @@ pub async fn serve(
         .run
         .then(|| erasure::start(state.clone()));
     let aggregates = materialize::schedule(state.clone());
+    let retention = pipeline::retention(state.clone());
     info!(addr = %listener.local_addr()?, "warden listening");
     let result = axum::serve(
         listener,
@@ -192,7 +193,7 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await;
     sync.abort();
-    for a in aggregates.into_iter().chain(erasures) {
+    for a in aggregates.into_iter().chain(erasures).chain(retention) {
         a.abort();
     }
     state.shutdown().await;

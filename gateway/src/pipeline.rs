@@ -132,16 +132,15 @@ impl loader::Sink for SkipErased {
         topic: &str,
         records: Vec<warden_pipeline::stages::Delivered>,
     ) -> warden_pipeline::Result<u64> {
-        let refs: Vec<String> = records
+        let refs: Vec<&str> = records
             .iter()
-            .map(|d| d.record.subject_ref.clone())
+            .map(|d| d.record.subject_ref.as_str())
             .collect();
         let erased = self
             .keys
-            .data_keys(warden_policy::keyring::SCOPE_SUBJECT, &refs, false)
+            .destroyed_among(warden_policy::keyring::SCOPE_SUBJECT, &refs)
             .await
-            .map_err(|e| warden_pipeline::Error::Keys(e.to_string()))?
-            .destroyed;
+            .map_err(|e| warden_pipeline::Error::Keys(e.to_string()))?;
         if erased.is_empty() {
             return self.inner.write(contract, topic, records).await;
         }
@@ -160,6 +159,33 @@ impl loader::Sink for SkipErased {
         }
         self.inner.write(contract, topic, live).await
     }
+}
+
+/// How often the embedded stream's retention runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Starts the stream's retention (`streams.retention`): every ten minutes, and once at start,
+/// deletes the records older than the retention that every consumer group of their topic has
+/// read. `None` when nothing is to be done here: Kafka (the broker's retention applies) or a
+/// retention of `0s`.
+pub fn retention(state: crate::state::AppState) -> Option<JoinHandle<()>> {
+    let keep = state.config.streams.retention;
+    if state.stream.kind() != "embedded" || keep.is_zero() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            let now = state.clock.now_micros();
+            let before = now.saturating_sub(i64::try_from(keep.as_micros()).unwrap_or(i64::MAX));
+            match state.stream.prune_read(before).await {
+                Ok(0) => {}
+                Ok(n) => info!(records = n, "stream records past retention deleted"),
+                Err(e) => tracing::warn!(error = %e, "stream retention failed; trying again later"),
+            }
+        }
+    }))
 }
 
 /// The running loaders, one per dataset, and their counters.

@@ -17,6 +17,8 @@ use crate::{Error, Result};
 
 /// Rows per multi-row INSERT (seven parameters each).
 const INSERT_ROWS: usize = 500;
+/// Positions deleted per statement when old records are pruned.
+const PRUNE_WINDOW: i64 = 10_000;
 /// How often a waiting subscription looks for records another process appended.
 const RECHECK: Duration = Duration::from_millis(200);
 
@@ -187,6 +189,81 @@ impl Stream for EmbeddedStream {
         .await?
         .rows_affected();
         Ok(n)
+    }
+
+    /// Deletes in windows of [`PRUNE_WINDOW`] positions, one short transaction each, so the
+    /// writers (ingest, loaders committing) are never held up for long. The newest record of
+    /// each partition stays: the next position is found from it after a restart, so a
+    /// position is never given twice.
+    async fn prune_read(&self, before: i64) -> Result<u64> {
+        let topics = sqlx::query::<Any>("SELECT topic, partitions FROM stream_topics")
+            .fetch_all(self.db.pool())
+            .await?;
+        let mut pruned = 0;
+        for row in topics {
+            let topic: String = row.try_get(0)?;
+            let partitions: i64 = row.try_get(1)?;
+            let committed = sqlx::query::<Any>(
+                "SELECT grp, part, next_pos FROM stream_offsets WHERE topic = $1",
+            )
+            .bind(topic.clone())
+            .fetch_all(self.db.pool())
+            .await?;
+            let mut groups: HashMap<String, HashMap<i64, i64>> = HashMap::new();
+            for c in committed {
+                groups
+                    .entry(c.try_get(0)?)
+                    .or_default()
+                    .insert(c.try_get(1)?, c.try_get(2)?);
+            }
+            if groups.is_empty() {
+                continue;
+            }
+            for part in 0..partitions {
+                // The slowest group's position here; a group of the topic that has not
+                // committed on this partition has read none of it.
+                let read = groups
+                    .values()
+                    .map(|g| g.get(&part).copied().unwrap_or(0))
+                    .min()
+                    .unwrap_or(0);
+                if read <= 0 {
+                    continue;
+                }
+                let bounds = sqlx::query::<Any>(
+                    "SELECT MIN(pos), MAX(pos) FROM stream_records WHERE topic = $1 AND part = $2",
+                )
+                .bind(topic.clone())
+                .bind(part)
+                .fetch_one(self.db.pool())
+                .await?;
+                let (Some(first), Some(last)) = (
+                    bounds.try_get::<Option<i64>, _>(0)?,
+                    bounds.try_get::<Option<i64>, _>(1)?,
+                ) else {
+                    continue;
+                };
+                let end = read.min(last);
+                let mut from = first;
+                while from < end {
+                    let to = end.min(from.saturating_add(PRUNE_WINDOW));
+                    pruned += sqlx::query::<Any>(
+                        "DELETE FROM stream_records \
+                         WHERE topic = $1 AND part = $2 AND pos >= $3 AND pos < $4 AND ts < $5",
+                    )
+                    .bind(topic.clone())
+                    .bind(part)
+                    .bind(from)
+                    .bind(to)
+                    .bind(before)
+                    .execute(self.db.pool())
+                    .await?
+                    .rows_affected();
+                    from = to;
+                }
+            }
+        }
+        Ok(pruned)
     }
 
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>> {

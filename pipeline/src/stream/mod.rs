@@ -70,12 +70,22 @@ pub trait Stream: Send + Sync + std::fmt::Debug + 'static {
     /// Publishes records; their positions, in order.
     async fn publish(&self, topic: &str, records: Vec<OutRecord>) -> Result<Vec<Position>>;
     /// Erases a key's records from a topic (a data subject's, when keyed by `subject_ref`):
-    /// the embedded log deletes them; Kafka appends a tombstone, and compaction removes the
-    /// earlier records within the topic's `max.compaction.lag.ms`. Returns the records
-    /// deleted, or the tombstones written.
+    /// the embedded log empties them in place (value and headers gone, the position kept, so
+    /// no consumer skips a record; retention deletes them later); Kafka appends a tombstone,
+    /// and compaction removes the earlier records within the topic's `max.compaction.lag.ms`.
+    /// Returns the records emptied, or the tombstones written.
     async fn erase_key(&self, topic: &str, key: &str) -> Result<u64>;
     /// Subscribes a consumer group to a topic.
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>>;
+    /// Retention: deletes the records published before `before` (Unix microseconds) that
+    /// every consumer group of their topic has committed past; returns how many. A topic no
+    /// group has committed on keeps everything, and so does a partition a group of the topic
+    /// has not committed on yet. Kafka: nothing here, the broker's own retention
+    /// (`retention.ms`) applies.
+    async fn prune_read(&self, before: i64) -> Result<u64> {
+        let _ = before;
+        Ok(0)
+    }
     /// The backend's name for logs and metrics (`kafka`, `embedded`).
     fn kind(&self) -> &'static str;
 }

@@ -168,3 +168,118 @@ async fn tombstones_and_headers_travel(backend: Backend) {
     assert_eq!(got[1].header("warden-request-id"), Some("req-1"));
     assert_eq!(got[1].header("absent"), None);
 }
+
+/// Retention of the embedded log (`prune_read`): only records every group of their topic has
+/// committed past, only older than the bound, never a partition's newest record (so a
+/// position is never given twice, across a restart too).
+mod retention {
+    use std::sync::Arc;
+
+    use warden_audit::testkit::{fresh_postgres, fresh_sqlite};
+    use warden_pipeline::stream::embedded::EmbeddedStream;
+    use warden_pipeline::stream::{partition_of, Stream};
+
+    use super::{collect, record};
+    use crate::{stream, unique, Backend};
+
+    async fn the_embedded_log_prunes_only_what_every_group_read(db: warden_audit::Db) {
+        let s: Arc<dyn Stream> = Arc::new(EmbeddedStream::new(db.clone()));
+        let topic = unique("r");
+        s.ensure_topic(&topic, 1).await.unwrap();
+        let key = format!("sr_{:032x}", 1);
+        let out = (0..10).map(|i| record(&key, i)).collect();
+        s.publish(&topic, out).await.unwrap();
+        assert_eq!(
+            s.prune_read(i64::MAX).await.unwrap(),
+            0,
+            "no group read yet"
+        );
+
+        let mut a = s.subscribe(&topic, &unique("a")).await.unwrap();
+        let mut b = s.subscribe(&topic, &unique("b")).await.unwrap();
+        let read_a = collect(a.as_mut(), 10).await;
+        let read_b = collect(b.as_mut(), 10).await;
+        a.commit(&read_a[..6]).await.unwrap();
+        b.commit(&read_b[..3]).await.unwrap();
+        assert_eq!(
+            s.prune_read(0).await.unwrap(),
+            0,
+            "records younger than the bound stay"
+        );
+        assert_eq!(
+            s.prune_read(i64::MAX).await.unwrap(),
+            3,
+            "up to the slowest group"
+        );
+        let mut fresh = s.subscribe(&topic, &unique("c")).await.unwrap();
+        let left: Vec<i64> = collect(fresh.as_mut(), 7)
+            .await
+            .iter()
+            .map(|m| m.offset)
+            .collect();
+        assert_eq!(left, (3..10).collect::<Vec<_>>());
+
+        b.commit(&read_b).await.unwrap();
+        a.commit(&read_a).await.unwrap();
+        assert_eq!(
+            s.prune_read(i64::MAX).await.unwrap(),
+            6,
+            "all read: all but the newest"
+        );
+        assert_eq!(s.prune_read(i64::MAX).await.unwrap(), 0);
+
+        // A restart (a new stream over the same database) goes on after the newest position.
+        let again = EmbeddedStream::new(db.clone());
+        let p = again.publish(&topic, vec![record(&key, 10)]).await.unwrap();
+        assert_eq!(p[0].offset, 10, "a position is never given twice");
+        assert_eq!(
+            s.prune_read(i64::MAX).await.unwrap(),
+            1,
+            "the former newest, read by both groups"
+        );
+
+        // A group that has committed on one partition of a topic pins the other: it has read
+        // nothing there.
+        let two = unique("r2");
+        s.ensure_topic(&two, 2).await.unwrap();
+        let keys: Vec<String> = (0..40).map(|k| format!("sr_{k:032x}")).collect();
+        let on = |p: i32| keys.iter().filter(move |k| partition_of(k, 2) == p);
+        let (k0, k1) = (on(0).next().unwrap(), on(1).next().unwrap());
+        let out = (0..5)
+            .flat_map(|i| [record(k0, i), record(k1, i)])
+            .collect();
+        s.publish(&two, out).await.unwrap();
+        let mut g = s.subscribe(&two, &unique("g")).await.unwrap();
+        let read = collect(g.as_mut(), 10).await;
+        let first: Vec<_> = read.iter().filter(|m| m.partition == 0).cloned().collect();
+        g.commit(&first).await.unwrap();
+        assert_eq!(
+            s.prune_read(i64::MAX).await.unwrap(),
+            4,
+            "partition 0 up to its newest record; partition 1 untouched"
+        );
+        let mut fresh = s.subscribe(&two, &unique("c")).await.unwrap();
+        let left = collect(fresh.as_mut(), 6).await;
+        assert_eq!(left.iter().filter(|m| m.partition == 1).count(), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = fresh_sqlite(dir.path()).await;
+        the_embedded_log_prunes_only_what_every_group_read(db).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let (db, _) = fresh_postgres().await;
+        the_embedded_log_prunes_only_what_every_group_read(db).await;
+    }
+
+    /// Kafka: the broker's `retention.ms` applies; the gateway deletes nothing itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remote() {
+        let (s, _g) = stream(Backend::Remote).await;
+        assert_eq!(s.prune_read(i64::MAX).await.unwrap(), 0);
+    }
+}
