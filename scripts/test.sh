@@ -21,5 +21,13 @@ trap 'scripts/dev-services.sh --stop' EXIT
 started=$(date +%s)
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+cargo test --workspace --locked --no-run
+# The tests take a few minutes; one that hangs fails the run here, long before CI's own limit
+# (cargo names it: "has been running for over 60 seconds").
+status=0
+timeout --kill-after=30s 20m cargo test --workspace --locked || status=$?
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+  echo "test.sh: the tests did not finish within 20 minutes: a test hangs (named above)" >&2
+fi
+[ "$status" -eq 0 ] || exit "$status"
 echo "test.sh: fmt, clippy and tests passed in $(( $(date +%s) - started ))s" >&2

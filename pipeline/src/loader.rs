@@ -13,7 +13,7 @@ use warden_policy::contract::Contract;
 use crate::docs::{CollectionSpec, Document, DocumentStore};
 use crate::record::{StreamedRecord, H_DATASET};
 use crate::stages::{Delivered, StageKind, Stages};
-use crate::stream::{Message, Stream, Subscription};
+use crate::stream::{Message, Stream, Subscription, CLOSE_WAIT};
 use crate::Result;
 
 /// Most records per sink write (one Delta commit each: larger batches, fewer commits and
@@ -230,7 +230,7 @@ pub async fn run(
     } = spec;
     let mut stages = Stages::new(&stages);
     let mut prepared = None;
-    'outer: while !*shutdown.borrow() {
+    while !*shutdown.borrow() {
         let Some(contract) = contracts.contract(&dataset) else {
             tracing::info!(%dataset, "dataset gone; loader stops");
             return;
@@ -256,22 +256,23 @@ pub async fn run(
             }
         };
         let mut last_record = std::time::Instant::now();
-        loop {
+        // True to stop, false to subscribe again.
+        let stop = loop {
             if *shutdown.borrow() {
-                break 'outer;
+                break true;
             }
             if last_record.elapsed() > IDLE_RESUBSCRIBE {
                 // A member can stay assigned yet fed nothing after a broker restart: a fresh
                 // one resumes from the last commit (an idle stream just re-joins).
                 tracing::debug!(%dataset, "no record for a while; subscribing again");
-                continue 'outer;
+                break false;
             }
             let contract = contracts
                 .contract(&dataset)
                 .unwrap_or_else(|| contract.clone());
             let stepped = tokio::select! {
                 r = step(sub.as_mut(), sink.as_ref(), &mut stages, &contract, &stats, POLL_WAIT) => r,
-                _ = shutdown.changed() => break 'outer,
+                _ = shutdown.changed() => break true,
             };
             if matches!(stepped, Ok(n) if n > 0) {
                 last_record = std::time::Instant::now();
@@ -279,11 +280,14 @@ pub async fn run(
             if let Err(e) = stepped {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%dataset, error = %e, "loader batch failed; reading again from the last commit");
-                if pause(&mut shutdown).await {
-                    break 'outer;
-                }
-                continue 'outer;
+                break pause(&mut shutdown).await;
             }
+        };
+        // The group hears this member leave (and gets its last positions) before a new one
+        // joins; a broker that does not answer holds the loader up for CLOSE_WAIT at most.
+        sub.close(CLOSE_WAIT).await;
+        if stop {
+            break;
         }
     }
 }

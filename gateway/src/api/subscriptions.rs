@@ -63,17 +63,9 @@ impl Subscriptions {
     ) -> Result<Arc<tokio::sync::Mutex<Held>>, ApiError> {
         let key = format!("{topic}\u{0}{group}");
         let mut open = self.0.lock().await;
-        // Close the idle ones (their members leave the group); closing a Kafka consumer
-        // blocks, so it happens off the runtime's threads.
-        let idle: Vec<String> = open
-            .iter()
-            .filter(|(_, h)| h.try_lock().is_ok_and(|h| h.used.elapsed() >= IDLE))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let closed: Vec<_> = idle.iter().filter_map(|k| open.remove(k)).collect();
-        if !closed.is_empty() {
-            tokio::task::spawn_blocking(move || drop(closed));
-        }
+        // Close the idle ones (their members leave the group; a dropped subscription closes
+        // off the runtime's threads).
+        open.retain(|_, h| !h.try_lock().is_ok_and(|h| h.used.elapsed() >= IDLE));
         if let Some(h) = open.get(&key) {
             return Ok(Arc::clone(h));
         }

@@ -151,5 +151,88 @@ async fn a_broker_restart_mid_stream_loses_nothing_acknowledged() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // An orderly stop while the broker is up: the loaders commit and leave their groups.
+    tokio::time::timeout(Duration::from_secs(60), s.shutdown())
+        .await
+        .expect("the gateway did not shut down within 60 s");
     drop(broker);
+}
+
+/// librdkafka's close (commit the stored positions, leave the group) waits for the broker:
+/// with the broker dead, 10 s on this machine and, under load, for good. A consumer closed on
+/// a runtime thread blocked it that long (a loader's, and a gateway's shutdown with it). Now
+/// `close` waits `wait` at most and a dropped subscription closes off the caller's thread.
+/// The 5 s bounds below are ten times the wait, and half what librdkafka takes at best.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_closes_when_its_broker_is_gone() {
+    use warden_pipeline::stream::{kafka::KafkaStream, OutRecord, Stream};
+
+    let bucket = format!("tansu-{}", uuid::Uuid::new_v4().simple());
+    create_bucket(&bucket);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let broker = Broker::start(port, &bucket);
+    // One record a batch, as everywhere tansu serves a group resuming from a commit.
+    let stream = KafkaStream::with_options(
+        &format!("127.0.0.1:{port}"),
+        1,
+        &[("batch.num.messages", "1")],
+    )
+    .unwrap();
+    stream.ensure_topic("t", 2).await.unwrap();
+    let records = (0..20)
+        .map(|i| OutRecord {
+            key: format!("k{i}"),
+            value: Some(b"{}".to_vec()),
+            headers: Vec::new(),
+        })
+        .collect();
+    stream.publish("t", records).await.unwrap();
+    let mut subs = Vec::new();
+    for group in ["closed", "dropped"] {
+        let mut sub = stream.subscribe("t", group).await.unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got.len() < 20 {
+            assert!(
+                Instant::now() < deadline,
+                "{group}: {} of 20 records",
+                got.len()
+            );
+            got.extend(sub.poll(20, Duration::from_millis(500)).await.unwrap());
+        }
+        sub.commit(&got).await.unwrap();
+        subs.push(sub);
+    }
+    broker.kill();
+
+    // Each on a thread (and runtime) of its own, so that one blocking fails the test instead
+    // of hanging it.
+    let dropped = subs.pop().unwrap();
+    let closed = subs.pop().unwrap();
+    off_thread(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(closed.close(Duration::from_millis(500)));
+    })
+    .recv_timeout(Duration::from_secs(5))
+    .expect("close(0.5 s) was still waiting for the dead broker after 5 s");
+    off_thread(move || drop(dropped))
+        .recv_timeout(Duration::from_secs(5))
+        .expect("dropping the subscription blocked on the dead broker for 5 s");
+}
+
+/// Runs `f` on a new thread; the receiver hears when it returned.
+fn off_thread(f: impl FnOnce() + Send + 'static) -> std::sync::mpsc::Receiver<()> {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        done.send(()).ok();
+    });
+    finished
 }

@@ -18,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
-use super::{Message, OutRecord, Position, Stream, Subscription};
+use super::{Message, OutRecord, Position, Stream, Subscription, CLOSE_WAIT};
 use crate::{Error, Result};
 
 /// How long a publish may wait for the broker before it fails: well inside the gateway's
@@ -222,7 +222,7 @@ impl Stream for KafkaStream {
             .subscribe(&[topic])
             .map_err(|e| kafka_err("subscribe", &e))?;
         Ok(Box::new(KafkaSubscription {
-            consumer: Arc::new(consumer),
+            consumer: Some(consumer),
             topic: topic.to_owned(),
         }))
     }
@@ -245,8 +245,50 @@ impl KafkaStream {
 }
 
 struct KafkaSubscription {
-    consumer: Arc<StreamConsumer>,
+    /// `None` once handed to [`close_off_thread`].
+    consumer: Option<StreamConsumer>,
     topic: String,
+}
+
+impl KafkaSubscription {
+    fn consumer(&self) -> Result<&StreamConsumer> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| Error::Stream(format!("kafka consumer of {} closed", self.topic)))
+    }
+}
+
+/// Closes `consumer` on a thread of its own and returns what fires once it is closed.
+/// rust-rdkafka's drop polls until librdkafka's close finished: committing the stored
+/// positions and leaving the group, which waits for the broker without bound (a consumer
+/// dropped just after its broker was killed was still closing 90 s later). A runtime thread
+/// blocked there would stall every task on it, and a gateway's shutdown with it.
+fn close_off_thread(consumer: StreamConsumer, topic: &str) -> tokio::sync::oneshot::Receiver<()> {
+    let (done, closed) = tokio::sync::oneshot::channel();
+    let topic = topic.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            drop(consumer);
+            if started.elapsed() > CLOSE_WAIT {
+                tracing::info!(%topic, after = ?started.elapsed(), "kafka consumer closed");
+            }
+            done.send(()).ok();
+        });
+    if let Err(e) = spawned {
+        // The consumer went with the closure, closed on this thread.
+        tracing::warn!(error = %e, "no thread to close a kafka consumer on");
+    }
+    closed
+}
+
+impl Drop for KafkaSubscription {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            drop(close_off_thread(consumer, &self.topic));
+        }
+    }
 }
 
 impl std::fmt::Debug for KafkaSubscription {
@@ -285,14 +327,15 @@ fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
 impl Subscription for KafkaSubscription {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>> {
         let mut out = Vec::new();
-        match tokio::time::timeout(wait, self.consumer.recv()).await {
+        let consumer = self.consumer()?;
+        match tokio::time::timeout(wait, consumer.recv()).await {
             Err(_) => return Ok(out),
             Ok(Err(e)) => return Err(kafka_err("poll", &e)),
             Ok(Ok(m)) => out.push(owned(&m)),
         }
         // Then whatever is already fetched, without waiting.
         while out.len() < max {
-            match self.consumer.recv().now_or_never() {
+            match consumer.recv().now_or_never() {
                 Some(Ok(m)) => out.push(owned(&m)),
                 Some(Err(e)) => return Err(kafka_err("poll", &e)),
                 None => break,
@@ -310,8 +353,19 @@ impl Subscription for KafkaSubscription {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(offset))
                 .map_err(|e| kafka_err("commit", &e))?;
         }
-        self.consumer
+        self.consumer()?
             .store_offsets(&tpl)
             .map_err(|e| kafka_err("store offsets", &e))
+    }
+
+    async fn close(mut self: Box<Self>, wait: Duration) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        let closed = close_off_thread(consumer, &self.topic);
+        if tokio::time::timeout(wait, closed).await.is_err() {
+            tracing::warn!(topic = %self.topic, ?wait,
+                "kafka consumer not closed yet (broker unreachable?); closing in the background");
+        }
     }
 }

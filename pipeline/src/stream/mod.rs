@@ -90,6 +90,10 @@ pub trait Stream: Send + Sync + std::fmt::Debug + 'static {
     fn kind(&self) -> &'static str;
 }
 
+/// How long a stopping loader waits for its subscription to close (see
+/// [`Subscription::close`]) before the close goes on in the background.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// One member of a consumer group.
 #[async_trait]
 pub trait Subscription: Send + std::fmt::Debug {
@@ -101,6 +105,13 @@ pub trait Subscription: Send + std::fmt::Debug {
     }
     /// Commits, per partition, the next offset to read.
     async fn commit_offsets(&mut self, next: &[(i32, i64)]) -> Result<()>;
+    /// Leaves the group, waiting at most `wait` for what closing involves (Kafka: committing
+    /// the stored positions and leaving the group, which waits for the broker); past `wait`,
+    /// the close goes on in the background. Dropping a subscription closes it the same way
+    /// without waiting: no caller ever blocks on an unreachable broker.
+    async fn close(self: Box<Self>, wait: Duration) {
+        let _ = wait;
+    }
 }
 
 /// The next offset to consume per partition after `messages`.
