@@ -69,9 +69,9 @@ fn config(dir: &Path, id: &str, stages: bool) -> String {
     c
 }
 
-async fn ingest(base: &str, token: &str, records: &[Value]) -> Value {
+async fn ingest(server: &Server, token: &str, records: &[Value]) -> Value {
     let r = reqwest::Client::new()
-        .post(format!("{base}/v1/datasets/payments/records"))
+        .post(format!("{}/v1/datasets/payments/records", server.base))
         .bearer_auth(token)
         .header("x-purpose", "fraud_detection")
         .json(&records)
@@ -80,7 +80,7 @@ async fn ingest(base: &str, token: &str, records: &[Value]) -> Value {
         .unwrap();
     let status = r.status().as_u16();
     let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 202, "{body}");
+    assert_eq!(status, 202, "{body}\n{}", server.stderr());
     body
 }
 
@@ -168,11 +168,11 @@ async fn ten_thousand_transactions_through_kafka_into_delta_and_mongodb() {
 
     let all: Vec<Value> = (0..10_000).map(transaction).collect();
     for batch in all.chunks(2000) {
-        let r = ingest(&server.base, stage, batch).await;
+        let r = ingest(&server, stage, batch).await;
         assert_eq!(r["accepted"], 2000, "{}", r["rejections"]);
     }
     // A client retry: 50 transactions sent again; dedupe keeps each once.
-    let r = ingest(&server.base, stage, &all[100..150]).await;
+    let r = ingest(&server, stage, &all[100..150]).await;
     assert_eq!(r["accepted"], 50);
 
     lake_holds(&server, analyst, 10_000).await;
@@ -335,7 +335,7 @@ async fn a_loader_killed_between_the_delta_commit_and_the_offset_commit_writes_e
         .await;
     let (stage, analyst) = (tokens[0].clone(), tokens[1].clone());
     let all: Vec<Value> = (0..600).map(transaction).collect();
-    ingest(&server.base, &stage, &all).await;
+    ingest(&server, &stage, &all).await;
     server.stop();
     // ...then the lake loader starts, commits to Delta, and dies before the stream commit.
     std::fs::write(dir.join("warden.toml"), config(dir, &id, false)).unwrap();
@@ -367,7 +367,7 @@ async fn a_loader_killed_between_the_delta_commit_and_the_offset_commit_writes_e
     assert_eq!(rows[0], json!({"n": 600, "total": 600}));
     // And the pipeline goes on.
     ingest(
-        &server.base,
+        &server,
         &stage,
         &(600..700).map(transaction).collect::<Vec<_>>(),
     )
