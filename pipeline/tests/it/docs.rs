@@ -21,6 +21,8 @@ fn spec() -> CollectionSpec {
 }
 
 fn doc(i: usize, amount: f64) -> Document {
+    // The three subjects share their subject key (their first 16 hex digits are zeros): the
+    // embedded store tells them apart by the whole reference.
     let subject = format!("sr_{:032x}", i % 3);
     let mut fields = Map::new();
     fields.insert("transaction_id".into(), json!(format!("tx-{i:04}")));
@@ -177,4 +179,118 @@ async fn subjects_are_deleted_whole(backend: Backend) {
     };
     store.ensure_collection(&other).await.unwrap();
     assert_eq!(store.count(&other, None).await.unwrap(), 0);
+}
+
+/// The subject key of the embedded store: what the store writes, what migration 0009 computes
+/// for the documents stored before it, and the index the lookups use.
+mod subject_key {
+    use sqlx::{Any, Row};
+    use warden_audit::testkit::{fresh_postgres, fresh_sqlite};
+    use warden_audit::Db;
+    use warden_pipeline::docs::embedded::{subject_key, EmbeddedDocuments};
+    use warden_pipeline::docs::{Document, DocumentStore};
+
+    fn refs() -> Vec<String> {
+        let mut refs: Vec<String> = (0..20_u128)
+            .map(|i| {
+                format!(
+                    "sr_{:032x}",
+                    i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+                )
+            })
+            .collect();
+        refs.extend(
+            [
+                "sr_ffffffffffffffff0000000000000000",
+                "sr_80000000000000000000000000000001",
+                "sr_7fffffffffffffff0000000000000000",
+                "sr_00000000000000010000000000000000",
+                "sr_ABCDEF0123456789abcdef0123456789",
+                "sr_0123",
+                "u-1",
+                "",
+            ]
+            .map(str::to_owned),
+        );
+        refs
+    }
+
+    async fn keys(db: &Db, collection: &str) -> Vec<(String, i64)> {
+        sqlx::query::<Any>(
+            "SELECT subject_ref, subject_key FROM documents WHERE collection = $1 \
+             ORDER BY record_key",
+        )
+        .bind(collection.to_owned())
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    }
+
+    async fn the_migration_keys_subjects_as_the_store_does(db: Db, migration: &str) {
+        let store = EmbeddedDocuments::new(db.clone());
+        let spec = super::spec();
+        let refs = refs();
+        let docs: Vec<Document> = refs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Document {
+                subject_ref: r.clone(),
+                ..super::doc(i, 1.0)
+            })
+            .collect();
+        store.upsert(&spec, &docs).await.unwrap();
+        let stored = keys(&db, &spec.name).await;
+        assert_eq!(stored.len(), refs.len());
+        for (r, k) in &stored {
+            assert_eq!(*k, subject_key(r), "{r}");
+        }
+        assert_eq!(subject_key("sr_ffffffffffffffff0000000000000000"), -1);
+        assert_eq!(subject_key("sr_7fffffffffffffff0000000000000000"), i64::MAX);
+        assert_eq!(subject_key("sr_00000000000000010000000000000000"), 1);
+        for other in ["sr_ABCDEF0123456789abcdef0123456789", "sr_0123", "u-1", ""] {
+            assert_eq!(subject_key(other), 0, "{other}");
+        }
+
+        // The migration's own statement, over the same rows.
+        sqlx::query::<Any>("UPDATE documents SET subject_key = 7")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let start = migration.find("UPDATE documents").unwrap();
+        let len = migration[start..].find(';').unwrap();
+        sqlx::query::<Any>(&migration[start..start + len])
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(keys(&db, &spec.name).await, stored);
+
+        // Each is found, and only it.
+        for r in &refs {
+            assert_eq!(store.count(&spec, Some(r)).await.unwrap(), 1, "{r}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = fresh_sqlite(dir.path()).await;
+        the_migration_keys_subjects_as_the_store_does(
+            db,
+            include_str!("../../../migrations/sqlite/0009_documents_subject_key.sql"),
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let (db, _) = fresh_postgres().await;
+        the_migration_keys_subjects_as_the_store_does(
+            db,
+            include_str!("../../../migrations/postgres/0009_documents_subject_key.sql"),
+        )
+        .await;
+    }
 }
