@@ -42,11 +42,14 @@ fn transaction(i: usize) -> Value {
            "email": email(user), "ip": ip, "amount": (i % 500) as f64 / 4.0, "created_at": created})
 }
 
+/// The broker is tansu, debug-built, taking one record a batch (see `TANSU_PRODUCER` in the
+/// pipeline's tests) on a busy two-core machine: a request of 2000 records may take it longer
+/// than the default 10 s to acknowledge, so the test allows 25 s (within the request timeout).
 fn config(dir: &Path, id: &str, stages: bool) -> String {
     let datasets = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/datasets");
     let mut c = format!(
         "datasets_dir = \"{datasets}\"\n[limits]\nmax_ingest_bytes = 33554432\n\
-         [streams]\nurl = \"kafka://{}\"\ntopic_prefix = \"{id}.\"\n[streams.producer]\n\"batch.num.messages\" = \"1\"\n\
+         [streams]\nurl = \"kafka://{}\"\ntopic_prefix = \"{id}.\"\n[streams.producer]\n\"batch.num.messages\" = \"1\"\n\"message.timeout.ms\" = \"25000\"\n\
          [documents]\nurl = \"{}/{id}\"\n",
         crate::support::kafka_brokers(),
         crate::support::mongodb_url(),
