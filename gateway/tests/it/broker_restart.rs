@@ -11,10 +11,24 @@ use crate::support::{gateway_with, Backend};
 
 struct Broker {
     child: Child,
+    port: u16,
+    bucket: String,
 }
 
 impl Broker {
-    fn start(port: u16, bucket: &str) -> Self {
+    /// A broker on a free port, storing its log in a new bucket.
+    fn fresh() -> Self {
+        let bucket = format!("tansu-{}", uuid::Uuid::new_v4().simple());
+        create_bucket(&bucket);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start(port, bucket)
+    }
+
+    fn start(port: u16, bucket: String) -> Self {
         let tansu = std::env::var("WARDEN_TEST_TANSU")
             .expect("WARDEN_TEST_TANSU is not set: run the tests with scripts/test.sh");
         let endpoint = std::env::var("WARDEN_TEST_AWS_ENDPOINT")
@@ -46,13 +60,29 @@ impl Broker {
             assert!(Instant::now() < deadline, "tansu did not start on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child }
+        Self {
+            child,
+            port,
+            bucket,
+        }
+    }
+
+    /// `host:port` of the broker.
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL: no chance to flush anything it had not made durable.
     fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Killed, then started again on the same port and storage.
+    fn restart(self) -> Self {
+        let (port, bucket) = (self.port, self.bucket.clone());
+        self.kill();
+        Self::start(port, bucket)
     }
 }
 
@@ -85,16 +115,9 @@ fn create_bucket(bucket: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_stream_loses_nothing_acknowledged() {
-    let bucket = format!("tansu-{}", uuid::Uuid::new_v4().simple());
-    create_bucket(&bucket);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let broker = Broker::start(port, &bucket);
+    let broker = Broker::fresh();
     let g = gateway_with(Backend::Sqlite, |c| {
-        c.streams.url = format!("kafka://127.0.0.1:{port}");
+        c.streams.url = format!("kafka://{}", broker.address());
         c.streams
             .producer
             .insert("batch.num.messages".into(), "1".into());
@@ -125,8 +148,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_acknowledged() {
     assert_eq!(r.status, 202, "{r:?}");
 
     // Killed mid-stream (the loaders are reading), started again on the same storage.
-    broker.kill();
-    let broker = Broker::start(port, &bucket);
+    let broker = broker.restart();
     let r = ingest(150..300).await;
     assert_eq!(r.status, 202, "{r:?}");
 
@@ -167,21 +189,10 @@ async fn a_broker_restart_mid_stream_loses_nothing_acknowledged() {
 async fn a_subscription_closes_when_its_broker_is_gone() {
     use warden_pipeline::stream::{kafka::KafkaStream, OutRecord, Stream};
 
-    let bucket = format!("tansu-{}", uuid::Uuid::new_v4().simple());
-    create_bucket(&bucket);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let broker = Broker::start(port, &bucket);
+    let broker = Broker::fresh();
     // One record a batch, as everywhere tansu serves a group resuming from a commit.
-    let stream = KafkaStream::with_options(
-        &format!("127.0.0.1:{port}"),
-        1,
-        &[("batch.num.messages", "1")],
-    )
-    .unwrap();
+    let stream =
+        KafkaStream::with_options(&broker.address(), 1, &[("batch.num.messages", "1")]).unwrap();
     stream.ensure_topic("t", 2).await.unwrap();
     let records = (0..20)
         .map(|i| OutRecord {

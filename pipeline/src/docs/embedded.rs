@@ -10,14 +10,20 @@ use warden_audit::Db;
 use super::{capped, CollectionSpec, Document, DocumentStore, Query};
 use crate::{Error, Result};
 
-/// Rows per multi-row upsert (six parameters each).
+/// Rows per multi-row upsert (seven parameters each).
 const UPSERT_ROWS: usize = 200;
 
-const UPSERT_SQL: &str = "INSERT INTO documents \
-     (collection, record_key, subject_ref, subject_key, ts, contract_version, body) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (collection, record_key) DO UPDATE SET \
-     subject_ref = excluded.subject_ref, subject_key = excluded.subject_key, ts = excluded.ts, \
-     contract_version = excluded.contract_version, body = excluded.body";
+/// The upsert of documents given as `values`: one or more rows of (collection, record_key,
+/// subject_ref, subject_key, ts, contract_version, body).
+fn upsert_sql(values: &str) -> String {
+    format!(
+        "INSERT INTO documents \
+         (collection, record_key, subject_ref, subject_key, ts, contract_version, body) \
+         VALUES {values} ON CONFLICT (collection, record_key) DO UPDATE SET \
+         subject_ref = excluded.subject_ref, subject_key = excluded.subject_key, \
+         ts = excluded.ts, contract_version = excluded.contract_version, body = excluded.body"
+    )
+}
 
 /// How every statement finds one subject's documents of a collection (`$1` the collection,
 /// `$2` [`subject_key`], `$3` the reference): through the index on (collection, key), then
@@ -124,7 +130,9 @@ impl Native {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(native_err)?;
         {
-            let mut stmt = tx.prepare_cached(UPSERT_SQL).map_err(native_err)?;
+            let mut stmt = tx
+                .prepare_cached(&upsert_sql("(?1, ?2, ?3, ?4, ?5, ?6, ?7)"))
+                .map_err(native_err)?;
             for (key, subject_ref, ts, version, body) in rows {
                 stmt.execute(rusqlite::params![
                     collection,
@@ -198,16 +206,7 @@ impl DocumentStore for EmbeddedDocuments {
         }
         let mut tx = self.db.pool().begin().await?;
         for chunk in docs.chunks(UPSERT_ROWS) {
-            let rows = value_rows(chunk.len(), 7);
-            let sql = format!(
-                "INSERT INTO documents \
-                 (collection, record_key, subject_ref, subject_key, ts, contract_version, body) \
-                 VALUES {} ON CONFLICT (collection, record_key) DO UPDATE SET \
-                 subject_ref = excluded.subject_ref, subject_key = excluded.subject_key, \
-                 ts = excluded.ts, contract_version = excluded.contract_version, \
-                 body = excluded.body",
-                rows
-            );
+            let sql = upsert_sql(&value_rows(chunk.len(), 7));
             let mut q = sqlx::query::<Any>(&sql);
             for d in chunk {
                 q = q
@@ -269,22 +268,15 @@ impl DocumentStore for EmbeddedDocuments {
     }
 
     async fn count(&self, spec: &CollectionSpec, subject_ref: Option<&str>) -> Result<u64> {
-        let row = match subject_ref {
-            Some(s) => {
-                sqlx::query::<Any>(&count_subject_sql(self.db.backend()))
-                    .bind(spec.name.clone())
-                    .bind(subject_key(s))
-                    .bind(s.to_owned())
-                    .fetch_one(self.db.pool())
-                    .await?
-            }
-            None => {
-                sqlx::query::<Any>("SELECT COUNT(*) FROM documents WHERE collection = $1")
-                    .bind(spec.name.clone())
-                    .fetch_one(self.db.pool())
-                    .await?
-            }
+        let sql = match subject_ref {
+            Some(_) => count_subject_sql(self.db.backend()),
+            None => "SELECT COUNT(*) FROM documents WHERE collection = $1".to_owned(),
         };
+        let mut q = sqlx::query::<Any>(&sql).bind(spec.name.clone());
+        if let Some(s) = subject_ref {
+            q = q.bind(subject_key(s)).bind(s.to_owned());
+        }
+        let row = q.fetch_one(self.db.pool()).await?;
         Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))
     }
 
