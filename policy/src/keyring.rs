@@ -157,11 +157,23 @@ impl KeyRing {
     }
 
     fn cached(&self, scope: &str, key_ref: &str) -> Option<DataKey> {
-        self.cached_in(&mut self.lock_cache(), scope, key_ref)
+        self.cached_in(
+            &mut self.lock_cache(),
+            scope,
+            key_ref,
+            self.clock.now_micros(),
+        )
     }
 
-    fn cached_in(&self, cache: &mut KeyCache, scope: &str, key_ref: &str) -> Option<DataKey> {
-        let now = self.clock.now_micros();
+    /// The cached key of `key_ref` if it is still live at `now` (a use counted); a batch reads
+    /// the clock once for all its references.
+    fn cached_in(
+        &self,
+        cache: &mut KeyCache,
+        scope: &str,
+        key_ref: &str,
+        now: i64,
+    ) -> Option<DataKey> {
         let ttl = i64::try_from(self.policy.ttl.as_micros()).unwrap_or(i64::MAX);
         let entry = cache.entries.get_mut(scope)?.get_mut(key_ref)?;
         if now - entry.at < ttl && entry.uses < self.policy.max_uses {
@@ -269,7 +281,8 @@ impl KeyRing {
     /// Vault or key-encryption-key failures.
     pub async fn data_keys(&self, scope: &str, refs: &[String], create: bool) -> Result<KeyBatch> {
         let mut batch = KeyBatch::default();
-        let mut unique: Vec<String> = refs.to_vec();
+        // Borrowed: a batch names each of thousands of subjects many times over.
+        let mut unique: Vec<&String> = refs.iter().collect();
         unique.sort_unstable();
         unique.dedup();
         if unique.is_empty() {
@@ -282,16 +295,19 @@ impl KeyRing {
         let epoch = self.vault.epoch().await?;
         self.advance(epoch);
         let unique: Vec<String> = {
+            let now = self.clock.now_micros();
             let mut cache = self.lock_cache();
+            batch.keys.reserve(unique.len());
             unique
                 .into_iter()
-                .filter(|r| match self.cached_in(&mut cache, scope, r) {
+                .filter(|r| match self.cached_in(&mut cache, scope, r, now) {
                     Some(k) => {
-                        batch.keys.insert(r.clone(), k);
+                        batch.keys.insert((*r).clone(), k);
                         false
                     }
                     None => true,
                 })
+                .cloned()
                 .collect()
         };
         if unique.is_empty() {
@@ -347,11 +363,12 @@ impl KeyRing {
         self.advance(epoch);
         let mut seen: HashSet<&str> = HashSet::with_capacity(refs.len());
         let missing: Vec<String> = {
+            let now = self.clock.now_micros();
             let mut cache = self.lock_cache();
             refs.iter()
                 .copied()
                 .filter(|r| seen.insert(r))
-                .filter(|r| self.cached_in(&mut cache, scope, r).is_none())
+                .filter(|r| self.cached_in(&mut cache, scope, r, now).is_none())
                 .map(str::to_owned)
                 .collect()
         };
