@@ -21,7 +21,38 @@ pub struct StreamedRecord {
     pub dataset: String,
     pub subject_ref: String,
     pub contract_version: u32,
+    #[serde(deserialize_with = "sized_fields")]
     pub fields: Map<String, Value>,
+}
+
+/// Fields a record's map is sized for before its first field is read.
+const FIELDS_HINT: usize = 16;
+
+/// A record's fields, read into a map sized up front: serde_json's own starts empty and
+/// rehashes every key as it grows (its maps are index maps here, `bson` asks for insertion
+/// order), and each loader reads every record.
+fn sized_fields<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Map<String, Value>, D::Error> {
+    struct Fields;
+    impl<'de> serde::de::Visitor<'de> for Fields {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of fields")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut access: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut fields = Map::with_capacity(access.size_hint().unwrap_or(FIELDS_HINT));
+            // As serde_json's own map: a repeated name keeps its last value.
+            while let Some((name, value)) = access.next_entry::<String, Value>()? {
+                fields.insert(name, value);
+            }
+            Ok(fields)
+        }
+    }
+    deserializer.deserialize_map(Fields)
 }
 
 impl StreamedRecord {

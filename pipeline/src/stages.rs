@@ -12,7 +12,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashSet, VecDeque};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::str::FromStr;
 
 use serde_json::Value;
@@ -66,7 +66,7 @@ pub struct Stages {
 /// was copied twice (set and order) before.
 #[derive(Debug, Default)]
 struct Seen {
-    keys: HashSet<u128>,
+    keys: Digests,
     order: VecDeque<u128>,
     capacity: usize,
     /// Two SipHash keys, random for each process: an outsider cannot choose record keys
@@ -91,6 +91,32 @@ impl Seen {
         }
     }
 }
+
+/// Hashes a [`Seen::digest`] by its low 64 bits: it is a keyed random hash already, so
+/// hashing it again (the standard set's SipHash, three times a record) buys nothing.
+#[derive(Debug, Default, Clone, Copy)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used; any other input still hashes, by FNV-1a.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, digest: u128) {
+        let [low @ .., _, _, _, _, _, _, _, _] = digest.to_le_bytes();
+        self.0 = u64::from_le_bytes(low);
+    }
+}
+
+/// A set of key digests.
+type Digests = HashSet<u128, BuildHasherDefault<DigestHasher>>;
 
 /// The outcome of a batch: the records to write, and what `dedupe` must remember once they
 /// are written.
@@ -135,7 +161,8 @@ impl Stages {
                     let Some(seen) = self.seen.as_ref() else {
                         continue;
                     };
-                    let mut in_batch: HashSet<u128> = HashSet::with_capacity(records.len());
+                    let mut in_batch =
+                        Digests::with_capacity_and_hasher(records.len(), Default::default());
                     records.retain(|d| match d.record.key_str(contract) {
                         None => true,
                         Some(key) => {
@@ -188,6 +215,18 @@ pub fn country_code(s: &str) -> Option<&'static str> {
     Some(code.alpha2())
 }
 
+/// Whether `s` has exactly the shape `normalize` writes for a whole second in UTC,
+/// `YYYY-MM-DDTHH:MM:SSZ` (most times arrive so): parsing it and writing it again gives it
+/// back when it is a valid time, and leaves it as it is when not, so it can stay untouched.
+fn whole_second_utc(s: &str) -> bool {
+    const SHAPE: &[u8; 20] = b"dddd-dd-ddTdd:dd:ddZ";
+    s.len() == SHAPE.len()
+        && s.bytes().zip(SHAPE).all(|(b, &want)| match want {
+            b'd' => b.is_ascii_digit(),
+            _ => b == want,
+        })
+}
+
 /// Normalizes a record's public fields in place.
 pub fn normalize(contract: &Contract, record: &mut StreamedRecord) {
     for (name, spec) in &contract.fields {
@@ -199,6 +238,10 @@ pub fn normalize(contract: &Contract, record: &mut StreamedRecord) {
         };
         match spec.ty {
             FieldType::Timestamp => {
+                if v.as_str().is_some_and(whole_second_utc) {
+                    // Canonical already when valid, and kept as it is when not.
+                    continue;
+                }
                 if let Some(t) = parse_time(v) {
                     let canonical = to_rfc3339(t);
                     if v.as_str() != Some(canonical.as_str()) {
@@ -285,6 +328,49 @@ mod tests {
             "unknown values are kept"
         );
         assert_eq!(odd.record.fields["created_at"], "someday");
+    }
+
+    #[test]
+    fn whole_seconds_in_utc_are_left_as_the_slow_path_would_leave_them() {
+        for s in [
+            "2026-11-24T10:00:00Z",
+            "2016-12-31T23:59:60Z",
+            "2026-13-45T25:61:61Z",
+            "0000-00-00T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "2024-02-29T12:00:00Z",
+            "2023-02-29T12:00:00Z",
+        ] {
+            assert!(whole_second_utc(s), "{s}");
+            let slow = parse_time(&Value::String(s.to_owned())).map(to_rfc3339);
+            assert!(
+                slow.is_none() || slow.as_deref() == Some(s),
+                "{s}: {slow:?}"
+            );
+        }
+        for s in [
+            "2026-11-24T10:00:00+00:00",
+            "2026-11-24T10:00:00.5Z",
+            " 2026-11-24T10:00:00Z",
+            "2026-11-24 10:00:00Z",
+            "2026-11-24T10:00:00z",
+            "２026-11-24T10:00:00Z",
+        ] {
+            assert!(!whole_second_utc(s), "{s}");
+        }
+        let c = contract();
+        let mut d = delivered(0, json!({"created_at": "2026-11-24T11:00:00+01:00"}));
+        normalize(&c, &mut d.record);
+        assert_eq!(d.record.fields["created_at"], "2026-11-24T10:00:00Z");
+    }
+
+    #[test]
+    fn digests_hash_by_their_low_bits() {
+        let mut h = DigestHasher::default();
+        h.write_u128((7_u128 << 64) | 0x1234);
+        assert_eq!(h.finish(), 0x1234);
+        let mut set = Digests::default();
+        assert!(set.insert(1) && set.insert(1 << 64) && !set.insert(1));
     }
 
     #[test]
