@@ -27,6 +27,8 @@ pub struct StreamedRecord {
 
 /// Fields a record's map is sized for before its first field is read.
 const FIELDS_HINT: usize = 16;
+/// The most fields a map is sized for in advance, whatever a deserializer's hint says.
+const MAX_FIELDS_HINT: usize = 256;
 
 /// A record's fields, read into a map sized up front: serde_json's own starts empty and
 /// rehashes every key as it grows (its maps are index maps here, `bson` asks for insertion
@@ -44,7 +46,9 @@ fn sized_fields<'de, D: serde::Deserializer<'de>>(
             self,
             mut access: A,
         ) -> std::result::Result<Self::Value, A::Error> {
-            let mut fields = Map::with_capacity(access.size_hint().unwrap_or(FIELDS_HINT));
+            // A hint is the input's word (serde_json gives none): bounded like any input.
+            let hint = access.size_hint().unwrap_or(FIELDS_HINT);
+            let mut fields = Map::with_capacity(hint.min(MAX_FIELDS_HINT));
             // As serde_json's own map: a repeated name keeps its last value.
             while let Some((name, value)) = access.next_entry::<String, Value>()? {
                 fields.insert(name, value);
