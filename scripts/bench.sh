@@ -12,7 +12,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/warden/target}"
 if command -v mold >/dev/null 2>&1 && [ -z "${RUSTFLAGS:-}" ]; then
   export RUSTFLAGS="-C link-arg=-fuse-ld=mold"
 fi
-eval "$(scripts/dev-services.sh)"
+# An optimized broker: a debug build's CPU per record would come off the gateway's cores.
+eval "$(WARDEN_TANSU_BUILD=release scripts/dev-services.sh)"
 trap 'scripts/dev-services.sh --stop' EXIT
 cargo bench --locked -p warden-gateway --bench foundation
 cargo bench --locked -p warden-policy --bench protection

@@ -100,13 +100,22 @@ curl -sf -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user test:test \
 log "moto ready at 127.0.0.1:$MOTO_PORT"
 
 # --- tansu: a Kafka-protocol broker --------------------------------------------------------
+# The tests use a debug build (it compiles three times faster and is fast enough for them);
+# WARDEN_TANSU_BUILD=release installs and starts an optimized one beside it, for
+# scripts/bench.sh: a broker built without optimizations spends on every record several
+# times the CPU a deployed broker does, taken from the same two cores as the gateway's.
 KAFKA_PORT=9092
-TANSU="$CACHE/tansu/bin/tansu"
+case "${WARDEN_TANSU_BUILD:-debug}" in
+  debug) TANSU_ROOT="$CACHE/tansu"; TANSU_FLAGS=(--debug); TANSU_TIME="about 5 minutes" ;;
+  release) TANSU_ROOT="$CACHE/tansu-release"; TANSU_FLAGS=(); TANSU_TIME="about 25 minutes" ;;
+  *) log "WARDEN_TANSU_BUILD: debug or release"; exit 1 ;;
+esac
+TANSU="$TANSU_ROOT/bin/tansu"
 if [ ! -x "$TANSU" ]; then
   command -v cmake >/dev/null 2>&1 || apt_install cmake
-  log "installing tansu into $CACHE/tansu (a debug build, about 5 minutes)"
-  cargo install tansu --locked --debug --no-default-features --features dynostore \
-    --root "$CACHE/tansu" >&2
+  log "installing tansu into $TANSU_ROOT (a ${WARDEN_TANSU_BUILD:-debug} build, $TANSU_TIME)"
+  cargo install tansu --locked "${TANSU_FLAGS[@]}" --no-default-features --features dynostore \
+    --root "$TANSU_ROOT" >&2
 fi
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 if ! port_open "$KAFKA_PORT"; then

@@ -11,7 +11,8 @@
 //!    gateway's CPU time per record in each. The ratio is the median running round's over
 //!    the raw producer's best run.
 //!
-//! Run with `scripts/bench.sh` (it starts the broker and sets `WARDEN_TEST_KAFKA`).
+//! Run with `scripts/bench.sh` (it starts an optimized build of the broker and sets
+//! `WARDEN_TEST_KAFKA`).
 //! `WARDEN_BENCH_RECORDS` sets the record count (default 100 000).
 
 #![allow(clippy::unwrap_used)]

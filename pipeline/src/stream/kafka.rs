@@ -3,18 +3,19 @@
 //! positions stored only after the sink confirmed (and committed from there by librdkafka,
 //! every second and on close).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
@@ -36,15 +37,108 @@ const PINNED: &[&str] = &[
     "max.in.flight",
 ];
 
+/// How long a publish waits before it offers a record again to a full producer queue.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
+
 fn kafka_err(context: &str, e: &KafkaError) -> Error {
     Error::Stream(format!("kafka {context}: {e}"))
+}
+
+/// One `publish` call's records in flight: where each landed, how many are still
+/// unacknowledged, the first failure, and whom to tell when the last one is settled.
+/// librdkafka reports every record once (delivered, or failed after its retries), on the
+/// producer's polling thread; the publishing task is woken once per batch, not per record.
+struct Batch {
+    partitions: Box<[AtomicI32]>,
+    offsets: Box<[AtomicI64]>,
+    unsettled: AtomicUsize,
+    failed: Mutex<Option<KafkaError>>,
+    settled: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Batch {
+    fn new(n: usize) -> (Arc<Self>, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let batch = Self {
+            partitions: (0..n).map(|_| AtomicI32::new(-1)).collect(),
+            offsets: (0..n).map(|_| AtomicI64::new(-1)).collect(),
+            unsettled: AtomicUsize::new(n),
+            failed: Mutex::new(None),
+            settled: Mutex::new(Some(tx)),
+        };
+        (Arc::new(batch), rx)
+    }
+
+    /// Records that record `index` is settled, delivered at `landed` or failed.
+    fn settle(&self, index: usize, landed: std::result::Result<(i32, i64), KafkaError>) {
+        match landed {
+            Ok((partition, offset)) => {
+                self.partitions[index].store(partition, Ordering::Relaxed);
+                self.offsets[index].store(offset, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.failed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert(e);
+            }
+        }
+        // AcqRel: the last settler sees every other record's position (and the publisher,
+        // woken by it, sees them too).
+        if self.unsettled.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(tx) = self
+                .settled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                tx.send(()).ok();
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<KafkaError> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn positions(&self) -> Vec<Position> {
+        self.partitions
+            .iter()
+            .zip(self.offsets.iter())
+            .map(|(p, o)| Position {
+                partition: p.load(Ordering::Relaxed),
+                offset: o.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+/// The producer's context: settles each record in its [`Batch`].
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<(Arc<Batch>, usize)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (batch, index) = *opaque;
+        let landed = match result {
+            Ok(m) => Ok((m.partition(), m.offset())),
+            Err((e, _)) => Err(e.clone()),
+        };
+        batch.settle(index, landed);
+    }
 }
 
 /// [`Stream`] on a Kafka cluster.
 #[derive(Clone)]
 pub struct KafkaStream {
     brokers: String,
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<Deliveries>>,
     admin: Arc<AdminClient<DefaultClientContext>>,
     replication: i32,
     topic_config: Vec<(String, String)>,
@@ -104,14 +198,16 @@ impl KafkaStream {
             }
             config.set(*k, *v);
         }
-        let producer: FutureProducer = config.create().map_err(|e| kafka_err("producer", &e))?;
+        let producer: ThreadedProducer<Deliveries> = config
+            .create_with_context(Deliveries)
+            .map_err(|e| kafka_err("producer", &e))?;
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .create()
             .map_err(|e| kafka_err("admin client", &e))?;
         Ok(Self {
             brokers: brokers.to_owned(),
-            producer,
+            producer: Arc::new(producer),
             admin: Arc::new(admin),
             replication: replication.max(1),
             topic_config: TOPIC_CONFIG
@@ -177,7 +273,12 @@ impl Stream for KafkaStream {
     }
 
     async fn publish(&self, topic: &str, records: Vec<OutRecord>) -> Result<Vec<Position>> {
-        let sends = records.iter().map(|r| {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let (batch, settled) = Batch::new(records.len());
+        for (index, r) in records.iter().enumerate() {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for (k, v) in &r.headers {
                 headers = headers.insert(Header {
@@ -185,23 +286,38 @@ impl Stream for KafkaStream {
                     value: Some(v.as_bytes()),
                 });
             }
-            let mut record = FutureRecord::to(topic).key(&r.key).headers(headers);
+            let mut record = BaseRecord::with_opaque_to(topic, Box::new((batch.clone(), index)))
+                .key(&r.key)
+                .headers(headers);
             if let Some(v) = &r.value {
                 record = record.payload(v);
             }
-            self.producer.send(record, Timeout::After(DELIVERY_TIMEOUT))
-        });
-        let delivered = futures::future::join_all(sends).await;
-        delivered
-            .into_iter()
-            .map(|d| match d {
-                Ok(d) => Ok(Position {
-                    partition: d.partition,
-                    offset: d.offset,
-                }),
-                Err((e, _)) => Err(kafka_err("publish", &e)),
-            })
-            .collect()
+            // A full queue empties as the broker acknowledges: offer the record again, for
+            // as long as a delivery may take.
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if started.elapsed() < DELIVERY_TIMEOUT =>
+                    {
+                        record = back;
+                        tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                    }
+                    // The records handed over before still settle, into a batch no one
+                    // waits for any more.
+                    Err((e, _)) => return Err(kafka_err("publish", &e)),
+                }
+            }
+        }
+        // librdkafka settles every record it took (`message.timeout.ms` bounds it); the
+        // sender goes only with the batch, which the records in flight hold.
+        settled
+            .await
+            .map_err(|_| Error::Stream("kafka publish: the producer went away".into()))?;
+        if let Some(e) = batch.failure() {
+            return Err(kafka_err("publish", &e));
+        }
+        Ok(batch.positions())
     }
 
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>> {
