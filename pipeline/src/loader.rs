@@ -120,7 +120,8 @@ impl Sink for DocumentSink {
     }
 }
 
-/// Decodes a batch: this dataset's records, in stream order.
+/// Decodes a batch: this dataset's records, in stream order. A record's dataset header, when
+/// the backend read it, skips another dataset's record undecoded; its value decides anyway.
 fn decode(dataset: &str, messages: &[Message], stats: &LoaderStats) -> Vec<Delivered> {
     let mut out = Vec::with_capacity(messages.len());
     for m in messages {
@@ -174,7 +175,7 @@ pub async fn step(
     stats: &LoaderStats,
     wait: Duration,
 ) -> Result<usize> {
-    let messages = sub.poll(BATCH, wait).await?;
+    let messages = sub.poll_values(BATCH, wait).await?;
     let Some(topic) = messages.first().map(|m| m.topic.clone()) else {
         return Ok(0);
     };

@@ -415,7 +415,8 @@ impl std::fmt::Debug for KafkaSubscription {
     }
 }
 
-fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+/// A fetched record as a [`Message`]; without its headers unless `headers`.
+fn owned(m: &rdkafka::message::BorrowedMessage<'_>, headers: bool) -> Message {
     Message {
         topic: m.topic().to_owned(),
         partition: m.partition(),
@@ -427,6 +428,7 @@ fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
         value: m.payload().map(<[u8]>::to_vec),
         headers: m
             .headers()
+            .filter(|_| headers)
             .map(|h| {
                 h.iter()
                     .filter_map(|h| {
@@ -439,25 +441,36 @@ fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
     }
 }
 
-#[async_trait]
-impl Subscription for KafkaSubscription {
-    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>> {
+impl KafkaSubscription {
+    /// Up to `max` records, waiting at most `wait` for the first; headers if `headers`.
+    async fn fetched(&self, max: usize, wait: Duration, headers: bool) -> Result<Vec<Message>> {
         let mut out = Vec::new();
         let consumer = self.consumer()?;
         match tokio::time::timeout(wait, consumer.recv()).await {
             Err(_) => return Ok(out),
             Ok(Err(e)) => return Err(kafka_err("poll", &e)),
-            Ok(Ok(m)) => out.push(owned(&m)),
+            Ok(Ok(m)) => out.push(owned(&m, headers)),
         }
         // Then whatever is already fetched, without waiting.
         while out.len() < max {
             match consumer.recv().now_or_never() {
-                Some(Ok(m)) => out.push(owned(&m)),
+                Some(Ok(m)) => out.push(owned(&m, headers)),
                 Some(Err(e)) => return Err(kafka_err("poll", &e)),
                 None => break,
             }
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>> {
+        self.fetched(max, wait, true).await
+    }
+
+    async fn poll_values(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>> {
+        self.fetched(max, wait, false).await
     }
 
     async fn commit_offsets(&mut self, next: &[(i32, i64)]) -> Result<()> {

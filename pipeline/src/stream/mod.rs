@@ -99,6 +99,12 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
 pub trait Subscription: Send + std::fmt::Debug {
     /// Up to `max` records, waiting at most `wait` for the first one; empty when none came.
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>>;
+    /// As [`Subscription::poll`], for a reader that needs no headers: the loaders, since a
+    /// Warden record's value names its dataset too. A backend may leave the headers out
+    /// (Kafka: reading them parses them out of the fetched batch, record by record).
+    async fn poll_values(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>> {
+        self.poll(max, wait).await
+    }
     /// Commits the positions after `messages` (the highest offset per partition, plus one).
     async fn commit(&mut self, messages: &[Message]) -> Result<()> {
         self.commit_offsets(&next_offsets(messages)).await

@@ -26,6 +26,11 @@ fn record(key: &str, i: usize) -> OutRecord {
 
 /// Polls until `n` messages came, or fails after 30 s.
 async fn collect(sub: &mut dyn Subscription, n: usize) -> Vec<Message> {
+    collect_with(sub, n, true).await
+}
+
+/// As [`collect`], through `poll_values` (headers optional) unless `headers`.
+async fn collect_with(sub: &mut dyn Subscription, n: usize, headers: bool) -> Vec<Message> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut out = Vec::new();
     while out.len() < n {
@@ -34,11 +39,12 @@ async fn collect(sub: &mut dyn Subscription, n: usize) -> Vec<Message> {
             "only {} of {n} messages arrived",
             out.len()
         );
-        out.extend(
-            sub.poll(n - out.len(), Duration::from_millis(500))
-                .await
-                .unwrap(),
-        );
+        let wait = Duration::from_millis(500);
+        out.extend(if headers {
+            sub.poll(n - out.len(), wait).await.unwrap()
+        } else {
+            sub.poll_values(n - out.len(), wait).await.unwrap()
+        });
     }
     out
 }
@@ -106,6 +112,23 @@ async fn published_records_arrive_once_in_key_order(backend: Backend) {
         if let Some(prev) = last.insert(&records[i].key, i) {
             assert!(prev < i, "key {} delivered out of order", m.key);
         }
+    }
+
+    // A reader that needs no headers (a loader) gets the same records: each position once,
+    // with its key and value; headers left out or as published.
+    let mut plain = s.subscribe(&topic, &unique("g")).await.unwrap();
+    let values = collect_with(plain.as_mut(), 200, false).await;
+    assert!(
+        extra(plain.as_mut()).await.is_empty(),
+        "a record came twice"
+    );
+    let full: BTreeMap<(i32, i64), &Message> =
+        got.iter().map(|m| ((m.partition, m.offset), m)).collect();
+    assert_eq!(values.len(), full.len());
+    for m in &values {
+        let f = full[&(m.partition, m.offset)];
+        assert_eq!((&m.topic, &m.key, &m.value), (&f.topic, &f.key, &f.value));
+        assert!(m.headers.is_empty() || m.headers == f.headers);
     }
 }
 
