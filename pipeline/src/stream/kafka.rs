@@ -35,7 +35,14 @@ const PINNED: &[&str] = &[
     "bootstrap.servers",
     "max.in.flight.requests.per.connection",
     "max.in.flight",
+    // A publish waits for every record's report: a producer reporting failures only would
+    // leave it waiting.
+    "delivery.report.only.error",
 ];
+
+/// Producer properties options may set, but not to 0: librdkafka reads 0 as "no limit", and
+/// a publish (an erasure's tombstone too) would then wait for an unreachable broker for ever.
+const BOUNDED: &[&str] = &["message.timeout.ms", "delivery.timeout.ms"];
 
 /// How long a publish waits before it offers a record again to a full producer queue.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
@@ -193,7 +200,13 @@ impl KafkaStream {
         for (k, v) in options {
             if PINNED.contains(k) {
                 return Err(Error::Invalid(format!(
-                    "streams.producer: {k} is fixed by Warden (idempotent, acks=all)"
+                    "streams.producer: {k} is fixed by Warden (idempotent, acks=all, \
+                     every delivery reported)"
+                )));
+            }
+            if BOUNDED.contains(k) && !v.trim().parse::<u64>().is_ok_and(|ms| ms > 0) {
+                return Err(Error::Invalid(format!(
+                    "streams.producer: {k} must be a positive number of milliseconds"
                 )));
             }
             config.set(*k, *v);
@@ -309,8 +322,9 @@ impl Stream for KafkaStream {
                 }
             }
         }
-        // librdkafka settles every record it took (`message.timeout.ms` bounds it); the
-        // sender goes only with the batch, which the records in flight hold.
+        // librdkafka settles every record it took, within `message.timeout.ms` (never
+        // unbounded here, see BOUNDED); the sender goes only with the batch, which the records
+        // in flight hold.
         settled
             .await
             .map_err(|_| Error::Stream("kafka publish: the producer went away".into()))?;
@@ -426,9 +440,10 @@ fn owned(m: &rdkafka::message::BorrowedMessage<'_>, headers: bool) -> Message {
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .unwrap_or_default(),
         value: m.payload().map(<[u8]>::to_vec),
-        headers: m
-            .headers()
-            .filter(|_| headers)
+        // Only when asked: librdkafka parses a record's headers on the first look at them.
+        headers: headers
+            .then(|| m.headers())
+            .flatten()
             .map(|h| {
                 h.iter()
                     .filter_map(|h| {
@@ -495,6 +510,31 @@ impl Subscription for KafkaSubscription {
         if tokio::time::timeout(wait, closed).await.is_err() {
             tracing::warn!(topic = %self.topic, ?wait,
                 "kafka consumer not closed yet (broker unreachable?); closing in the background");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No broker needed: librdkafka checks the configuration when the producer is created.
+    #[test]
+    fn options_cannot_weaken_delivery_or_unbound_a_publish() {
+        let with = |k: &str, v: &str| KafkaStream::with_options("127.0.0.1:1", 1, &[(k, v)]);
+        for (k, v) in [
+            ("acks", "1"),
+            ("enable.idempotence", "false"),
+            ("delivery.report.only.error", "true"),
+            ("message.timeout.ms", "0"),
+            ("delivery.timeout.ms", "0"),
+            ("message.timeout.ms", "soon"),
+        ] {
+            let refused = with(k, v).map(|_| ()).unwrap_err().to_string();
+            assert!(refused.contains(k), "{k}={v}: {refused}");
+        }
+        for (k, v) in [("message.timeout.ms", "25000"), ("linger.ms", "10")] {
+            assert!(with(k, v).is_ok(), "{k}={v} refused");
         }
     }
 }
