@@ -232,8 +232,8 @@ pub struct StreamsConfig {
     pub partitions: i32,
     /// Replication factor of the topics Warden creates (Kafka).
     pub replication: i32,
-    /// Extra librdkafka producer properties (`"linger.ms" = "10"`); idempotence and
-    /// `acks=all` are fixed.
+    /// Extra librdkafka producer properties (`"linger.ms" = "10"`); idempotence, `acks=all`
+    /// and a report for every delivery are fixed, and `message.timeout.ms` may not be 0.
     pub producer: std::collections::BTreeMap<String, String>,
     /// Properties of the topics Warden creates, over its defaults (compacted and deleted:
     /// `cleanup.policy = "compact,delete"`, `min.compaction.lag.ms` one day,
