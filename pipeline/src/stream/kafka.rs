@@ -145,7 +145,8 @@ impl ProducerContext for Deliveries {
 #[derive(Clone)]
 pub struct KafkaStream {
     brokers: String,
-    producer: Arc<ThreadedProducer<Deliveries>>,
+    /// Clones share one producer (and its polling thread).
+    producer: ThreadedProducer<Deliveries>,
     admin: Arc<AdminClient<DefaultClientContext>>,
     replication: i32,
     topic_config: Vec<(String, String)>,
@@ -220,7 +221,7 @@ impl KafkaStream {
             .map_err(|e| kafka_err("admin client", &e))?;
         Ok(Self {
             brokers: brokers.to_owned(),
-            producer: Arc::new(producer),
+            producer,
             admin: Arc::new(admin),
             replication: replication.max(1),
             topic_config: TOPIC_CONFIG
