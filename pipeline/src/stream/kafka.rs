@@ -40,6 +40,14 @@ const PINNED: &[&str] = &[
     "delivery.report.only.error",
 ];
 
+/// How long the broker may hold a consumer's fetch while it has fewer records than asked
+/// for (librdkafka's `fetch.wait.max.ms`, 500 by default). Kafka answers as soon as records
+/// are there, so on Kafka this only paces an idle consumer's requests; a broker that waits
+/// for part of it even when records are there (tansu 0.6 sleeps half of it whenever more
+/// than 250 ms remain, all of it below that) adds it to every fetch, and a loader then idled
+/// up to 435 ms a poll while its topic filled.
+const FETCH_WAIT_MS: &str = "100";
+
 /// Producer properties options may set, but not to 0: librdkafka reads 0 as "no limit", and
 /// a publish (an erasure's tombstone too) would then wait for an unreachable broker for ever.
 const BOUNDED: &[&str] = &["message.timeout.ms", "delivery.timeout.ms"];
@@ -347,6 +355,7 @@ impl Stream for KafkaStream {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
+            .set("fetch.wait.max.ms", FETCH_WAIT_MS)
             .create()
             .map_err(|e| kafka_err("consumer", &e))?;
         consumer
