@@ -140,7 +140,7 @@ impl AuditStore for SqlAuditStore {
         for chunk in stored.chunks(ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO audit_events ({COLUMNS}) VALUES {}",
-                crate::db::value_rows(chunk.len(), 13)
+                crate::db::value_rows(self.db.backend(), chunk.len(), 13)
             );
             let mut q = sqlx::query::<Any>(&sql);
             for e in chunk {

@@ -254,11 +254,11 @@ impl SqlVaultStore {
         let mut rows = Vec::with_capacity(items.len());
         for chunk in items.chunks(CHUNK) {
             let sql = lookup_sql(&self.db, columns, table, key, filter, chunk.len());
-            let mut q = sqlx::query::<Any>(&sql).bind(filter_value.to_owned());
+            let mut q = sqlx::query::<Any>(&sql);
             for item in chunk {
                 q = q.bind(item.clone());
             }
-            rows.extend(self.probe(q).await?);
+            rows.extend(self.probe(q.bind(filter_value.to_owned())).await?);
         }
         Ok(rows)
     }
@@ -291,22 +291,22 @@ impl SqlVaultStore {
     }
 }
 
-/// A batched point lookup: the rows of `table` whose `key` is one of `$2..` and whose
-/// `filter` is `$1`, as index probes (see [`SqlVaultStore::probe`]). SQLite probes from a
-/// `VALUES` table kept as the outer loop of a `CROSS JOIN`; PostgreSQL takes an `IN` list that,
-/// with scans disabled, becomes one index scan over the whole list.
+/// A batched point lookup: the rows of `table` whose `key` is one of the first `n`
+/// parameters and whose `filter` is the last one (bound in that order: SQLite's parameters are
+/// anonymous, see [`placeholders`]), as index probes (see [`SqlVaultStore::probe`]). SQLite
+/// probes from a `VALUES` table kept as the outer loop of a `CROSS JOIN`; PostgreSQL takes an
+/// `IN` list that, with scans disabled, becomes one index scan over the whole list.
 fn lookup_sql(db: &Db, columns: &str, table: &str, key: &str, filter: &str, n: usize) -> String {
-    match db.backend() {
-        warden_audit::Backend::Sqlite => {
-            let values: Vec<String> = (2..2 + n).map(|i| format!("(${i})")).collect();
-            format!(
-                "WITH v(i) AS (VALUES {}) SELECT {columns} FROM v CROSS JOIN {table} WHERE {key} = v.i AND {filter} = $1",
-                values.join(", ")
-            )
-        }
+    let backend = db.backend();
+    let last = placeholders(backend, n + 1, 1);
+    match backend {
+        warden_audit::Backend::Sqlite => format!(
+            "WITH v(i) AS (VALUES {}) SELECT {columns} FROM v CROSS JOIN {table} WHERE {key} = v.i AND {filter} = {last}",
+            value_rows(backend, n, 1)
+        ),
         warden_audit::Backend::Postgres => format!(
-            "SELECT {columns} FROM {table} WHERE {key} IN ({}) AND {filter} = $1",
-            placeholders(2, n)
+            "SELECT {columns} FROM {table} WHERE {key} IN ({}) AND {filter} = {last}",
+            placeholders(backend, 1, n)
         ),
     }
 }
@@ -322,7 +322,7 @@ impl VaultStore for SqlVaultStore {
     ) -> Result<()> {
         let mut tx = self.db.pool().begin().await?;
         for chunk in keys.chunks(INSERT_ROWS) {
-            let rows = value_rows(chunk.len(), 5);
+            let rows = value_rows(self.db.backend(), chunk.len(), 5);
             let sql = format!(
                 "INSERT INTO vault_keys (scope, key_ref, wrapped, wrapped_by, created_at) VALUES {} \
                  ON CONFLICT (key_ref, scope) DO NOTHING",
@@ -485,7 +485,7 @@ impl VaultStore for SqlVaultStore {
         let mut tx = self.db.pool().begin().await?;
         let mut inserted = 0;
         for chunk in tokens.chunks(INSERT_ROWS) {
-            let rows = value_rows(chunk.len(), 5);
+            let rows = value_rows(self.db.backend(), chunk.len(), 5);
             let sql = format!(
                 "INSERT INTO vault_tokens (dataset, pan_index, token, pan_ciphertext, created_at) VALUES {} \
                  ON CONFLICT (pan_index) DO NOTHING",
@@ -535,7 +535,7 @@ impl VaultStore for SqlVaultStore {
         for chunk in refs.chunks(INSERT_ROWS) {
             let sql = format!(
                 "INSERT INTO vault_token_refs (dataset, subject_ref, pan_index) VALUES {} ON CONFLICT DO NOTHING",
-                value_rows(chunk.len(), 3)
+                value_rows(self.db.backend(), chunk.len(), 3)
             );
             let mut q = sqlx::query::<Any>(&sql);
             for (index, subject_ref) in chunk {

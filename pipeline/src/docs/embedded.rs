@@ -206,7 +206,7 @@ impl DocumentStore for EmbeddedDocuments {
         }
         let mut tx = self.db.pool().begin().await?;
         for chunk in docs.chunks(UPSERT_ROWS) {
-            let sql = upsert_sql(&value_rows(chunk.len(), 7));
+            let sql = upsert_sql(&value_rows(self.db.backend(), chunk.len(), 7));
             let mut q = sqlx::query::<Any>(&sql);
             for d in chunk {
                 q = q

@@ -137,7 +137,7 @@ impl Stream for EmbeddedStream {
         let mut tx = self.db.pool().begin().await?;
         let rows: Vec<(&OutRecord, &Position)> = records.iter().zip(&positions).collect();
         for chunk in rows.chunks(INSERT_ROWS) {
-            let values = value_rows(chunk.len(), 7);
+            let values = value_rows(self.db.backend(), chunk.len(), 7);
             let sql = format!(
                 "INSERT INTO stream_records (topic, part, pos, record_key, value, headers, ts) VALUES {}",
                 values
