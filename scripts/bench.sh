@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prints Warden's benchmark figures (release build): authorization decisions/s, durable
-# audit appends/s on SQLite and PostgreSQL, audit verification events/s, PAN
+# audit appends/s on SQLite and PostgreSQL, audit verification events/s, what binding a
+# multi-row insert's parameters costs on SQLite (numbered and anonymous), PAN
 # tokenizations/s on SQLite and PostgreSQL, and the data plane end to end (HTTP → Kafka →
 # stages → Delta) beside a bare rdkafka producer into the same broker, and one subject erased
 # from a ten-million-row Delta table and a million documents (beside the same delete without
@@ -16,6 +17,7 @@ fi
 eval "$(WARDEN_TANSU_BUILD=release scripts/dev-services.sh)"
 trap 'scripts/dev-services.sh --stop' EXIT
 cargo bench --locked -p warden-gateway --bench foundation
+cargo bench --locked -p warden-audit --bench binding
 cargo bench --locked -p warden-policy --bench protection
 cargo bench --locked -p warden-gateway --bench pipeline
 cargo bench --locked -p warden-pipeline --bench erasure
