@@ -73,8 +73,4 @@ async fn main() {
             timed[1].1.as_secs_f64() * 1e6 / *rows as f64
         );
     }
-    sqlx::query("SELECT COUNT(*) FROM t")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
 }
