@@ -21,6 +21,14 @@ pub enum Backend {
     Postgres,
 }
 
+/// When a commit copies the write-ahead log back into the database (a checkpoint): once the
+/// log holds 8192 pages (32 MiB), where SQLite's default is 1000. The document loader
+/// commits batches of thousands of documents, each past 1000 pages by itself, so every one
+/// of its commits was followed by a checkpoint, writing the pages of the subject index it
+/// had just changed all over again. Set on every connection to the file: whichever commits
+/// past the mark checkpoints, and one left at 1000 would take the checkpoints over.
+const WAL_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 8192";
+
 /// A connection pool and the backend behind it.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -74,6 +82,7 @@ impl Db {
                             conn.execute("PRAGMA synchronous = FULL").await?;
                             conn.execute("PRAGMA busy_timeout = 10000").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute(WAL_AUTOCHECKPOINT).await?;
                             Ok(())
                         })
                     })
@@ -112,6 +121,7 @@ impl Db {
         let conn = rusqlite::Connection::open(self.sqlite_path.as_deref()?).ok()?;
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
             .ok()?;
+        conn.execute_batch(WAL_AUTOCHECKPOINT).ok()?;
         Some(conn)
     }
 
@@ -192,6 +202,7 @@ pub(crate) fn to_i64(v: u64) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::{Any, Row};
 
     #[test]
     fn parameter_lists_are_numbered_on_postgres_and_anonymous_on_sqlite() {
@@ -199,5 +210,29 @@ mod tests {
         assert_eq!(value_rows(Backend::Postgres, 2, 2), "($1, $2), ($3, $4)");
         assert_eq!(placeholders(Backend::Sqlite, 3, 2), "?, ?");
         assert_eq!(value_rows(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+    }
+
+    /// Every connection to an SQLite file checkpoints at the same mark: the pool's and a
+    /// native one.
+    #[tokio::test]
+    async fn every_sqlite_connection_checkpoints_at_one_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = crate::testkit::fresh_sqlite(dir.path()).await;
+        let mut pooled = Vec::new();
+        for _ in 0..3 {
+            pooled.push(db.pool().acquire().await.unwrap());
+        }
+        for conn in &mut pooled {
+            let row = sqlx::query::<Any>("PRAGMA wal_autocheckpoint")
+                .fetch_one(&mut **conn)
+                .await
+                .unwrap();
+            assert_eq!(row.get::<i64, _>(0), 8192);
+        }
+        let native = db.native_connection().expect("a native connection");
+        let mark: i64 = native
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mark, 8192);
     }
 }

@@ -29,6 +29,7 @@ use warden_policy::contract::{Contract, DataClass, FieldType};
 use warden_policy::protect::BLIND_INDEX_SUFFIX;
 
 use crate::loader::Sink;
+use crate::record::FieldPositions;
 use crate::stages::Delivered;
 use crate::{Error, Result, StreamedRecord};
 
@@ -138,9 +139,9 @@ pub fn arrow_schema(contract: &Contract) -> ArrowSchema {
 pub fn to_batch(contract: &Contract, records: &[&StreamedRecord]) -> Result<RecordBatch> {
     let schema = Arc::new(arrow_schema(contract));
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    let mut sr = StringBuilder::new();
-    let mut bucket = Int32Builder::new();
-    let mut version = Int32Builder::new();
+    let mut sr = StringBuilder::with_capacity(records.len(), records.len() * 35);
+    let mut bucket = Int32Builder::with_capacity(records.len());
+    let mut version = Int32Builder::with_capacity(records.len());
     for r in records {
         sr.append_value(&r.subject_ref);
         bucket.append_value(subject_bucket(&r.subject_ref));
@@ -149,56 +150,89 @@ pub fn to_batch(contract: &Contract, records: &[&StreamedRecord]) -> Result<Reco
     arrays.push(Arc::new(sr.finish()));
     arrays.push(Arc::new(bucket.finish()));
     arrays.push(Arc::new(version.finish()));
-    for c in columns(contract) {
-        let values = records.iter().map(|r| r.fields.get(&c.name));
-        let array: ArrayRef = match c.ty {
-            FieldType::Integer => {
-                let mut b = Int64Builder::new();
-                for v in values {
-                    b.append_option(v.and_then(|v| {
-                        v.as_i64()
-                            .or_else(|| v.as_u64().map(|u| i64::try_from(u).unwrap_or(i64::MAX)))
-                    }));
-                }
-                Arc::new(b.finish())
+    let columns = columns(contract);
+    let mut builders: Vec<ColumnBuilder> = columns
+        .iter()
+        .map(|c| ColumnBuilder::new(c.ty, records.len()))
+        .collect();
+    // Record by record, each field into its column's builder (found by position, see
+    // `FieldPositions`); a column the record does not fill gets a null.
+    let mut positions = FieldPositions::new(columns.iter().map(|c| c.name.as_str()));
+    let mut filled = vec![false; columns.len()];
+    for r in records {
+        filled.fill(false);
+        for (k, (name, v)) in r.fields.iter().enumerate() {
+            if let Some(p) = positions.position(k, name) {
+                builders[p].append(v);
+                filled[p] = true;
             }
-            FieldType::Number => {
-                let mut b = Float64Builder::new();
-                for v in values {
-                    b.append_option(v.and_then(Value::as_f64));
-                }
-                Arc::new(b.finish())
-            }
-            FieldType::Boolean => {
-                let mut b = BooleanBuilder::new();
-                for v in values {
-                    b.append_option(v.and_then(Value::as_bool));
-                }
-                Arc::new(b.finish())
-            }
-            FieldType::Timestamp => {
-                let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-                for v in values {
-                    b.append_option(v.and_then(warden_policy::timefmt::time_micros));
-                }
-                Arc::new(b.finish())
-            }
-            FieldType::String | FieldType::Ip => {
-                let mut b = StringBuilder::new();
-                for v in values {
-                    match v {
-                        Some(Value::String(s)) => b.append_value(s),
-                        Some(Value::Null) | None => b.append_null(),
-                        Some(other) => b.append_value(other.to_string()),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-        };
-        arrays.push(array);
+        }
+        for (b, _) in builders.iter_mut().zip(&filled).filter(|(_, f)| !**f) {
+            b.append(&Value::Null);
+        }
     }
+    arrays.extend(builders.into_iter().map(ColumnBuilder::finish));
     RecordBatch::try_new(schema, arrays).map_err(|e| lake_err("building a batch", e))
 }
+
+/// The Arrow builder of one data column.
+enum ColumnBuilder {
+    Integer(Int64Builder),
+    Number(Float64Builder),
+    Boolean(BooleanBuilder),
+    Timestamp(TimestampMicrosecondBuilder),
+    String(StringBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(ty: FieldType, rows: usize) -> Self {
+        match ty {
+            FieldType::Integer => Self::Integer(Int64Builder::with_capacity(rows)),
+            FieldType::Number => Self::Number(Float64Builder::with_capacity(rows)),
+            FieldType::Boolean => Self::Boolean(BooleanBuilder::with_capacity(rows)),
+            FieldType::Timestamp => Self::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            ),
+            FieldType::String | FieldType::Ip => Self::String(StringBuilder::with_capacity(
+                rows,
+                rows.saturating_mul(STRING_BYTES_HINT),
+            )),
+        }
+    }
+
+    /// Appends a value; one of the wrong type becomes a null (the edge has checked types
+    /// already), and a string column takes any non-null value as its JSON text.
+    fn append(&mut self, v: &Value) {
+        match self {
+            Self::Integer(b) => b.append_option(
+                v.as_i64()
+                    .or_else(|| v.as_u64().map(|u| i64::try_from(u).unwrap_or(i64::MAX))),
+            ),
+            Self::Number(b) => b.append_option(v.as_f64()),
+            Self::Boolean(b) => b.append_option(v.as_bool()),
+            Self::Timestamp(b) => b.append_option(warden_policy::timefmt::time_micros(v)),
+            Self::String(b) => match v {
+                Value::String(s) => b.append_value(s),
+                Value::Null => b.append_null(),
+                other => b.append_value(other.to_string()),
+            },
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Self::Integer(mut b) => Arc::new(b.finish()),
+            Self::Number(mut b) => Arc::new(b.finish()),
+            Self::Boolean(mut b) => Arc::new(b.finish()),
+            Self::Timestamp(mut b) => Arc::new(b.finish()),
+            Self::String(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Bytes a string column is sized for per row before the first is appended (a token, a
+/// blind index and a ciphertext are 20 to 100 bytes); it grows past that as needed.
+const STRING_BYTES_HINT: usize = 48;
 
 /// Where the lake is and how to reach it.
 #[derive(Debug, Clone)]

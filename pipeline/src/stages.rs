@@ -19,6 +19,7 @@ use serde_json::Value;
 use warden_policy::contract::{Contract, DataClass, FieldType};
 use warden_policy::timefmt::{parse_time, to_rfc3339};
 
+use crate::record::FieldPositions;
 use crate::StreamedRecord;
 
 /// Keys a `dedupe` stage remembers, by default.
@@ -152,8 +153,9 @@ impl Stages {
         for kind in &self.kinds {
             match kind {
                 StageKind::Normalize => {
+                    let mut normalizer = Normalizer::new(contract);
                     for d in &mut records {
-                        normalize(contract, &mut d.record);
+                        normalizer.apply(&mut d.record);
                     }
                 }
                 StageKind::Dedupe => {
@@ -229,42 +231,69 @@ fn whole_second_utc(s: &str) -> bool {
 
 /// Normalizes a record's public fields in place.
 pub fn normalize(contract: &Contract, record: &mut StreamedRecord) {
-    for (name, spec) in &contract.fields {
-        if spec.class != DataClass::Public {
-            continue;
-        }
-        let Some(v) = record.fields.get_mut(name) else {
-            continue;
+    Normalizer::new(contract).apply(record);
+}
+
+/// [`normalize`] over a run of records: the contract's public fields are found in each
+/// record by position ([`FieldPositions`]), not looked up by name.
+struct Normalizer<'a> {
+    types: Vec<FieldType>,
+    positions: FieldPositions<'a>,
+}
+
+impl<'a> Normalizer<'a> {
+    fn new(contract: &'a Contract) -> Self {
+        let public = || {
+            contract
+                .fields
+                .iter()
+                .filter(|(_, spec)| spec.class == DataClass::Public)
         };
-        match spec.ty {
-            FieldType::Timestamp => {
-                if v.as_str().is_some_and(whole_second_utc) {
-                    // Canonical already when valid, and kept as it is when not.
-                    continue;
-                }
-                if let Some(t) = parse_time(v) {
-                    let canonical = to_rfc3339(t);
-                    if v.as_str() != Some(canonical.as_str()) {
-                        *v = Value::String(canonical);
-                    }
-                }
-            }
-            FieldType::String => {
-                if let Value::String(s) = v {
-                    // Written only when it changes: most values arrive clean.
-                    let trimmed = s.trim();
-                    let new = if is_country_field(name) {
-                        country_code(trimmed).unwrap_or(trimmed)
-                    } else {
-                        trimmed
-                    };
-                    if new != s.as_str() {
-                        *s = new.to_owned();
-                    }
-                }
-            }
-            _ => {}
+        Self {
+            types: public().map(|(_, spec)| spec.ty).collect(),
+            positions: FieldPositions::new(public().map(|(name, _)| name.as_str())),
         }
+    }
+
+    fn apply(&mut self, record: &mut StreamedRecord) {
+        for (k, (name, v)) in record.fields.iter_mut().enumerate() {
+            if let Some(p) = self.positions.position(k, name) {
+                normalize_value(name, self.types[p], v);
+            }
+        }
+    }
+}
+
+/// Normalizes the value of the public field `name`, of type `ty`.
+fn normalize_value(name: &str, ty: FieldType, v: &mut Value) {
+    match ty {
+        FieldType::Timestamp => {
+            if v.as_str().is_some_and(whole_second_utc) {
+                // Canonical already when valid, and kept as it is when not.
+                return;
+            }
+            if let Some(t) = parse_time(v) {
+                let canonical = to_rfc3339(t);
+                if v.as_str() != Some(canonical.as_str()) {
+                    *v = Value::String(canonical);
+                }
+            }
+        }
+        FieldType::String => {
+            if let Value::String(s) = v {
+                // Written only when it changes: most values arrive clean.
+                let trimmed = s.trim();
+                let new = if is_country_field(name) {
+                    country_code(trimmed).unwrap_or(trimmed)
+                } else {
+                    trimmed
+                };
+                if new != s.as_str() {
+                    *s = new.to_owned();
+                }
+            }
+        }
+        _ => {}
     }
 }
 
