@@ -29,9 +29,9 @@ use warden_policy::contract::{Contract, DataClass, FieldType};
 use warden_policy::protect::BLIND_INDEX_SUFFIX;
 
 use crate::loader::Sink;
-use crate::record::FieldPositions;
 use crate::stages::Delivered;
 use crate::{Error, Result, StreamedRecord};
+use warden_policy::contract::FieldPositions;
 
 /// Subject buckets (the partition column): a subject's rows are in one of them.
 pub const BUCKETS: u32 = 16;

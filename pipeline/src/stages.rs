@@ -19,8 +19,8 @@ use serde_json::Value;
 use warden_policy::contract::{Contract, DataClass, FieldType};
 use warden_policy::timefmt::{parse_time, to_rfc3339};
 
-use crate::record::FieldPositions;
 use crate::StreamedRecord;
+use warden_policy::contract::FieldPositions;
 
 /// Keys a `dedupe` stage remembers, by default.
 pub const DEDUPE_MEMORY: usize = 1_000_000;

@@ -312,6 +312,45 @@ impl Contract {
     }
 }
 
+/// Finds the fields of a run of records among a fixed list of names, by position, without
+/// hashing: records of one source carry their fields in one order, so the position the
+/// previous record's `k`-th field had is tried first (one comparison of short strings), and
+/// the list is searched only when that misses. Looking each name up in each record's map
+/// instead hashed it every time (SipHash, the index maps of `serde_json`), for every field
+/// of every record, in each loader.
+#[derive(Debug)]
+pub struct FieldPositions<'a> {
+    names: Vec<&'a str>,
+    /// By a field's place in its record: the position its name had last time.
+    guess: Vec<Option<usize>>,
+}
+
+impl<'a> FieldPositions<'a> {
+    pub fn new(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            names: names.into_iter().collect(),
+            guess: Vec::new(),
+        }
+    }
+
+    /// The position of `name`, a record's `k`-th field, in the list; `None` when the list
+    /// does not hold it.
+    pub fn position(&mut self, k: usize, name: &str) -> Option<usize> {
+        if let Some(Some(g)) = self.guess.get(k) {
+            if self.names.get(*g) == Some(&name) {
+                return Some(*g);
+            }
+        }
+        let found = self.names.iter().position(|n| *n == name);
+        if self.guess.len() <= k {
+            // Bounded by the record's own field count: the record is in memory already.
+            self.guess.resize(k + 1, None);
+        }
+        self.guess[k] = found;
+        found
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +417,25 @@ mod tests {
         let e =
             Contract::from_toml(&PAYMENTS.replace("[fields.email]", "[fields.Email]")).unwrap_err();
         assert_eq!(e.path, "fields.Email");
+    }
+
+    #[test]
+    fn positions_follow_the_names_whatever_the_order() {
+        let mut p = FieldPositions::new(["a", "b", "c"]);
+        // A first record, the order of the list; a second, another order; a third with a
+        // name the list lacks; then the first order again.
+        let records: [&[&str]; 4] = [
+            &["a", "b", "c"],
+            &["c", "a"],
+            &["b", "x", "a"],
+            &["a", "b", "c"],
+        ];
+        for fields in records {
+            for (k, name) in fields.iter().enumerate() {
+                let want = ["a", "b", "c"].iter().position(|n| n == name);
+                assert_eq!(p.position(k, name), want, "{name} at {k}");
+            }
+        }
+        assert_eq!(FieldPositions::new([]).position(3, "a"), None);
     }
 }

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
-use crate::contract::{Contract, DataClass, FieldType, SadPolicy};
+use crate::contract::{Contract, DataClass, FieldPositions, FieldType, SadPolicy};
 use crate::keyring::{DataKey, KeyRing, SCOPE_DATASET, SCOPE_SUBJECT};
 use crate::keys::{seal, KeyProvider, LocalKeyFile};
 use crate::pan::{parse_pan, Tokenizer};
@@ -251,14 +251,18 @@ impl Protector {
         let mut accepted: Vec<(usize, &Map<String, Value>)> = Vec::new();
         let mut pans: Vec<String> = Vec::new();
         let mut pan_slots: Vec<(usize, String)> = Vec::new();
+        // The contract's fields are found in each record by position, not by name.
+        let mut positions = FieldPositions::new(contract.fields.keys().map(String::as_str));
+        let mut values: Vec<Option<&Value>> = vec![None; contract.fields.len()];
         'records: for (i, rec) in records.iter().enumerate() {
             let reject = |field: Option<&str>, reason: String| Rejection {
                 index: i,
                 field: field.map(str::to_owned),
                 reason,
             };
-            for name in rec.keys() {
-                if !contract.fields.contains_key(name) {
+            values.fill(None);
+            for (k, (name, v)) in rec.iter().enumerate() {
+                let Some(p) = positions.position(k, name) else {
                     // The key is the client's text — it could be a card number or an e-mail —
                     // so it is never repeated, not in the answer nor in the audit log.
                     out.rejections.push(reject(
@@ -266,11 +270,12 @@ impl Protector {
                         "carries a field the dataset's contract does not define".to_owned(),
                     ));
                     continue 'records;
-                }
+                };
+                values[p] = Some(v);
             }
             let mut record_pans = Vec::new();
-            for (name, spec) in &contract.fields {
-                let value = rec.get(name).filter(|v| !v.is_null());
+            for ((name, spec), value) in contract.fields.iter().zip(&values) {
+                let value = value.filter(|v| !v.is_null());
                 let Some(v) = value else {
                     if spec.required {
                         out.rejections
@@ -389,6 +394,7 @@ impl Protector {
             None
         };
         // 3. Build the protected records.
+        let specs: Vec<&crate::contract::FieldSpec> = contract.fields.values().collect();
         let mut index_keys: HashMap<&str, Hmac<Sha256>> = HashMap::new();
         let mut aad = Vec::new();
         'build: for (slot, ((i, rec), subject_ref)) in accepted.iter().zip(&refs).enumerate() {
@@ -403,8 +409,14 @@ impl Protector {
             let mut enriched = Map::new();
             // Sized once: growing an index map rehashes every key so far.
             let mut fields = Map::with_capacity(rec.len() + direct_fields);
-            for (name, v) in rec.iter().filter(|(_, v)| !v.is_null()) {
-                let spec = &contract.fields[name];
+            for (k, (name, v)) in rec.iter().enumerate() {
+                if v.is_null() {
+                    continue;
+                }
+                // Every field of an accepted record is the contract's (checked above).
+                let Some(spec) = positions.position(k, name).and_then(|p| specs.get(p)) else {
+                    continue;
+                };
                 let protected = match spec.class {
                     DataClass::PciSad => {
                         out.stripped.push((*i, name.clone()));
