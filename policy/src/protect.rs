@@ -243,6 +243,21 @@ impl Protector {
         purpose: &str,
         records: &[Map<String, Value>],
     ) -> Result<Protected> {
+        self.protect_owned(contract, purpose, records.to_vec())
+            .await
+    }
+
+    /// As [`Protector::protect`], taking the records: their field names and the values kept
+    /// as they are (public fields) move into the protected records instead of being copied.
+    ///
+    /// # Errors
+    /// As [`Protector::protect`].
+    pub async fn protect_owned(
+        &self,
+        contract: &Contract,
+        purpose: &str,
+        mut records: Vec<Map<String, Value>>,
+    ) -> Result<Protected> {
         if !contract.allows_purpose(purpose) {
             return Err(Error::PurposeNotAllowed);
         }
@@ -355,6 +370,8 @@ impl Protector {
             })
             .collect();
         let refs = self.subject_refs(&ids).await?;
+        // From here on the records are taken one by one, by index.
+        let accepted: Vec<usize> = accepted.into_iter().map(|(i, _)| i).collect();
         let direct_fields = contract
             .fields
             .values()
@@ -395,9 +412,11 @@ impl Protector {
         };
         // 3. Build the protected records.
         let specs: Vec<&crate::contract::FieldSpec> = contract.fields.values().collect();
+        let field_names: Vec<&str> = contract.fields.keys().map(String::as_str).collect();
         let mut index_keys: HashMap<&str, Hmac<Sha256>> = HashMap::new();
         let mut aad = Vec::new();
-        'build: for (slot, ((i, rec), subject_ref)) in accepted.iter().zip(&refs).enumerate() {
+        'build: for (slot, (i, subject_ref)) in accepted.iter().zip(&refs).enumerate() {
+            let rec = std::mem::take(&mut records[*i]);
             if erased(slot) {
                 out.rejections.push(Rejection {
                     index: *i,
@@ -409,17 +428,23 @@ impl Protector {
             let mut enriched = Map::new();
             // Sized once: growing an index map rehashes every key so far.
             let mut fields = Map::with_capacity(rec.len() + direct_fields);
-            for (k, (name, v)) in rec.iter().enumerate() {
+            // Names the record gave as null: enrichment does not fill them either.
+            let mut nulls: Vec<String> = Vec::new();
+            for (k, (name, v)) in rec.into_iter().enumerate() {
                 if v.is_null() {
+                    nulls.push(name);
                     continue;
                 }
                 // Every field of an accepted record is the contract's (checked above).
-                let Some(spec) = positions.position(k, name).and_then(|p| specs.get(p)) else {
+                let Some((field, spec)) = positions
+                    .position(k, &name)
+                    .and_then(|p| Some((*field_names.get(p)?, *specs.get(p)?)))
+                else {
                     continue;
                 };
                 let protected = match spec.class {
                     DataClass::PciSad => {
-                        out.stripped.push((*i, name.clone()));
+                        out.stripped.push((*i, name));
                         continue;
                     }
                     DataClass::PciPan => Value::String(
@@ -437,11 +462,11 @@ impl Protector {
                             .parse()
                             .map_err(|_| Error::Store("ip checked above".to_owned()))?;
                         if let Some(e) = &self.enricher {
-                            enriched.extend(e.enrich(&contract.name, name, ip));
+                            enriched.extend(e.enrich(&contract.name, field, ip));
                         }
                         Value::String(truncate_ip(ip).to_string())
                     }
-                    DataClass::Public => v.clone(),
+                    DataClass::Public => v,
                     DataClass::PiiDirect => {
                         let keys = &subject_keys;
                         let Some(key) = keys.keys.get(subject_ref) else {
@@ -453,17 +478,17 @@ impl Protector {
                             continue 'build;
                         };
                         let clear = v.as_str().unwrap_or_default();
-                        write_pii_aad(&mut aad, &contract.name, name, subject_ref);
+                        write_pii_aad(&mut aad, &contract.name, field, subject_ref);
                         let ct = seal(key.expose(), clear.as_bytes(), &aad)?;
                         let dk = dataset_key.as_ref().ok_or(Error::Wrap)?;
-                        let field_mac = match index_keys.entry(name.as_str()) {
+                        let field_mac = match index_keys.entry(field) {
                             Entry::Occupied(e) => e.into_mut(),
                             Entry::Vacant(e) => {
-                                e.insert(hmac_state(&blind_index_key(dk, name)?, b"")?)
+                                e.insert(hmac_state(&blind_index_key(dk, field)?, b"")?)
                             }
                         };
                         fields.insert(
-                            format!("{name}{BLIND_INDEX_SUFFIX}"),
+                            format!("{field}{BLIND_INDEX_SUFFIX}"),
                             Value::String(blind_index_from(field_mac, clear)),
                         );
                         let mut enc = String::with_capacity(
@@ -474,14 +499,14 @@ impl Protector {
                         Value::String(enc)
                     }
                 };
-                fields.insert(name.clone(), protected);
+                fields.insert(name, protected);
             }
             for (name, v) in enriched {
                 let public = contract
                     .fields
                     .get(&name)
                     .is_some_and(|f| f.class == DataClass::Public);
-                if public && !rec.contains_key(&name) {
+                if public && !fields.contains_key(&name) && !nulls.contains(&name) {
                     fields.insert(name, v);
                 }
             }

@@ -192,7 +192,7 @@ pub async fn ingest(
         let maps: Vec<Map<String, Value>> = records.into_iter().map(|(_, m)| m).collect();
         let mut out = app
             .protector
-            .protect(&contract, &purpose, &maps)
+            .protect_owned(&contract, &purpose, maps)
             .await
             .map_err(|e| match e {
                 warden_policy::Error::PurposeNotAllowed => purpose_not_allowed(),
