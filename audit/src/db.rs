@@ -25,8 +25,11 @@ pub enum Backend {
 /// log holds 8192 pages (32 MiB), where SQLite's default is 1000. The document loader
 /// commits batches of thousands of documents, each past 1000 pages by itself, so every one
 /// of its commits was followed by a checkpoint, writing the pages of the subject index it
-/// had just changed all over again. Set on every connection to the file: whichever commits
-/// past the mark checkpoints, and one left at 1000 would take the checkpoints over.
+/// had just changed all over again. Set on every connection to every SQLite file Warden
+/// keeps (state, audit log, vault, documents): whichever commits past the mark checkpoints,
+/// and one left at 1000 would take the checkpoints over. The log file keeps its largest size
+/// after a checkpoint (SQLite reuses it from the start), so each file may have about 32 MiB
+/// of log beside it.
 const WAL_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 8192";
 
 /// A connection pool and the backend behind it.

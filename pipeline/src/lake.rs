@@ -25,13 +25,12 @@ use deltalake::{DeltaTable, TableProperty};
 use serde_json::Value;
 use tokio::sync::Mutex;
 use url::Url;
-use warden_policy::contract::{Contract, DataClass, FieldType};
+use warden_policy::contract::{Contract, DataClass, FieldPositions, FieldType};
 use warden_policy::protect::BLIND_INDEX_SUFFIX;
 
 use crate::loader::Sink;
 use crate::stages::Delivered;
 use crate::{Error, Result, StreamedRecord};
-use warden_policy::contract::FieldPositions;
 
 /// Subject buckets (the partition column): a subject's rows are in one of them.
 pub const BUCKETS: u32 = 16;

@@ -16,11 +16,10 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::str::FromStr;
 
 use serde_json::Value;
-use warden_policy::contract::{Contract, DataClass, FieldType};
+use warden_policy::contract::{Contract, DataClass, FieldPositions, FieldType};
 use warden_policy::timefmt::{parse_time, to_rfc3339};
 
 use crate::StreamedRecord;
-use warden_policy::contract::FieldPositions;
 
 /// Keys a `dedupe` stage remembers, by default.
 pub const DEDUPE_MEMORY: usize = 1_000_000;
@@ -237,28 +236,33 @@ pub fn normalize(contract: &Contract, record: &mut StreamedRecord) {
 /// [`normalize`] over a run of records: the contract's public fields are found in each
 /// record by position ([`FieldPositions`]), not looked up by name.
 struct Normalizer<'a> {
-    types: Vec<FieldType>,
+    /// By contract field: its type when it is public (the fields normalized), else `None`.
+    /// Every field is listed, so a protected one is found at its guessed place too rather
+    /// than searched for in vain.
+    types: Vec<Option<FieldType>>,
     positions: FieldPositions<'a>,
 }
 
 impl<'a> Normalizer<'a> {
     fn new(contract: &'a Contract) -> Self {
-        let public = || {
-            contract
-                .fields
-                .iter()
-                .filter(|(_, spec)| spec.class == DataClass::Public)
-        };
         Self {
-            types: public().map(|(_, spec)| spec.ty).collect(),
-            positions: FieldPositions::new(public().map(|(name, _)| name.as_str())),
+            types: contract
+                .fields
+                .values()
+                .map(|spec| (spec.class == DataClass::Public).then_some(spec.ty))
+                .collect(),
+            positions: FieldPositions::new(contract.fields.keys().map(String::as_str)),
         }
     }
 
     fn apply(&mut self, record: &mut StreamedRecord) {
         for (k, (name, v)) in record.fields.iter_mut().enumerate() {
-            if let Some(p) = self.positions.position(k, name) {
-                normalize_value(name, self.types[p], v);
+            let ty = self
+                .positions
+                .position(k, name)
+                .and_then(|p| self.types.get(p));
+            if let Some(Some(ty)) = ty {
+                normalize_value(name, *ty, v);
             }
         }
     }

@@ -82,24 +82,28 @@ async fn run(backend: &str, db: warden_audit::Db) {
             .clone()
         })
         .collect();
-    let protect_all = || async {
+    // Each batch is a copy made before its clock starts: protection takes the records.
+    let (protector, contract) = (&protector, &contract);
+    let protect_all = |batch: Vec<serde_json::Map<String, serde_json::Value>>| async move {
         let out = protector
-            .protect(&contract, "fraud_detection", &records)
+            .protect_owned(contract, "fraud_detection", batch)
             .await
             .unwrap();
         assert_eq!(out.records.len(), BATCH);
     };
+    let batch = records.clone();
     let started = Instant::now();
-    protect_all().await;
+    protect_all(batch).await;
     println!(
         "protect  {backend:8} whole records (e-mail, PAN, IP), batch of {BATCH}: {:>9.0} /s",
         BATCH as f64 / started.elapsed().as_secs_f64()
     );
     // The same records again, five times: subjects' keys and cards known (cached), so this
     // is the per-record work itself (pseudonym, encryption, blind index, token lookup).
+    let batches: Vec<_> = (0..5).map(|_| records.clone()).collect();
     let started = Instant::now();
-    for _ in 0..5 {
-        protect_all().await;
+    for batch in batches {
+        protect_all(batch).await;
     }
     println!(
         "protect  {backend:8} whole records, known subjects and cards:  {:>9.0} /s",

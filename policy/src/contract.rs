@@ -315,7 +315,9 @@ impl Contract {
 /// Finds the fields of a run of records among a fixed list of names, by position, without
 /// hashing: records of one source carry their fields in one order, so the position the
 /// previous record's `k`-th field had is tried first (one comparison of short strings), and
-/// the list is searched only when that misses. Looking each name up in each record's map
+/// the list is searched only when that misses — every time for a name the list does not
+/// hold, so lists should name every field a record may carry. Looking each name up in each
+/// record's map
 /// instead hashed it every time (SipHash, the index maps of `serde_json`), for every field
 /// of every record, in each loader.
 #[derive(Debug)]

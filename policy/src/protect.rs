@@ -243,6 +243,9 @@ impl Protector {
         purpose: &str,
         records: &[Map<String, Value>],
     ) -> Result<Protected> {
+        if !contract.allows_purpose(purpose) {
+            return Err(Error::PurposeNotAllowed);
+        }
         self.protect_owned(contract, purpose, records.to_vec())
             .await
     }
@@ -440,7 +443,9 @@ impl Protector {
                     .position(k, &name)
                     .and_then(|p| Some((*field_names.get(p)?, *specs.get(p)?)))
                 else {
-                    continue;
+                    return Err(Error::Store(
+                        "a field outside the contract passed validation".to_owned(),
+                    ));
                 };
                 let protected = match spec.class {
                     DataClass::PciSad => {

@@ -184,7 +184,7 @@ pub async fn protect(
         }
         let out = app
             .protector
-            .protect(&contract, &purpose, &records)
+            .protect_owned(&contract, &purpose, records)
             .await
             .map_err(|e| match e {
                 warden_policy::Error::PurposeNotAllowed => ApiError::new(

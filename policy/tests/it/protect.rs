@@ -322,4 +322,14 @@ async fn enrichment_sees_the_address_before_truncation(kind: Kind) {
     );
     assert!(!fields.contains_key("not_in_contract"));
     assert_eq!(fields["amount"], 7, "the record's own values win");
+    // A public field the record gives as null stays absent: enrichment does not fill it.
+    let mut nulled = batch()[5].clone();
+    nulled.insert("country".into(), Value::Null);
+    let out = p
+        .protect_owned(&contract, "fraud_detection", vec![nulled])
+        .await
+        .unwrap();
+    let fields = &out.records[0].1.fields;
+    assert!(!fields.contains_key("country"), "{fields:?}");
+    assert_eq!(fields["ip"], "2001:db8:abcd::");
 }
