@@ -138,7 +138,8 @@ pub fn arrow_schema(contract: &Contract) -> ArrowSchema {
 pub fn to_batch(contract: &Contract, records: &[&StreamedRecord]) -> Result<RecordBatch> {
     let schema = Arc::new(arrow_schema(contract));
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    let mut sr = StringBuilder::with_capacity(records.len(), records.len() * 35);
+    // A subject reference is `sr_` and 32 hex digits.
+    let mut sr = StringBuilder::with_capacity(records.len(), records.len().saturating_mul(35));
     let mut bucket = Int32Builder::with_capacity(records.len());
     let mut version = Int32Builder::with_capacity(records.len());
     for r in records {

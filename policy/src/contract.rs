@@ -317,9 +317,8 @@ impl Contract {
 /// previous record's `k`-th field had is tried first (one comparison of short strings), and
 /// the list is searched only when that misses — every time for a name the list does not
 /// hold, so lists should name every field a record may carry. Looking each name up in each
-/// record's map
-/// instead hashed it every time (SipHash, the index maps of `serde_json`), for every field
-/// of every record, in each loader.
+/// record's map instead hashed it every time (SipHash, the index maps of `serde_json`), for
+/// every field of every record, in each loader.
 #[derive(Debug)]
 pub struct FieldPositions<'a> {
     names: Vec<&'a str>,

@@ -414,8 +414,11 @@ impl Protector {
             None
         };
         // 3. Build the protected records.
-        let specs: Vec<&crate::contract::FieldSpec> = contract.fields.values().collect();
-        let field_names: Vec<&str> = contract.fields.keys().map(String::as_str).collect();
+        let by_position: Vec<(&str, &crate::contract::FieldSpec)> = contract
+            .fields
+            .iter()
+            .map(|(name, spec)| (name.as_str(), spec))
+            .collect();
         let mut index_keys: HashMap<&str, Hmac<Sha256>> = HashMap::new();
         let mut aad = Vec::new();
         'build: for (slot, (i, subject_ref)) in accepted.iter().zip(&refs).enumerate() {
@@ -441,7 +444,7 @@ impl Protector {
                 // Every field of an accepted record is the contract's (checked above).
                 let Some((field, spec)) = positions
                     .position(k, &name)
-                    .and_then(|p| Some((*field_names.get(p)?, *specs.get(p)?)))
+                    .and_then(|p| by_position.get(p).copied())
                 else {
                     return Err(Error::Store(
                         "a field outside the contract passed validation".to_owned(),
