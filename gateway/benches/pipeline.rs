@@ -14,6 +14,8 @@
 //! Run with `scripts/bench.sh` (it starts an optimized build of the broker and sets
 //! `WARDEN_TEST_KAFKA`).
 //! `WARDEN_BENCH_RECORDS` sets the record count (default 100 000).
+//! `WARDEN_BENCH_STREAM=embedded` measures the default deployment instead: the same rounds
+//! through the embedded stream (no broker, no raw producer).
 
 #![allow(clippy::unwrap_used)]
 
@@ -45,6 +47,16 @@ fn main() {
 fn brokers() -> String {
     std::env::var("WARDEN_TEST_KAFKA")
         .expect("WARDEN_TEST_KAFKA is not set: run scripts/bench.sh (it starts the broker)")
+}
+
+/// True when `WARDEN_BENCH_STREAM` asks for the embedded stream (`embedded`); the default is
+/// Kafka (`kafka`). Any other value is refused, not guessed at.
+fn embedded_stream() -> bool {
+    match std::env::var("WARDEN_BENCH_STREAM").as_deref() {
+        Err(_) | Ok("kafka") => false,
+        Ok("embedded") => true,
+        Ok(other) => panic!("WARDEN_BENCH_STREAM={other}: expected kafka or embedded"),
+    }
 }
 
 fn records() -> usize {
@@ -83,7 +95,25 @@ fn transaction(i: usize, customers_from: usize) -> Value {
 /// CPU time this process has used so far (user and system, all threads), from
 /// `/proc/self/stat` in clock ticks of 1/100 s (Linux's `USER_HZ`); `None` elsewhere.
 fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of("self")
+}
+
+/// The broker's process id (`WARDEN_BENCH_BROKER_PID`, which `scripts/bench.sh` sets when it
+/// started the broker on this machine): its CPU per record is printed beside the gateway's.
+fn broker_pid() -> Option<String> {
+    std::env::var("WARDEN_BENCH_BROKER_PID")
+        .ok()
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The broker's CPU seconds so far, when it runs here.
+fn broker_cpu_seconds() -> Option<f64> {
+    cpu_seconds_of(&broker_pid()?)
+}
+
+/// CPU time process `pid` (or `self`) has used so far, as [`cpu_seconds`].
+fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name (which may hold spaces) start at field 3.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split(' ').collect();
@@ -120,7 +150,7 @@ fn rate(n: usize, d: Duration) -> f64 {
 
 /// The same transactions as the gateway takes, each one JSON record keyed by its customer,
 /// sent as a bare producer would (no protection), with the gateway's producer settings.
-async fn raw_producer(topic: &str, records: &[(String, Vec<u8>)]) -> f64 {
+async fn raw_producer(topic: &str, records: &[(String, Vec<u8>)]) -> Raw {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("enable.idempotence", "true")
@@ -129,6 +159,7 @@ async fn raw_producer(topic: &str, records: &[(String, Vec<u8>)]) -> f64 {
         .set("compression.type", "lz4")
         .create()
         .unwrap();
+    let (cpu_start, broker_start) = (cpu_seconds(), broker_cpu_seconds());
     let start = Instant::now();
     for chunk in records.chunks(REQUEST_RECORDS) {
         let sends = chunk.iter().map(|(key, payload)| {
@@ -144,11 +175,28 @@ async fn raw_producer(topic: &str, records: &[(String, Vec<u8>)]) -> f64 {
     producer
         .flush(Timeout::After(Duration::from_secs(30)))
         .unwrap();
-    rate(records.len(), start.elapsed())
+    let elapsed = start.elapsed();
+    let n = records.len() as f64;
+    Raw {
+        rate: rate(records.len(), elapsed),
+        producer_us: cpu_start.zip(cpu_seconds()).map(|(a, b)| (b - a) * 1e6 / n),
+        broker_us: broker_start
+            .zip(broker_cpu_seconds())
+            .map(|(a, b)| (b - a) * 1e6 / n),
+    }
+}
+
+/// One run of the bare producer: its rate, and the CPU a record cost the producer's process
+/// and the broker.
+struct Raw {
+    rate: f64,
+    producer_us: Option<f64>,
+    broker_us: Option<f64>,
 }
 
 async fn run() {
     let n = records();
+    let embedded = embedded_stream();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let dir = tempfile::tempdir().unwrap();
 
@@ -177,8 +225,8 @@ async fn run() {
     let streamed_len = serde_json::to_vec(&sample).unwrap().len();
     let raw_topic = format!("bench{id}.raw");
     // Three runs (one topic each): the broker's rate varies from run to run.
-    let mut raw: Vec<f64> = Vec::new();
-    for run in 0..RUNS {
+    let mut raw: Vec<Raw> = Vec::new();
+    for run in (0..RUNS).filter(|_| !embedded) {
         let topic = format!("{raw_topic}{run}");
         warden_pipeline::stream::kafka::KafkaStream::new(&brokers(), 1)
             .unwrap()
@@ -188,7 +236,8 @@ async fn run() {
         raw.push(raw_producer(&topic, &raw_records).await);
     }
 
-    // The gateway: embedded state, Kafka, the lake on local disk, loaders on.
+    // The gateway: embedded state, Kafka (or the embedded stream), the lake on local disk,
+    // loaders on.
     let mut config = warden_gateway::config::Config::load(None, &HashMap::new()).unwrap();
     config.data_dir = dir.path().to_path_buf();
     config.datasets_dir =
@@ -196,7 +245,9 @@ async fn run() {
     config.limits.rate_per_second = 1_000_000;
     config.limits.rate_burst = 1_000_000;
     config.limits.max_ingest_bytes = 64 * 1024 * 1024;
-    config.streams.url = format!("kafka://{}", brokers());
+    if !embedded {
+        config.streams.url = format!("kafka://{}", brokers());
+    }
     config.streams.topic_prefix = format!("bench{id}.");
     config
         .pipeline
@@ -268,7 +319,7 @@ async fn run() {
                         .to_string()
                 })
                 .collect();
-            let cpu_start = cpu_seconds();
+            let (cpu_start, broker_start) = (cpu_seconds(), broker_cpu_seconds());
             let start = Instant::now();
             let mut in_flight = futures::stream::FuturesUnordered::new();
             let mut next = bodies.into_iter();
@@ -287,12 +338,14 @@ async fn run() {
             stored(&state, "lake", sinks_hold, start).await;
             let end_to_end = start.elapsed();
             let cpu = cpu_start.zip(cpu_seconds()).map(|(a, b)| b - a);
+            let broker_cpu = broker_start.zip(broker_cpu_seconds()).map(|(a, b)| b - a);
             stored(&state, "documents", sinks_hold, start).await;
             Round {
                 accepted,
                 end_to_end,
                 both: start.elapsed(),
                 cpu,
+                broker_cpu,
             }
         }
     };
@@ -311,9 +364,14 @@ async fn run() {
     println!(
         "pipeline: {n} records a round: ~{raw_len} bytes as sent, ~{streamed_len} bytes protected on the stream"
     );
-    first.print("first round (a fresh process)", n);
+    let path = if embedded {
+        "HTTP → embedded stream → stages → Delta"
+    } else {
+        "HTTP → Kafka → stages → Delta"
+    };
+    first.print("first round (a fresh process)", path, n);
     for (i, r) in running.iter().enumerate() {
-        r.print(&format!("round {} (a running gateway)", i + 2), n);
+        r.print(&format!("round {} (a running gateway)", i + 2), path, n);
     }
     let e2e = median(running.iter().map(|r| rate(n, r.end_to_end)).collect());
     let cpu = running
@@ -323,20 +381,44 @@ async fn run() {
         .map(median);
     // The raw producer's best run: its slow runs are the broker's hiccups (a run of three can
     // hold a slow one or two), and the ratio should not profit from them.
-    let raw_best = raw.iter().copied().fold(0.0, f64::max);
-    let raw_runs: Vec<String> = raw.iter().map(|r| format!("{r:.0}")).collect();
+    let raw_best = raw.iter().map(|r| r.rate).fold(0.0, f64::max);
+    let raw_runs: Vec<String> = raw.iter().map(|r| format!("{:.0}", r.rate)).collect();
+    let broker_cpu = running
+        .iter()
+        .map(|r| r.broker_cpu)
+        .collect::<Option<Vec<f64>>>()
+        .map(median);
     println!("  running gateway, median of {RUNS} rounds:");
-    println!("    end to end (HTTP → Kafka → stages → Delta): {e2e:>9.0} records/s");
+    println!("    end to end ({path}): {e2e:>9.0} records/s");
     if let Some(cpu) = cpu {
         println!(
             "    gateway CPU until the lake held all:       {:>9.1} µs a record",
             cpu * 1e6 / n as f64
         );
     }
+    if let Some(b) = broker_cpu {
+        println!(
+            "    broker CPU meanwhile:                      {:>9.1} µs a record",
+            b * 1e6 / n as f64
+        );
+    }
+    if embedded {
+        return;
+    }
     println!(
         "  bare rdkafka producer into the same broker:  {raw_best:>9.0} records/s (best of {RUNS}: {})",
         raw_runs.join(", ")
     );
+    // The CPU a record cost in the bare producer's runs: what a record costs the broker and
+    // librdkafka alone, the floor under the gateway's end-to-end figures on these cores.
+    let per_record =
+        |f: fn(&Raw) -> Option<f64>| raw.iter().map(f).collect::<Option<Vec<f64>>>().map(median);
+    if let Some(p) = per_record(|r| r.producer_us) {
+        println!("    producer process CPU (median run):        {p:>9.1} µs a record");
+    }
+    if let Some(b) = per_record(|r| r.broker_us) {
+        println!("    broker CPU (median run):                  {b:>9.1} µs a record");
+    }
     println!(
         "  end to end (median running round) / raw (best run): {:.2} (first round {:.2})",
         e2e / raw_best,
@@ -360,17 +442,19 @@ struct Round {
     both: Duration,
     /// The gateway's CPU seconds until the lake held every record.
     cpu: Option<f64>,
+    /// The broker's CPU seconds meanwhile, when it runs here.
+    broker_cpu: Option<f64>,
 }
 
 impl Round {
-    fn print(&self, name: &str, n: usize) {
+    fn print(&self, name: &str, path: &str, n: usize) {
         println!("  {name}:");
         println!(
             "    accepted over HTTP (protected, published): {:>9.0} records/s",
             rate(n, self.accepted)
         );
         println!(
-            "    end to end (HTTP → Kafka → stages → Delta): {:>9.0} records/s",
+            "    end to end ({path}): {:>9.0} records/s",
             rate(n, self.end_to_end)
         );
         println!(
@@ -384,6 +468,13 @@ impl Round {
                 "    gateway CPU until the lake held all: {:.1} µs a record ({:.1} cores busy)",
                 cpu * 1e6 / n as f64,
                 cpu / self.end_to_end.as_secs_f64()
+            );
+        }
+        if let Some(b) = self.broker_cpu {
+            println!(
+                "    broker CPU meanwhile: {:.1} µs a record ({:.1} cores busy)",
+                b * 1e6 / n as f64,
+                b / self.end_to_end.as_secs_f64()
             );
         }
     }
