@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/warden/target}"
+scripts/build-prereqs.sh
 if command -v mold >/dev/null 2>&1 && [ -z "${RUSTFLAGS:-}" ]; then
   export RUSTFLAGS="-C link-arg=-fuse-ld=mold"
 fi

@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # The README's test command: starts the services the tests need, then checks formatting,
 # lints and runs every test of the workspace. Works on a fresh machine (installs what is
-# missing from Debian's packages) and is what CI runs (.ci/run).
+# missing from Debian's packages and PyPI, and builds the broker) and is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Builds go to a cache outside the checkout so repeated runs are incremental.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/warden/target}"
-if ! command -v mold >/dev/null 2>&1; then
-  echo "test.sh: installing mold (fast linker)" >&2
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mold; } >&2 || true
-fi
+# cmake and libcurl's headers (librdkafka's build), mold (the linker), when missing.
+scripts/build-prereqs.sh
 if command -v mold >/dev/null 2>&1 && [ -z "${RUSTFLAGS:-}" ]; then
   export RUSTFLAGS="-C link-arg=-fuse-ld=mold"
 fi
