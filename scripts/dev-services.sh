@@ -79,7 +79,7 @@ MOTO="$CACHE/moto/bin/moto_server"
 if [ ! -x "$MOTO" ]; then
   log "installing moto into $CACHE/moto"
   python3 -m venv "$CACHE/moto" >&2
-  "$CACHE/moto/bin/pip" install -q 'moto[server]' >&2
+  "$CACHE/moto/bin/pip" install -q 'moto[server]==5.2.5' >&2
 fi
 # Reset answers once moto is ready (it also empties it: only on a moto we just started).
 moto_ready() { curl -sf -X POST "http://127.0.0.1:$MOTO_PORT/moto-api/reset" >/dev/null 2>&1; }
@@ -114,8 +114,9 @@ TANSU="$TANSU_ROOT/bin/tansu"
 if [ ! -x "$TANSU" ]; then
   command -v cmake >/dev/null 2>&1 || apt_install cmake
   log "installing tansu into $TANSU_ROOT (a ${WARDEN_TANSU_BUILD:-debug} build, $TANSU_TIME)"
-  cargo install tansu --locked "${TANSU_FLAGS[@]}" --no-default-features --features dynostore \
-    --root "$TANSU_ROOT" >&2
+  # Pinned, as moto and nx-27017 are: the tests lean on 0.6's behaviour (its fetch gap).
+  cargo install tansu --version 0.6.0 --locked "${TANSU_FLAGS[@]}" --no-default-features \
+    --features dynostore --root "$TANSU_ROOT" >&2
 fi
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 if ! port_open "$KAFKA_PORT"; then
