@@ -15,8 +15,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use super::{Message, OutRecord, Position, Stream, Subscription, CLOSE_WAIT};
@@ -370,18 +369,6 @@ impl Stream for KafkaStream {
 
     fn kind(&self) -> &'static str {
         "kafka"
-    }
-}
-
-impl KafkaStream {
-    /// Waits until every record handed to the producer is acknowledged (or `wait` passed).
-    ///
-    /// # Errors
-    /// Records still unacknowledged after `wait`.
-    pub fn flush(&self, wait: Duration) -> Result<()> {
-        self.producer
-            .flush(Timeout::After(wait))
-            .map_err(|e| kafka_err("flush", &e))
     }
 }
 
