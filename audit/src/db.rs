@@ -7,6 +7,7 @@
 //! [`placeholders`] and [`value_rows`], anonymous on SQLite.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -27,10 +28,95 @@ pub enum Backend {
 /// of its commits was followed by a checkpoint, writing the pages of the subject index it
 /// had just changed all over again. Set on every connection to every SQLite file Warden
 /// keeps (state, audit log, vault, documents): whichever commits past the mark checkpoints,
-/// and one left at 1000 would take the checkpoints over. The log file keeps its largest size
-/// after a checkpoint (SQLite reuses it from the start), so each file may have about 32 MiB
-/// of log beside it.
+/// and one left at 1000 would take the checkpoints over.
+///
+/// The mark does not bound the log's file: SQLite writes the log from its start again only
+/// after a checkpoint that copied every frame back, which a reader on an older snapshot
+/// prevents — and under a steady load the loaders are always reading — and the file keeps
+/// its largest size afterwards. Measured: 116 MiB of log beside the state file twelve seconds
+/// into the embedded pipeline bench. [`WAL_LIMIT`] bounds it.
 const WAL_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 8192";
+
+/// The most write-ahead log an SQLite file keeps beside it for long: when the log's file is
+/// larger (looked at every [`WAL_WATCH`]), a checkpoint in `TRUNCATE` mode copies every frame
+/// back and empties it. It waits for readers on older snapshots to finish — and new writers
+/// wait for it meanwhile — at most [`WAL_TRUNCATE_WAIT`]; a checkpoint that could not finish
+/// in that time is tried again at the next look.
+pub const WAL_LIMIT: u64 = 64 * 1024 * 1024;
+/// How often the log's file size is looked at.
+const WAL_WATCH: Duration = Duration::from_secs(1);
+/// How long a truncating checkpoint waits for readers and writers (the busy timeout of its
+/// connection): writers wait behind it, so it is short.
+const WAL_TRUNCATE_WAIT: &str = "PRAGMA busy_timeout = 1000";
+
+/// The write-ahead log file of the SQLite database at `db`.
+fn wal_file(db: &std::path::Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
+
+/// What a look at an SQLite file's write-ahead log did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalCheck {
+    /// The log's file was at most the limit (or absent): nothing done.
+    WithinLimit,
+    /// The log was copied back and its file emptied.
+    Truncated,
+    /// A reader or writer held the log past the wait: tried again at the next look.
+    Busy,
+}
+
+/// Truncates the write-ahead log of the SQLite database at `db` when its file holds more
+/// than `limit` bytes (see [`WAL_LIMIT`]). Blocking: run it off the async threads.
+///
+/// # Errors
+/// The database cannot be opened or the checkpoint fails.
+pub fn truncate_wal_over(db: &std::path::Path, limit: u64) -> rusqlite::Result<WalCheck> {
+    let size = std::fs::metadata(wal_file(db)).map_or(0, |m| m.len());
+    if size <= limit {
+        return Ok(WalCheck::WithinLimit);
+    }
+    let conn = rusqlite::Connection::open(db)?;
+    conn.execute_batch(WAL_TRUNCATE_WAIT)?;
+    // One row: busy (1 when the checkpoint could not finish), frames in the log, frames
+    // copied back.
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    Ok(if busy == 0 {
+        WalCheck::Truncated
+    } else {
+        WalCheck::Busy
+    })
+}
+
+/// Looks at the write-ahead log of `db` every [`WAL_WATCH`] (see [`WAL_LIMIT`]) until
+/// `gone` reports that every handle on the database was dropped.
+async fn watch_wal(db: std::path::PathBuf, mut gone: tokio::sync::watch::Receiver<()>) {
+    let mut every = tokio::time::interval(WAL_WATCH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            // The sender is never used: this completes when it is dropped.
+            _ = gone.changed() => return,
+        }
+        let path = db.clone();
+        match tokio::task::spawn_blocking(move || truncate_wal_over(&path, WAL_LIMIT)).await {
+            Ok(Ok(WalCheck::WithinLimit)) => {}
+            Ok(Ok(WalCheck::Truncated)) => {
+                tracing::debug!(db = %db.display(), "write-ahead log past its limit: truncated");
+            }
+            Ok(Ok(WalCheck::Busy)) => {
+                tracing::debug!(db = %db.display(), "write-ahead log past its limit, busy: trying again");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(db = %db.display(), error = %e, "write-ahead log checkpoint failed");
+            }
+            // The runtime is shutting down.
+            Err(_) => return,
+        }
+    }
+}
 
 /// A connection pool and the backend behind it.
 #[derive(Debug, Clone)]
@@ -39,6 +125,9 @@ pub struct Db {
     backend: Backend,
     /// The database file, for SQLite on disk.
     sqlite_path: Option<std::path::PathBuf>,
+    /// Held by every clone: when the last is dropped, the log watcher of an SQLite file on
+    /// disk stops.
+    _wal_watch: Option<Arc<tokio::sync::watch::Sender<()>>>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -109,10 +198,16 @@ impl Db {
                 (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
             })
             .flatten();
+        let _wal_watch = sqlite_path.clone().map(|path| {
+            let (watch, gone) = tokio::sync::watch::channel(());
+            tokio::spawn(watch_wal(path, gone));
+            Arc::new(watch)
+        });
         Ok(Self {
             pool,
             backend,
             sqlite_path,
+            _wal_watch,
         })
     }
 
@@ -213,6 +308,82 @@ mod tests {
         assert_eq!(value_rows(Backend::Postgres, 2, 2), "($1, $2), ($3, $4)");
         assert_eq!(placeholders(Backend::Sqlite, 3, 2), "?, ?");
         assert_eq!(value_rows(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+    }
+
+    /// A reader on an old snapshot keeps the log's file growing past every checkpoint mark;
+    /// the limit's checkpoint waits for it, and once it is gone empties the file.
+    #[test]
+    fn a_log_past_its_limit_is_truncated_once_the_readers_let_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.db");
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 100; \
+                 CREATE TABLE t (v BLOB); INSERT INTO t VALUES (zeroblob(10));",
+            )
+            .unwrap();
+        let reader = rusqlite::Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let rows: i64 = reader
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "the reader holds its snapshot from here on");
+        for _ in 0..200 {
+            writer
+                .execute("INSERT INTO t VALUES (zeroblob(8192))", [])
+                .unwrap();
+        }
+        let wal = || std::fs::metadata(wal_file(&path)).unwrap().len();
+        assert!(wal() > 1024 * 1024, "the log grew past the mark: {}", wal());
+        assert_eq!(
+            truncate_wal_over(&path, u64::MAX).unwrap(),
+            WalCheck::WithinLimit
+        );
+        assert_eq!(
+            truncate_wal_over(&path, 1024 * 1024).unwrap(),
+            WalCheck::Busy,
+            "the reader still holds the log"
+        );
+        assert!(wal() > 1024 * 1024);
+        reader.execute_batch("COMMIT").unwrap();
+        assert_eq!(
+            truncate_wal_over(&path, 1024 * 1024).unwrap(),
+            WalCheck::Truncated
+        );
+        assert_eq!(wal(), 0);
+        let rows: i64 = reader
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 201, "nothing lost");
+    }
+
+    /// Every SQLite file on disk has its log watched: one grown past the limit by a single
+    /// large transaction (which no checkpoint mark prevents) is emptied within a few looks.
+    #[tokio::test]
+    async fn an_sqlite_file_on_disk_has_its_log_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = crate::testkit::fresh_sqlite(dir.path()).await;
+        let path = db.sqlite_path.clone().expect("a file on disk");
+        let limit = usize::try_from(WAL_LIMIT).unwrap();
+        let native = db.native_connection().unwrap();
+        native
+            .execute_batch(&format!(
+                "CREATE TABLE big (v BLOB); INSERT INTO big VALUES (zeroblob({}));",
+                limit + 1024 * 1024
+            ))
+            .unwrap();
+        let wal = || std::fs::metadata(wal_file(&path)).map_or(0, |m| m.len());
+        assert!(wal() > WAL_LIMIT, "the log grew past the limit: {}", wal());
+        let start = std::time::Instant::now();
+        while wal() > 0 {
+            assert!(
+                start.elapsed() < WAL_WATCH * 4,
+                "the log still holds {} bytes",
+                wal()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Every connection to an SQLite file checkpoints at the same mark: the pool's and a
