@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prints Warden's benchmark figures (release build): authorization decisions/s, durable
-# audit appends/s on SQLite and PostgreSQL, audit verification events/s, what binding a
+# audit appends/s on SQLite and PostgreSQL (heads sealed and not), audited reads/s (answered
+# once durable, and queued as before), audit verification events/s, what binding a
 # multi-row insert's parameters costs on SQLite (numbered and anonymous), PAN
 # tokenizations/s on SQLite and PostgreSQL, the data plane end to end (HTTP → Kafka →
 # stages → Delta) beside a bare rdkafka producer into the same broker (with the broker's CPU
@@ -23,6 +24,7 @@ WARDEN_BENCH_BROKER_PID="$(awk '$1 == "tansu" { print $2 }' \
   "${WARDEN_CACHE:-$HOME/.cache/warden}/services.pids" 2>/dev/null || true)"
 export WARDEN_BENCH_BROKER_PID
 cargo bench --locked -p warden-gateway --bench foundation
+cargo bench --locked -p warden-audit --bench sequencer
 cargo bench --locked -p warden-audit --bench binding
 cargo bench --locked -p warden-policy --bench protection
 cargo bench --locked -p warden-gateway --bench pipeline

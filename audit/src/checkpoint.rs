@@ -1,7 +1,17 @@
-//! Signed checkpoints: the gateway's Ed25519 key signs the chain's `(seq, hash)` every N
-//! events or T seconds. A hash chain alone cannot reveal a log rewritten from some entry on
-//! with every later hash recomputed; a signature made before the rewrite can. Verifiers need
-//! only the public key (RFC 9162 calls these signed tree heads).
+//! Signed checkpoints: the gateway's Ed25519 key signs the chain's `(seq, hash)`. A hash chain
+//! alone cannot reveal a log rewritten from some entry on with every later hash recomputed; a
+//! signature made before the rewrite can. Verifiers need only the public key (RFC 9162 calls
+//! these signed tree heads).
+//!
+//! Kinds, signed under different domains so that one never passes for another:
+//! - the **head** seal, rewritten with every committed batch in the batch's own transaction,
+//!   so no acknowledged event is ever outside a signature;
+//! - **periodic** checkpoints every N events or T seconds, kept for good: they name where a
+//!   rewrite begins, and cutting the log back to one of them leaves no head seal to match
+//!   (the seals of older heads are overwritten, never stored). A periodic checkpoint also
+//!   states that every head after it is sealed, so an unsealed head after one is a forgery;
+//! - **legacy** checkpoints, written before heads were sealed: they still verify, and say
+//!   nothing about the heads after them.
 
 use std::collections::HashMap;
 
@@ -9,11 +19,36 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 use crate::event::Hash;
 
-const DOMAIN: &[u8] = b"warden.audit.checkpoint.v1\0";
+const LEGACY_DOMAIN: &[u8] = b"warden.audit.checkpoint.v1\0";
+const DOMAIN: &[u8] = b"warden.audit.checkpoint.v2\0";
+const HEAD_DOMAIN: &[u8] = b"warden.audit.head.v1\0";
+
+/// Which statement a signature makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointKind {
+    /// A checkpoint kept in the log's history, from before heads were sealed.
+    Legacy,
+    /// A checkpoint kept in the log's history; every later head is sealed.
+    Periodic,
+    /// The seal of the log's head: the chain ends here.
+    Head,
+}
+
+impl CheckpointKind {
+    /// The version stored beside a history checkpoint.
+    pub fn version(self) -> i64 {
+        match self {
+            Self::Legacy => 1,
+            Self::Periodic | Self::Head => 2,
+        }
+    }
+}
 
 /// A signature over the chain at `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
+    pub kind: CheckpointKind,
     pub seq: u64,
     /// Unix microseconds of the entry at `seq`.
     pub ts: i64,
@@ -24,9 +59,14 @@ pub struct Checkpoint {
 }
 
 /// The bytes a checkpoint signature covers.
-pub fn message(seq: u64, ts: i64, hash: &Hash) -> Vec<u8> {
-    let mut m = Vec::with_capacity(DOMAIN.len() + 48);
-    m.extend_from_slice(DOMAIN);
+pub fn message(kind: CheckpointKind, seq: u64, ts: i64, hash: &Hash) -> Vec<u8> {
+    let domain = match kind {
+        CheckpointKind::Legacy => LEGACY_DOMAIN,
+        CheckpointKind::Periodic => DOMAIN,
+        CheckpointKind::Head => HEAD_DOMAIN,
+    };
+    let mut m = Vec::with_capacity(domain.len() + 48);
+    m.extend_from_slice(domain);
     m.extend_from_slice(&seq.to_be_bytes());
     m.extend_from_slice(&ts.to_be_bytes());
     m.extend_from_slice(hash);
@@ -55,9 +95,10 @@ impl CheckpointSigner {
         }
     }
 
-    pub fn sign(&self, seq: u64, ts: i64, hash: Hash) -> Checkpoint {
-        let signature = self.key.sign(&message(seq, ts, &hash)).to_bytes();
+    pub fn sign(&self, kind: CheckpointKind, seq: u64, ts: i64, hash: Hash) -> Checkpoint {
+        let signature = self.key.sign(&message(kind, seq, ts, &hash)).to_bytes();
         Checkpoint {
+            kind,
             seq,
             ts,
             hash,
@@ -98,7 +139,7 @@ impl CheckpointKeys {
     pub fn verify(&self, cp: &Checkpoint) -> bool {
         self.keys.get(&cp.kid).is_some_and(|k| {
             k.verify(
-                &message(cp.seq, cp.ts, &cp.hash),
+                &message(cp.kind, cp.seq, cp.ts, &cp.hash),
                 &Signature::from_bytes(&cp.signature),
             )
             .is_ok()

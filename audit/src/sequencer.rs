@@ -3,18 +3,21 @@
 //! Callers hand events to a bounded queue; one task takes whatever has queued up (up to
 //! `max_batch`), appends it as one transaction (one fsync) and answers every caller. Under load
 //! batches grow and the cost of durability is shared; when idle an event is committed alone at
-//! once. Every N events or T seconds the task signs a checkpoint. [`Sequencer::shutdown`]
-//! drains the queue, so nothing handed over before it is lost.
+//! once. Every caller waits for its event to be durable and sealed: nothing is answered that
+//! a crash could lose. Each batch seals the log's new head; every N events or T seconds the
+//! task also signs a periodic checkpoint. [`Sequencer::shutdown`] drains the queue, so nothing
+//! handed over before it is lost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
-use crate::checkpoint::CheckpointSigner;
+use crate::checkpoint::CheckpointKind;
 use crate::event::{EventBody, NewEvent};
+use crate::seal::Sealer;
 use crate::store::AuditStore;
 use crate::{Error, Result};
 
@@ -48,12 +51,19 @@ pub trait AuditObserver: Send + Sync {
     fn committed(&self, events: usize, seconds: f64);
     /// A batch of `events` could not be committed.
     fn failed(&self, events: usize);
+    /// The head at `seq` is sealed, or found sealed.
+    fn sealed(&self, _seq: u64) {}
+    /// The chain does not verify up to its head (`Some`, with why), or does again (`None`).
+    fn chain_broken(&self, _reason: Option<&str>) {}
 }
+
+type Reply<T> = oneshot::Sender<Result<T>>;
 
 // Shutdown is sent once; boxing every event instead would cost an allocation per append.
 #[allow(clippy::large_enum_variant)]
 enum Msg {
-    Append(EventBody, Option<oneshot::Sender<Result<u64>>>),
+    Append(EventBody, Reply<u64>),
+    Seal(Reply<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -62,6 +72,7 @@ enum Msg {
 pub struct Sequencer {
     tx: mpsc::Sender<Msg>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
+    broken: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Sequencer {
@@ -78,19 +89,22 @@ const RETRIES: [Duration; 3] = [
 ];
 
 impl Sequencer {
-    /// Starts the writer task on the current tokio runtime.
+    /// Starts the writer task on the current tokio runtime. Without a sealer nothing is
+    /// signed: the log is then an unsigned tail that verifiers refuse unless told otherwise.
     pub fn start(
         store: Arc<dyn AuditStore>,
-        signer: Option<CheckpointSigner>,
+        sealer: Option<Sealer>,
         config: SequencerConfig,
         observer: Option<Arc<dyn AuditObserver>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let broken = Arc::new(std::sync::Mutex::new(None));
         let writer = Writer {
             store,
-            signer,
+            sealer,
             config,
             observer,
+            broken: broken.clone(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
         };
@@ -98,35 +112,48 @@ impl Sequencer {
         Self {
             tx,
             task: Arc::new(Mutex::new(Some(task))),
+            broken,
         }
     }
 
-    /// Appends an event and waits until it is durable; returns its sequence number.
+    /// Appends an event and waits until it is durable and sealed; returns its sequence number.
     ///
     /// # Errors
     /// [`Error::InvalidEvent`] for an event out of bounds, [`Error::Closed`] after shutdown,
+    /// [`Error::ChainBroken`] when the stored chain does not verify up to its head,
     /// [`Error::Unavailable`] when the store failed to commit.
     pub async fn append(&self, event: NewEvent) -> Result<u64> {
         let body = event.into_body()?;
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Msg::Append(body, Some(reply)))
+            .send(Msg::Append(body, reply))
             .await
             .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
-    /// Queues an event without waiting for it to be durable (for reads that are not
-    /// sensitive). A failure to commit it later is logged at ERROR.
+    /// Makes sure the log's head is sealed: recomputes the chain from the last signed
+    /// checkpoint up to an unsealed head and seals it (what a start does before serving).
     ///
     /// # Errors
-    /// As [`append`](Self::append), minus the commit failure.
-    pub async fn record(&self, event: NewEvent) -> Result<()> {
-        let body = event.into_body()?;
+    /// [`Error::ChainBroken`] when the chain does not lead to the head, [`Error::Closed`]
+    /// after shutdown, or a failure of the store.
+    pub async fn seal(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Msg::Append(body, None))
+            .send(Msg::Seal(reply))
             .await
-            .map_err(|_| Error::Closed)
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Why the chain does not verify up to its head, as last found by an append or a seal;
+    /// `None` once a later batch sealed a head again.
+    pub fn broken(&self) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Commits everything queued, signs a final checkpoint and stops the task. Later appends
@@ -146,9 +173,10 @@ impl Sequencer {
 
 struct Writer {
     store: Arc<dyn AuditStore>,
-    signer: Option<CheckpointSigner>,
+    sealer: Option<Sealer>,
     config: SequencerConfig,
     observer: Option<Arc<dyn AuditObserver>>,
+    broken: Arc<std::sync::Mutex<Option<String>>>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
 }
@@ -182,6 +210,10 @@ impl Writer {
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Append(body, reply) => batch.push((body, reply)),
+                    Msg::Seal(reply) => {
+                        let sealed = self.seal().await;
+                        let _gone = reply.send(sealed);
+                    }
                     Msg::Shutdown(done) => {
                         shutdown = Some(done);
                         break;
@@ -195,8 +227,12 @@ impl Writer {
                 // Drain what was queued before the shutdown request.
                 rx.close();
                 while let Ok(msg) = rx.try_recv() {
-                    if let Msg::Append(body, reply) = msg {
-                        batch.push((body, reply));
+                    match msg {
+                        Msg::Append(body, reply) => batch.push((body, reply)),
+                        Msg::Seal(reply) => {
+                            let _gone = reply.send(Err(Error::Closed));
+                        }
+                        Msg::Shutdown(_) => {}
                     }
                 }
             }
@@ -216,14 +252,20 @@ impl Writer {
         }
     }
 
-    async fn commit(&mut self, batch: Vec<(EventBody, Option<oneshot::Sender<Result<u64>>>)>) {
+    async fn commit(&mut self, batch: Vec<(EventBody, Reply<u64>)>) {
         let n = batch.len();
         let (bodies, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let started = Instant::now();
         let mut attempt = 0;
         let result = loop {
-            match self.store.append(bodies.clone()).await {
+            match self
+                .store
+                .append(bodies.clone(), self.sealer.as_ref())
+                .await
+            {
                 Ok(stored) => break Ok(stored),
+                // Retrying cannot mend a broken chain.
+                Err(e @ Error::ChainBroken(_)) => break Err(e),
                 Err(e) if attempt < RETRIES.len() => {
                     warn!(error = %e, events = n, attempt, "audit append failed, retrying");
                     tokio::time::sleep(RETRIES[attempt]).await;
@@ -237,44 +279,111 @@ impl Writer {
                 if let Some(o) = &self.observer {
                     o.committed(n, started.elapsed().as_secs_f64());
                 }
+                if let Some(last) = stored.last() {
+                    self.sealed(last.seq);
+                }
                 self.since_checkpoint += n as u64;
                 for (reply, e) in replies.into_iter().zip(&stored) {
-                    if let Some(reply) = reply {
-                        let _gone = reply.send(Ok(e.seq));
-                    }
+                    let _gone = reply.send(Ok(e.seq));
                 }
             }
             Err(e) => {
                 if let Some(o) = &self.observer {
                     o.failed(n);
                 }
-                let unanswered = replies.iter().filter(|r| r.is_none()).count();
-                error!(error = %e, events = n, unanswered, "audit append failed; events not recorded");
-                for reply in replies.into_iter().flatten() {
-                    let _gone = reply.send(Err(Error::Unavailable(e.to_string())));
+                self.failed(&e);
+                error!(error = %e, events = n, "audit append failed; events not recorded");
+                for reply in replies {
+                    let _gone = reply.send(Err(match &e {
+                        Error::ChainBroken(reason) => Error::ChainBroken(reason.clone()),
+                        other => Error::Unavailable(other.to_string()),
+                    }));
                 }
             }
         }
     }
 
-    async fn checkpoint(&mut self) {
-        let Some(signer) = &self.signer else { return };
-        let result = async {
-            let (seq, hash) = self.store.head().await?;
-            if seq == 0 {
-                return Ok(());
+    /// A head is sealed (when there is a sealer): the chain is whole up to it.
+    fn sealed(&self, seq: u64) {
+        if self.sealer.is_none() {
+            return;
+        }
+        let was_broken = self
+            .broken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .is_some();
+        if let Some(o) = &self.observer {
+            o.sealed(seq);
+            if was_broken {
+                o.chain_broken(None);
             }
-            let ts = self
-                .store
-                .scan(seq - 1, 1)
-                .await?
-                .first()
-                .map_or(0, |e| e.body.ts);
-            self.store.put_checkpoint(&signer.sign(seq, ts, hash)).await
+        }
+    }
+
+    fn failed(&self, e: &Error) {
+        if let Error::ChainBroken(reason) = e {
+            *self
+                .broken
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.clone());
+            if let Some(o) = &self.observer {
+                o.chain_broken(Some(reason));
+            }
+        }
+    }
+
+    /// Seals the head if it is not sealed yet (after recomputing the chain up to it).
+    async fn seal(&self) -> Result<()> {
+        let Some(sealer) = &self.sealer else {
+            return Ok(());
+        };
+        match self.store.append(Vec::new(), Some(sealer)).await {
+            Ok(_) => {
+                let head = self.store.head().await?;
+                self.sealed(head.seq);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Signs a periodic checkpoint at the sealed head: over nothing the sealer did not vouch
+    /// for.
+    async fn checkpoint(&mut self) {
+        if self.sealer.is_none() {
+            return;
+        }
+        let result = async {
+            self.seal().await?;
+            let sealer = self.sealer.as_ref().expect("checked above");
+            let head = self.store.head().await?;
+            let Some(seal) = head.seal.as_ref().filter(|_| head.seq > 0) else {
+                return Ok(None);
+            };
+            if !sealer.vouches_for(&head)? {
+                return Err(Error::ChainBroken(format!(
+                    "the head's seal at entry {} is not valid",
+                    head.seq
+                )));
+            }
+            let cp = sealer
+                .signer()
+                .sign(CheckpointKind::Periodic, head.seq, seal.ts, head.hash);
+            self.store.put_checkpoint(&cp).await?;
+            Ok(Some(cp))
         }
         .await;
         match result {
-            Ok(()) => {
+            Ok(cp) => {
+                if let Some(cp) = cp {
+                    // Shipped logs keep the signed points outside the database.
+                    info!(seq = cp.seq, hash = %hex::encode(cp.hash), kid = %cp.kid, "audit checkpoint signed");
+                }
                 self.since_checkpoint = 0;
                 self.last_checkpoint = Instant::now();
             }

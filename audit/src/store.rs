@@ -2,12 +2,14 @@
 
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row};
+use sqlx::{Any, AnyConnection, Row};
 use warden_sdk::Decision;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointKind};
 use crate::db::{to_i64, to_u64, Db};
-use crate::event::{chain_hash, to_hash, EventBody, Hash, StoredEvent};
+use crate::event::{chain_hash, to_hash, EventBody, StoredEvent, GENESIS};
+use crate::seal::{Head, Sealer};
+use crate::verify::{ChainVerifier, UnsignedTail};
 use crate::{Error, Result};
 
 /// Most events returned by one [`AuditStore::query`] or [`AuditStore::scan`] call.
@@ -49,17 +51,27 @@ pub struct Query {
 ///   (`hash_n = SHA-256(hash_{n-1} ‖ canonical(event_n))`) and makes the whole batch visible and
 ///   durable at once, or none of it. Appends from many processes on one store are serialized
 ///   by the store: no two events ever share a sequence number and no gap is ever created.
+/// - **Sealed heads.** Given a [`Sealer`], an append first makes sure the head it extends is
+///   vouched for (sealed, or recomputed from the last signed checkpoint), refusing with
+///   [`Error::ChainBroken`] otherwise, and seals the new head in the same transaction.
 /// - **Append-only.** Stored events and checkpoints are never changed or removed through this
 ///   trait, and the backing database refuses to (triggers), so tampering needs privileges
 ///   beyond the gateway's and is then caught by the verifier.
 /// - **Reads are in sequence order** and see only committed batches.
 #[async_trait]
 pub trait AuditStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Appends a batch; returns the stored events in order.
-    async fn append(&self, events: Vec<EventBody>) -> Result<Vec<StoredEvent>>;
+    /// Appends a batch, sealing the new head with `sealer`; returns the stored events in
+    /// order. An empty batch with a sealer seals the current head if it is not sealed yet
+    /// (after recomputing the chain up to it).
+    async fn append(
+        &self,
+        events: Vec<EventBody>,
+        sealer: Option<&Sealer>,
+    ) -> Result<Vec<StoredEvent>>;
 
-    /// The sequence number and hash of the last entry (`0` and the genesis hash when empty).
-    async fn head(&self) -> Result<(u64, Hash)>;
+    /// The last entry's sequence number and hash (`0` and the genesis hash when empty), with
+    /// the head's seal when one was written.
+    async fn head(&self) -> Result<Head>;
 
     /// Rows with `seq > after_seq`, in order, at most `limit` (capped at [`MAX_PAGE`]); a
     /// row that cannot be read as an event (its content was tampered with) comes back as a
@@ -108,8 +120,12 @@ impl SqlAuditStore {
 
 #[async_trait]
 impl AuditStore for SqlAuditStore {
-    async fn append(&self, events: Vec<EventBody>) -> Result<Vec<StoredEvent>> {
-        if events.is_empty() {
+    async fn append(
+        &self,
+        events: Vec<EventBody>,
+        sealer: Option<&Sealer>,
+    ) -> Result<Vec<StoredEvent>> {
+        if events.is_empty() && sealer.is_none() {
             return Ok(Vec::new());
         }
         let mut tx = self.db.pool().begin().await?;
@@ -119,11 +135,22 @@ impl AuditStore for SqlAuditStore {
         sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1")
             .execute(&mut *tx)
             .await?;
-        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut seq = to_u64(row.try_get::<i64, _>("seq")?)?;
-        let mut prev = to_hash(&row.try_get::<Vec<u8>, _>("hash")?)?;
+        let head = read_head(&mut tx).await?;
+        let mut head_ts = head.seal.as_ref().map(|s| s.ts);
+        // Sealing begins here: on a fresh log, or on a tail written without seals.
+        let mut begins = false;
+        if let Some(sealer) = sealer {
+            if !sealer.vouches_for(&head)? {
+                head_ts = Some(recompute_tail(&mut tx, &head, sealer).await?);
+                begins = true;
+            } else if events.is_empty() {
+                sealer.remember(head.seq, head.hash);
+                return Ok(Vec::new());
+            } else {
+                begins = head.seq == 0;
+            }
+        }
+        let (mut seq, mut prev) = (head.seq, head.hash);
 
         let mut stored = Vec::with_capacity(events.len());
         for body in events {
@@ -161,43 +188,43 @@ impl AuditStore for SqlAuditStore {
             }
             q.execute(&mut *tx).await?;
         }
-        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(to_i64(seq)?)
-            .bind(prev.to_vec())
-            .execute(&mut *tx)
-            .await?;
+        let ts = stored.last().map(|e| e.body.ts).or(head_ts);
+        let seal = match (sealer, ts) {
+            (Some(sealer), Some(ts)) if seq > 0 => Some(sealer.seal(seq, ts, prev)),
+            _ => None,
+        };
+        sqlx::query(
+            "UPDATE audit_head SET seq = $1, hash = $2, ts = $3, kid = $4, signature = $5 \
+             WHERE id = 1",
+        )
+        .bind(to_i64(seq)?)
+        .bind(prev.to_vec())
+        .bind(seal.as_ref().map(|s| s.ts))
+        .bind(seal.as_ref().map(|s| s.kid.clone()))
+        .bind(seal.as_ref().map(|s| s.signature.to_vec()))
+        .execute(&mut *tx)
+        .await?;
+        if let (Some(sealer), Some(seal), true) = (sealer, &seal, begins) {
+            // A periodic checkpoint states that every head from here on is sealed: a later
+            // unsealed head is then refused rather than recomputed and sealed over.
+            let cp = sealer
+                .signer()
+                .sign(CheckpointKind::Periodic, seq, seal.ts, prev);
+            insert_checkpoint(&mut tx, &cp).await?;
+        }
         tx.commit().await?;
+        if let Some(sealer) = sealer {
+            sealer.remember(seq, prev);
+        }
         Ok(stored)
     }
 
-    async fn head(&self) -> Result<(u64, Hash)> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(self.db.pool())
-            .await?;
-        Ok((
-            to_u64(row.try_get::<i64, _>("seq")?)?,
-            to_hash(&row.try_get::<Vec<u8>, _>("hash")?)?,
-        ))
+    async fn head(&self) -> Result<Head> {
+        read_head(&mut *self.db.pool().acquire().await?).await
     }
 
     async fn scan_rows(&self, after_seq: u64, limit: u32) -> Result<Vec<Scanned>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
-        ))
-        .bind(to_i64(after_seq)?)
-        .bind(i64::from(limit.min(MAX_PAGE)))
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                // The primary key is always an integer; anything else in the row may be garbage.
-                let seq = to_u64(r.try_get::<i64, _>("seq")?)?;
-                Ok(decode_event(r).map_err(|e| CorruptRow {
-                    seq,
-                    reason: e.to_string(),
-                }))
-            })
-            .collect()
+        scan_page(&mut *self.db.pool().acquire().await?, after_seq, limit).await
     }
 
     async fn query(&self, query: &Query) -> Result<Vec<StoredEvent>> {
@@ -245,39 +272,192 @@ impl AuditStore for SqlAuditStore {
     }
 
     async fn put_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, ts, hash, kid, signature) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(to_i64(cp.seq)?)
-        .bind(cp.ts)
-        .bind(cp.hash.to_vec())
-        .bind(cp.kid.clone())
-        .bind(cp.signature.to_vec())
-        .execute(self.db.pool())
-        .await?;
-        Ok(())
+        // Another replica may have signed the same head: its checkpoint serves as well.
+        insert_checkpoint(&mut *self.db.pool().acquire().await?, cp).await
     }
 
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
-        let rows =
-            sqlx::query("SELECT seq, ts, hash, kid, signature FROM audit_checkpoints ORDER BY seq")
-                .fetch_all(self.db.pool())
-                .await?;
-        rows.iter()
-            .map(|r| {
-                let sig: Vec<u8> = r.try_get("signature")?;
-                Ok(Checkpoint {
-                    seq: to_u64(r.try_get::<i64, _>("seq")?)?,
-                    ts: r.try_get("ts")?,
-                    hash: to_hash(&r.try_get::<Vec<u8>, _>("hash")?)?,
-                    kid: r.try_get("kid")?,
-                    signature: <[u8; 64]>::try_from(sig.as_slice()).map_err(|_| {
-                        Error::Corrupt("checkpoint signature is not 64 bytes".to_owned())
-                    })?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq"
+        ))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(decode_checkpoint).collect()
     }
+}
+
+const CHECKPOINT_COLUMNS: &str = "seq, ts, hash, kid, signature, version";
+
+/// Adds a periodic checkpoint, unless one is at its entry already.
+async fn insert_checkpoint(conn: &mut AnyConnection, cp: &Checkpoint) -> Result<()> {
+    if cp.kind != CheckpointKind::Periodic {
+        return Err(Error::InvalidEvent(
+            "only periodic checkpoints are added to the history".to_owned(),
+        ));
+    }
+    sqlx::query(&format!(
+        "INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (seq) DO NOTHING"
+    ))
+    .bind(to_i64(cp.seq)?)
+    .bind(cp.ts)
+    .bind(cp.hash.to_vec())
+    .bind(cp.kid.clone())
+    .bind(cp.signature.to_vec())
+    .bind(cp.kind.version())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn decode_checkpoint(r: &AnyRow) -> Result<Checkpoint> {
+    let kind = match r.try_get::<i64, _>("version")? {
+        1 => CheckpointKind::Legacy,
+        2 => CheckpointKind::Periodic,
+        v => return Err(Error::Corrupt(format!("unknown checkpoint version {v}"))),
+    };
+    Ok(Checkpoint {
+        kind,
+        seq: to_u64(r.try_get::<i64, _>("seq")?)?,
+        ts: r.try_get("ts")?,
+        hash: to_hash(&r.try_get::<Vec<u8>, _>("hash")?)?,
+        kid: r.try_get("kid")?,
+        signature: signature(&r.try_get::<Vec<u8>, _>("signature")?)?,
+    })
+}
+
+fn signature(bytes: &[u8]) -> Result<[u8; 64]> {
+    <[u8; 64]>::try_from(bytes)
+        .map_err(|_| Error::Corrupt("checkpoint signature is not 64 bytes".to_owned()))
+}
+
+async fn read_head(conn: &mut AnyConnection) -> Result<Head> {
+    let row = sqlx::query("SELECT seq, hash, ts, kid, signature FROM audit_head WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await?;
+    let seq = to_u64(row.try_get::<i64, _>("seq")?)?;
+    let hash = to_hash(&row.try_get::<Vec<u8>, _>("hash")?)?;
+    let seal = match (
+        row.try_get::<Option<i64>, _>("ts")?,
+        row.try_get::<Option<String>, _>("kid")?,
+        row.try_get::<Option<Vec<u8>>, _>("signature")?,
+    ) {
+        (Some(ts), Some(kid), Some(sig)) => Some(Checkpoint {
+            kind: CheckpointKind::Head,
+            seq,
+            ts,
+            hash,
+            kid,
+            signature: signature(&sig)?,
+        }),
+        _ => None,
+    };
+    Ok(Head { seq, hash, seal })
+}
+
+async fn scan_page(conn: &mut AnyConnection, after_seq: u64, limit: u32) -> Result<Vec<Scanned>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+    ))
+    .bind(to_i64(after_seq)?)
+    .bind(i64::from(limit.min(MAX_PAGE)))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            // The primary key is always an integer; anything else in the row may be garbage.
+            let seq = to_u64(r.try_get::<i64, _>("seq")?)?;
+            Ok(decode_event(r).map_err(|e| CorruptRow {
+                seq,
+                reason: e.to_string(),
+            }))
+        })
+        .collect()
+}
+
+/// Recomputes the chain from the last signed checkpoint up to `head`, inside the append's
+/// transaction; returns the time of the head's entry.
+///
+/// # Errors
+/// [`Error::ChainBroken`] when the entries do not chain from the checkpoint to the head.
+async fn recompute_tail(conn: &mut AnyConnection, head: &Head, sealer: &Sealer) -> Result<i64> {
+    let row = sqlx::query(&format!(
+        "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE seq <= $1 \
+         ORDER BY seq DESC LIMIT 1"
+    ))
+    .bind(to_i64(head.seq)?)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let from = match row {
+        Some(r) => {
+            let cp = decode_checkpoint(&r)?;
+            if !sealer.keys().verify(&cp) {
+                return Err(Error::ChainBroken(format!(
+                    "the checkpoint at entry {} has no valid signature",
+                    cp.seq
+                )));
+            }
+            if cp.kind == CheckpointKind::Periodic {
+                // Heads are sealed since this checkpoint: this one's seal was removed or forged.
+                return Err(Error::ChainBroken(format!(
+                    "the log's head (entry {}) has no valid seal, though every head after the checkpoint at entry {} was sealed",
+                    head.seq, cp.seq
+                )));
+            }
+            cp
+        }
+        None => Checkpoint {
+            kind: CheckpointKind::Legacy,
+            seq: 0,
+            ts: 0,
+            hash: GENESIS,
+            kid: String::new(),
+            signature: [0; 64],
+        },
+    };
+    let mut verifier = ChainVerifier::resume(sealer.keys().clone(), &from, Vec::new());
+    let mut ts = from.ts;
+    let mut after = from.seq;
+    while after < head.seq {
+        let page = scan_page(conn, after, MAX_PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        for row in page {
+            let go_on = match &row {
+                Ok(e) if e.seq <= head.seq => {
+                    ts = e.body.ts;
+                    verifier.push(e)
+                }
+                Ok(_) => true,
+                Err(c) => verifier.corrupt(c.seq, &c.reason),
+            };
+            after = match &row {
+                Ok(e) => e.seq,
+                Err(c) => c.seq,
+            };
+            if !go_on {
+                break;
+            }
+        }
+        if verifier.failure().is_some() {
+            break;
+        }
+    }
+    if let Some(reason) = verifier.failure() {
+        return Err(Error::ChainBroken(reason.to_owned()));
+    }
+    if verifier.tip() != (head.seq, head.hash) {
+        return Err(Error::ChainBroken(format!(
+            "the log's head (entry {}) is not where entries {}..={} lead",
+            head.seq,
+            from.seq + 1,
+            verifier.tip().0
+        )));
+    }
+    // Settles the report's bookkeeping; the tail was accepted by the comparison above.
+    let _report = verifier.finish(Some(head.seq), UnsignedTail::Accept);
+    Ok(ts)
 }
 
 enum Bind {

@@ -1,13 +1,29 @@
 //! The verifier: recomputes the chain from the first entry and checks every signed
-//! checkpoint. Used on a live store (`GET /v1/audit/verify`, `warden audit verify`) and on an
-//! export offline (`warden audit verify --export FILE --public-key KEY`).
+//! checkpoint and the head's seal. Used on a live store (`GET /v1/audit/verify`,
+//! `warden audit verify`) and on an export offline
+//! (`warden audit verify --export FILE --public-key KEY`).
+//!
+//! Entries after the last valid signature are *unverified*: whoever can write the database
+//! can rewrite or cut them and recompute the chain. They fail the verification unless the
+//! caller accepts an unsigned tail ([`UnsignedTail::Accept`]), and the report counts them
+//! either way.
 
 use warden_sdk::VerifyReport;
 
-use crate::checkpoint::{Checkpoint, CheckpointKeys};
+use crate::checkpoint::{Checkpoint, CheckpointKeys, CheckpointKind};
 use crate::event::{chain_hash, Hash, StoredEvent, GENESIS};
 use crate::store::AuditStore;
 use crate::Result;
+
+/// What to make of entries no signature covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnsignedTail {
+    /// They fail the verification (the default: nothing vouches for them).
+    #[default]
+    Refuse,
+    /// They pass, counted in [`VerifyReport::unsigned_entries`].
+    Accept,
+}
 
 /// Entries read per page while verifying a store.
 const PAGE: u32 = 5_000;
@@ -24,6 +40,8 @@ pub struct ChainVerifier {
     prev: Hash,
     entries: u64,
     bad: Option<(u64, String)>,
+    /// A head seal was presented but its signature is not valid.
+    forged_head: bool,
 }
 
 impl ChainVerifier {
@@ -39,7 +57,28 @@ impl ChainVerifier {
             prev: GENESIS,
             entries: 0,
             bad: None,
+            forged_head: false,
         }
+    }
+
+    /// A verifier that starts after `from`, a checkpoint already checked, with the later
+    /// `checkpoints`.
+    pub fn resume(keys: CheckpointKeys, from: &Checkpoint, checkpoints: Vec<Checkpoint>) -> Self {
+        let mut v = Self::new(keys, checkpoints);
+        v.seq = from.seq;
+        v.prev = from.hash;
+        v.last_checkpoint_seq = from.seq;
+        v
+    }
+
+    /// The last entry checked and its hash.
+    pub fn tip(&self) -> (u64, Hash) {
+        (self.seq, self.prev)
+    }
+
+    /// Why the chain does not verify, once a bad entry was found.
+    pub fn failure(&self) -> Option<&str> {
+        self.bad.as_ref().map(|(_, reason)| reason.as_str())
     }
 
     /// Checks the next entry. Returns false once a bad entry was found (stop feeding).
@@ -110,6 +149,12 @@ impl ChainVerifier {
     }
 
     fn check_checkpoint(&mut self, cp: &Checkpoint) -> bool {
+        if cp.kind == CheckpointKind::Head && !self.keys.verify(cp) {
+            // A head without a valid seal vouches for nothing; the entries up to it are then
+            // an unsigned tail, reported as such by finish.
+            self.forged_head = true;
+            return true;
+        }
         if !self.keys.verify(cp) {
             self.bad = Some((
                 cp.seq,
@@ -123,8 +168,10 @@ impl ChainVerifier {
             self.bad = Some((
                 from,
                 format!(
-                    "entries {from}..={} were rewritten: the chain no longer matches the checkpoint signed at entry {}",
-                    cp.seq, cp.seq
+                    "entries {from}..={} were rewritten: the chain no longer matches the {} signed at entry {}",
+                    cp.seq,
+                    kind_name(cp.kind),
+                    cp.seq
                 ),
             ));
             return false;
@@ -134,27 +181,26 @@ impl ChainVerifier {
         true
     }
 
-    /// The report. `expected_head`, when known (the store's tip), must have been reached;
-    /// with `require_signed_head` the last entry must be covered by a signed checkpoint (an
-    /// export is, so nobody can cut its tail or strip its checkpoints unnoticed).
-    pub fn finish(mut self, expected_head: Option<u64>, require_signed_head: bool) -> VerifyReport {
-        if self.bad.is_none() && require_signed_head && self.last_checkpoint_seq < self.seq {
-            self.bad = Some((
-                self.last_checkpoint_seq + 1,
-                format!(
-                    "entries {}..={} are not covered by a signed checkpoint",
-                    self.last_checkpoint_seq + 1,
-                    self.seq
-                ),
-            ));
+    /// The report. `expected_head`, when known (the store's tip), must have been reached.
+    /// Entries after the last valid signature fail the verification unless `tail` accepts
+    /// them.
+    pub fn finish(mut self, expected_head: Option<u64>, tail: UnsignedTail) -> VerifyReport {
+        while let Some(cp) = self.pending.last() {
+            if cp.kind != CheckpointKind::Head || self.keys.verify(cp) {
+                break;
+            }
+            self.forged_head = true;
+            self.pending.pop();
         }
         if self.bad.is_none() {
             if let Some(cp) = self.pending.last() {
                 self.bad = Some((
                     self.seq + 1,
                     format!(
-                        "entries after {} are missing: a checkpoint was signed at entry {}",
-                        self.seq, cp.seq
+                        "entries after {} are missing: a {} was signed at entry {}",
+                        self.seq,
+                        kind_name(cp.kind),
+                        cp.seq
                     ),
                 ));
             } else if let Some(head) = expected_head.filter(|h| *h > self.seq) {
@@ -167,6 +213,22 @@ impl ChainVerifier {
                 ));
             }
         }
+        let unsigned_entries = self.seq.saturating_sub(self.last_checkpoint_seq);
+        if self.bad.is_none() && unsigned_entries > 0 && tail == UnsignedTail::Refuse {
+            self.bad = Some((
+                self.last_checkpoint_seq + 1,
+                format!(
+                    "entries {}..={} are not covered by a signed checkpoint{}: anyone who can write the database could have rewritten or cut them",
+                    self.last_checkpoint_seq + 1,
+                    self.seq,
+                    if self.forged_head {
+                        " (the head's seal is not valid)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         let (first_bad_seq, reason) = match self.bad {
             Some((seq, reason)) => (Some(seq), Some(reason)),
             None => (None, None),
@@ -177,19 +239,33 @@ impl ChainVerifier {
             checkpoints: self.checkpoints_checked,
             head_seq: self.seq,
             signed_through: self.last_checkpoint_seq,
+            unsigned_entries,
             first_bad_seq,
             reason,
         }
     }
 }
 
-/// Verifies a whole store.
+fn kind_name(kind: CheckpointKind) -> &'static str {
+    match kind {
+        CheckpointKind::Legacy | CheckpointKind::Periodic => "checkpoint",
+        CheckpointKind::Head => "head seal",
+    }
+}
+
+/// Verifies a whole store: every entry, every checkpoint, and the head's seal.
 ///
 /// # Errors
 /// Only a failure to read the store; a broken chain is a report with `ok: false`.
-pub async fn verify_store(store: &dyn AuditStore, keys: CheckpointKeys) -> Result<VerifyReport> {
-    let (head, _) = store.head().await?;
-    let mut verifier = ChainVerifier::new(keys, store.checkpoints().await?);
+pub async fn verify_store(
+    store: &dyn AuditStore,
+    keys: CheckpointKeys,
+    tail: UnsignedTail,
+) -> Result<VerifyReport> {
+    let head = store.head().await?;
+    let mut checkpoints = store.checkpoints().await?;
+    checkpoints.extend(head.seal);
+    let mut verifier = ChainVerifier::new(keys, checkpoints);
     let mut after = 0;
     loop {
         let page = store.scan_rows(after, PAGE).await?;
@@ -204,9 +280,9 @@ pub async fn verify_store(store: &dyn AuditStore, keys: CheckpointKeys) -> Resul
                 Err(c) => verifier.corrupt(c.seq, &c.reason),
             };
             if !go_on {
-                return Ok(verifier.finish(Some(head), false));
+                return Ok(verifier.finish(Some(head.seq), tail));
             }
         }
     }
-    Ok(verifier.finish(Some(head), false))
+    Ok(verifier.finish(Some(head.seq), tail))
 }

@@ -1,35 +1,22 @@
 //! Foundation benchmarks (figures, not assertions): authorization decisions/s with the
-//! shipped policy and with 100k generated rules, durable audit appends/s on SQLite and
-//! PostgreSQL with group commit, and audit verification events/s.
+//! shipped policy and with 100k generated rules. The audit log's figures are
+//! `cargo bench -p warden-audit --bench sequencer`.
 //!
-//! Run with `scripts/bench.sh` (it starts PostgreSQL and sets `WARDEN_TEST_POSTGRES_URL`).
+//! Run with `scripts/bench.sh`.
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warden_audit::{
-    verify_store, AuditObserver, CheckpointKeys, CheckpointSigner, NewEvent, Sequencer,
-    SequencerConfig, SqlAuditStore,
-};
 use warden_policy::authz::{parse_policy_csv, Authorizer, DEFAULT_MODEL, DEFAULT_POLICY};
-use warden_sdk::{Decision, PolicyRule};
+use warden_sdk::PolicyRule;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        authorization().await;
-        let dir = tempfile::tempdir().unwrap();
-        let (db, _) = warden_audit::testkit::fresh_sqlite(dir.path()).await;
-        audit("sqlite", db).await;
-        let (db, _) = warden_audit::testkit::fresh_postgres().await;
-        audit("postgres", db).await;
-    });
+    rt.block_on(authorization());
 }
 
 fn rate(n: u64, d: Duration) -> String {
@@ -136,92 +123,5 @@ async fn authorization() {
     println!(
         "authz  100k rules, cached (100 distinct requests):     {}",
         rate(n, d)
-    );
-}
-
-#[derive(Default)]
-struct Batches(AtomicU64);
-
-impl AuditObserver for Batches {
-    fn committed(&self, _events: usize, _seconds: f64) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    fn failed(&self, _events: usize) {}
-}
-
-fn event(i: u64) -> NewEvent {
-    NewEvent::new(
-        1_800_000_000_000_000 + i as i64,
-        format!("user-{}", i % 100),
-        "user",
-        "audit.read",
-        "/v1/audit/events",
-        Decision::Allow,
-    )
-    .request_id(Some(format!("{i:032x}")))
-    .details(&serde_json::json!({"method": "GET", "status": 200}))
-}
-
-async fn audit(backend: &str, db: warden_audit::Db) {
-    let store = Arc::new(SqlAuditStore::new(db));
-    let signer = CheckpointSigner::new(
-        "cp-bench",
-        ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]),
-    );
-    let mut keys = CheckpointKeys::new();
-    keys.insert("cp-bench", signer.verifying_key());
-    let batches = Arc::new(Batches::default());
-    let seq = Sequencer::start(
-        store.clone(),
-        Some(signer),
-        SequencerConfig::default(),
-        Some(batches.clone()),
-    );
-
-    // One caller at a time: every append waits for its own commit (one fsync each).
-    let serial = 300;
-    let started = Instant::now();
-    for i in 0..serial {
-        seq.append(event(i)).await.unwrap();
-    }
-    let d = started.elapsed();
-    println!(
-        "audit  {backend:8} 1 caller, durable appends:             {} ({:.2} ms each)",
-        rate(serial, d),
-        d.as_secs_f64() * 1e3 / serial as f64
-    );
-
-    // Many callers: group commit shares each transaction.
-    let callers = 256u64;
-    let per = 200u64;
-    let before = batches.0.load(Ordering::Relaxed);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..callers)
-        .map(|c| {
-            let s = seq.clone();
-            tokio::spawn(async move {
-                for i in 0..per {
-                    s.append(event(c * per + i)).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let d = started.elapsed();
-    let n = callers * per;
-    let b = batches.0.load(Ordering::Relaxed) - before;
-    println!("audit  {backend:8} {callers} callers, durable appends:          {} ({} events in {b} transactions, {:.0} per batch)", rate(n, d), n, n as f64 / b as f64);
-    seq.shutdown().await;
-
-    let started = Instant::now();
-    let report = verify_store(store.as_ref(), keys).await.unwrap();
-    assert!(report.ok);
-    println!(
-        "audit  {backend:8} verification:                          {} ({} events, {} checkpoints)",
-        rate(report.entries, started.elapsed()),
-        report.entries,
-        report.checkpoints
     );
 }

@@ -6,18 +6,21 @@ use std::io::{BufRead, Write};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use warden_audit::{
-    verify_store, AuditStore, ChainVerifier, Checkpoint, CheckpointKeys, CheckpointSigner, Db,
-    SqlAuditStore, StoredEvent,
+    verify_store, AuditStore, ChainVerifier, Checkpoint, CheckpointKeys, CheckpointKind,
+    CheckpointSigner, Db, Sealer, SqlAuditStore, StoredEvent, UnsignedTail,
 };
 use warden_sdk::{AuditEventView, VerifyReport};
 
 use crate::config::Config;
 use crate::store::{SqlStateStore, StateStore};
 
-/// Format tag of audit exports.
-pub const EXPORT_FORMAT: &str = "warden-audit-export/1";
+/// Format tag of audit exports: version 2 ends its checkpoints with the head's seal.
+pub const EXPORT_FORMAT: &str = "warden-audit-export/2";
+/// Exports of version 1 (no head seal: they end on a periodic checkpoint) still verify.
+const EXPORT_FORMAT_V1: &str = "warden-audit-export/1";
 
-/// One line of an export (NDJSON): a header, then every checkpoint, then every event.
+/// One line of an export (NDJSON): a header, then every checkpoint (the head's seal last),
+/// then every event.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExportLine {
@@ -31,8 +34,15 @@ pub enum ExportLine {
         hash: String,
         kid: String,
         signature: String,
+        /// Which statement the signature makes (absent in version 1: a legacy checkpoint).
+        #[serde(default = "legacy")]
+        kind: CheckpointKind,
     },
     Event(Box<AuditEventView>),
+}
+
+fn legacy() -> CheckpointKind {
+    CheckpointKind::Legacy
 }
 
 /// The checkpoint public keys recorded in the state store, as keys and as `(kid, hex)`.
@@ -74,63 +84,60 @@ pub async fn public_keys(config: &Config) -> anyhow::Result<Vec<(String, String)
 /// # Errors
 /// No installation, or a failure to read the stores (a broken chain is a report, not an
 /// error).
-pub async fn verify_db(config: &Config) -> anyhow::Result<VerifyReport> {
+pub async fn verify_db(config: &Config, tail: UnsignedTail) -> anyhow::Result<VerifyReport> {
     let (state_db, audit_db) = crate::state::open_existing(config).await?;
     let (keys, _) = checkpoint_keys(&state_db).await?;
-    Ok(verify_store(&SqlAuditStore::new(audit_db), keys).await?)
+    Ok(verify_store(&SqlAuditStore::new(audit_db), keys, tail).await?)
 }
 
-/// Signs a checkpoint at the log's current tip (unless one is there), so that an export
-/// ends on a signature and its tail cannot be cut unnoticed.
-async fn sign_head(config: &Config, state_db: &Db, store: &SqlAuditStore) -> anyhow::Result<()> {
-    let (head, hash) = store.head().await?;
-    if head == 0
-        || store
-            .checkpoints()
-            .await?
-            .last()
-            .is_some_and(|c| c.seq == head)
-    {
+/// Seals the log's head unless it is sealed: only after recomputing the chain from the last
+/// signed checkpoint up to it, so that a tampered tail is refused rather than signed.
+async fn seal_head(config: &Config, state_db: &Db, store: &SqlAuditStore) -> anyhow::Result<()> {
+    let (keys, _) = checkpoint_keys(state_db).await?;
+    let head = store.head().await?;
+    if head.seq == 0 || head.seal.as_ref().is_some_and(|s| keys.verify(s)) {
         return Ok(());
     }
     let kek = crate::state::open_kek(config).await?;
-    let keys = crate::state::load_signing_keys(
+    let signing = crate::state::load_signing_keys(
         &SqlStateStore::new(state_db.clone()),
         kek.as_ref(),
         "checkpoint",
     )
     .await?;
-    let (kid, key) = keys
+    let (kid, key) = signing
         .into_iter()
         .next()
         .context("no checkpoint signing key")?;
-    let ts = store
-        .scan(head - 1, 1)
-        .await?
-        .first()
-        .map_or(0, |e| e.body.ts);
-    // A replica may have signed the same tip meanwhile; its checkpoint serves as well.
-    if let Err(e) = store
-        .put_checkpoint(&CheckpointSigner::new(kid, key).sign(head, ts, hash))
+    store
+        .append(
+            Vec::new(),
+            Some(&Sealer::new(CheckpointSigner::new(kid, key), keys)),
+        )
         .await
-    {
-        tracing::debug!(error = %e, "checkpoint at the tip exists already");
-    }
+        .context("refusing to export: the log's head cannot be sealed")?;
     Ok(())
 }
 
-/// Writes the whole audit log as NDJSON, ending on a signed checkpoint; returns the number
-/// of events.
+/// Writes the whole audit log as NDJSON, ending on the head's seal; returns the number of
+/// events.
 ///
 /// # Errors
-/// No installation, or a failure to read the store or to write.
+/// No installation, a log whose chain does not lead to its head (nothing is signed over a
+/// break), or a failure to read the store or to write.
 pub async fn export(config: &Config, out: &mut dyn Write) -> anyhow::Result<u64> {
     let (state_db, audit_db) = crate::state::open_existing(config).await?;
     let store = SqlAuditStore::new(audit_db);
-    sign_head(config, &state_db, &store).await?;
-    // The checkpoints are read first: every one of them lies within the events read after.
-    let checkpoints = store.checkpoints().await?;
-    let head = checkpoints.last().map_or(0, |c| c.seq);
+    seal_head(config, &state_db, &store).await?;
+    // The head first: every checkpoint and event up to it were committed before it.
+    let head = store.head().await?;
+    let mut checkpoints: Vec<Checkpoint> = store
+        .checkpoints()
+        .await?
+        .into_iter()
+        .filter(|c| c.seq <= head.seq)
+        .collect();
+    checkpoints.extend(head.seal);
     let mut line = |l: &ExportLine| -> anyhow::Result<()> {
         serde_json::to_writer(&mut *out, l)?;
         out.write_all(b"\n")?;
@@ -138,7 +145,7 @@ pub async fn export(config: &Config, out: &mut dyn Write) -> anyhow::Result<u64>
     };
     line(&ExportLine::Header {
         format: EXPORT_FORMAT.to_owned(),
-        head_seq: head,
+        head_seq: head.seq,
     })?;
     for c in checkpoints {
         line(&ExportLine::Checkpoint {
@@ -147,15 +154,16 @@ pub async fn export(config: &Config, out: &mut dyn Write) -> anyhow::Result<u64>
             hash: hex::encode(c.hash),
             kid: c.kid,
             signature: hex::encode(c.signature),
+            kind: c.kind,
         })?;
     }
     let mut after = 0;
     let mut n = 0;
-    while after < head {
+    while after < head.seq {
         let page = store.scan(after, 5_000).await?;
         let Some(last) = page.last() else { break };
-        after = last.seq.min(head);
-        for e in page.iter().filter(|e| e.seq <= head) {
+        after = last.seq.min(head.seq);
+        for e in page.iter().filter(|e| e.seq <= head.seq) {
             line(&ExportLine::Event(Box::new(e.to_view())))?;
             n += 1;
         }
@@ -183,13 +191,19 @@ pub fn parse_public_key(hex_key: &str) -> anyhow::Result<(String, ed25519_dalek:
 ///
 /// # Errors
 /// A malformed export (a broken chain is a report, not an error).
-pub fn verify_export(input: impl BufRead, keys: CheckpointKeys) -> anyhow::Result<VerifyReport> {
-    // An export ends on a signed checkpoint; with trusted keys, demand it.
-    let require_signed_head = !keys.is_empty();
+pub fn verify_export(
+    input: impl BufRead,
+    keys: CheckpointKeys,
+    tail: UnsignedTail,
+) -> anyhow::Result<VerifyReport> {
     let mut lines = input.lines().enumerate();
     let head = match lines.next() {
         Some((_, l)) => match serde_json::from_str::<ExportLine>(&l?)? {
-            ExportLine::Header { format, head_seq } if format == EXPORT_FORMAT => head_seq,
+            ExportLine::Header { format, head_seq }
+                if format == EXPORT_FORMAT || format == EXPORT_FORMAT_V1 =>
+            {
+                head_seq
+            }
             _ => anyhow::bail!("not a {EXPORT_FORMAT} file"),
         },
         None => anyhow::bail!("empty export"),
@@ -208,6 +222,7 @@ pub fn verify_export(input: impl BufRead, keys: CheckpointKeys) -> anyhow::Resul
                 hash,
                 kid,
                 signature,
+                kind,
             } => {
                 anyhow::ensure!(
                     verifier.is_none(),
@@ -215,6 +230,7 @@ pub fn verify_export(input: impl BufRead, keys: CheckpointKeys) -> anyhow::Resul
                     n + 1
                 );
                 checkpoints.push(Checkpoint {
+                    kind,
                     seq,
                     ts,
                     hash: warden_audit::event::parse_hash(&hash)?,
@@ -244,7 +260,7 @@ pub fn verify_export(input: impl BufRead, keys: CheckpointKeys) -> anyhow::Resul
     }
     let verifier = verifier
         .unwrap_or_else(|| ChainVerifier::new(keys.take().unwrap_or_default(), checkpoints));
-    Ok(verifier.finish(Some(head), require_signed_head))
+    Ok(verifier.finish(Some(head), tail))
 }
 
 /// What a key rotation did.
@@ -370,5 +386,106 @@ impl std::fmt::Display for Item {
             // The principal id is a pseudonymous UUID.
             Self::Totp(id) => write!(f, "the TOTP seed of principal {id}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use warden_audit::event::{chain_hash, GENESIS};
+    use warden_audit::{EventBody, NewEvent};
+    use warden_sdk::Decision;
+
+    use super::*;
+
+    fn chain(n: u64) -> Vec<StoredEvent> {
+        let mut prev = GENESIS;
+        (1..=n)
+            .map(|seq| {
+                let body: EventBody =
+                    NewEvent::new(1, "u", "user", "self.read", "/", Decision::Allow)
+                        .into_body()
+                        .unwrap();
+                let hash = chain_hash(&prev, seq, &body);
+                let e = StoredEvent {
+                    seq,
+                    body,
+                    prev_hash: prev,
+                    hash,
+                };
+                prev = hash;
+                e
+            })
+            .collect()
+    }
+
+    fn export(format: &str, events: &[StoredEvent], checkpoints: &[(Checkpoint, bool)]) -> String {
+        let mut out = String::new();
+        let mut line = |l: serde_json::Value| {
+            out.push_str(&l.to_string());
+            out.push('\n');
+        };
+        line(serde_json::json!({"header": {"format": format, "head_seq": events.len()}}));
+        for (c, with_kind) in checkpoints {
+            let mut cp = serde_json::json!({"seq": c.seq, "ts": c.ts, "hash": hex::encode(c.hash),
+                "kid": c.kid, "signature": hex::encode(c.signature)});
+            if *with_kind {
+                cp["kind"] = serde_json::to_value(c.kind).unwrap();
+            }
+            line(serde_json::json!({ "checkpoint": cp }));
+        }
+        for e in events {
+            line(serde_json::to_value(ExportLine::Event(Box::new(e.to_view()))).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn exports_of_both_versions_verify_and_kinds_cannot_be_swapped() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let signer = CheckpointSigner::new("cp", key.clone());
+        let mut keys = CheckpointKeys::new();
+        keys.insert("cp", key.verifying_key());
+        let events = chain(4);
+        let at = |kind, seq: u64| signer.sign(kind, seq, 1, events[seq as usize - 1].hash);
+        let verify = |text: String| {
+            verify_export(text.as_bytes(), keys.clone(), UnsignedTail::Refuse).unwrap()
+        };
+
+        // Version 1: legacy checkpoints, no kind on the line.
+        let v1 = verify(export(
+            EXPORT_FORMAT_V1,
+            &events,
+            &[(at(CheckpointKind::Legacy, 4), false)],
+        ));
+        assert!(v1.ok && v1.signed_through == 4, "{v1:?}");
+        // Version 2: a periodic checkpoint and the head's seal.
+        let v2 = verify(export(
+            EXPORT_FORMAT,
+            &events,
+            &[
+                (at(CheckpointKind::Periodic, 2), true),
+                (at(CheckpointKind::Head, 4), true),
+            ],
+        ));
+        assert!(
+            v2.ok && v2.checkpoints == 2 && v2.signed_through == 4,
+            "{v2:?}"
+        );
+        // A head seal passed off as a periodic checkpoint (or the reverse) does not verify.
+        let mut swapped = at(CheckpointKind::Head, 4);
+        swapped.kind = CheckpointKind::Periodic;
+        let r = verify(export(EXPORT_FORMAT, &events, &[(swapped, true)]));
+        assert_eq!(r.first_bad_seq, Some(4), "{r:?}");
+        // Without the head's seal the last entries are unsigned.
+        let r = verify(export(
+            EXPORT_FORMAT,
+            &events,
+            &[(at(CheckpointKind::Periodic, 2), true)],
+        ));
+        assert_eq!(
+            (r.ok, r.first_bad_seq, r.unsigned_entries),
+            (false, Some(3), 2),
+            "{r:?}"
+        );
     }
 }

@@ -154,7 +154,11 @@ impl From<Error> for ApiError {
                 ErrorCode::NotFound,
                 "the data was erased (its key was destroyed)",
             ),
-            Error::Audit(warden_audit::Error::Unavailable(_) | warden_audit::Error::Closed) => {
+            Error::Audit(
+                warden_audit::Error::Unavailable(_)
+                | warden_audit::Error::Closed
+                | warden_audit::Error::ChainBroken(_),
+            ) => {
                 error!(error = %e, "audit log unavailable");
                 Self::new(
                     ErrorCode::AuditUnavailable,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use warden_audit::CheckpointKeys;
+use warden_audit::{CheckpointKeys, UnsignedTail};
 use warden_gateway::config::Config;
 use warden_gateway::{cli, state};
 use warden_sdk::VerifyReport;
@@ -151,8 +151,8 @@ enum ReceiptCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Verify the hash chain and signed checkpoints; exit 0 when intact, 1 naming the first
-    /// bad entry otherwise.
+    /// Verify the hash chain, the signed checkpoints and the head's seal; exit 0 when intact,
+    /// 1 naming the first bad entry otherwise (entries no signature covers are bad too).
     Verify {
         /// Verify this export offline instead of the configured database.
         #[arg(long, requires = "public_key")]
@@ -163,6 +163,10 @@ enum AuditCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Pass entries after the last signature (a log written without a key, or cut off
+        /// before its head was sealed), saying how many were accepted unsigned.
+        #[arg(long)]
+        accept_unsigned_tail: bool,
     },
     /// Export the whole audit log as NDJSON (stdout, or --out).
     Export {
@@ -218,8 +222,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     export,
                     public_key,
                     json,
+                    accept_unsigned_tail,
                 },
         } => {
+            let tail = if accept_unsigned_tail {
+                UnsignedTail::Accept
+            } else {
+                UnsignedTail::Refuse
+            };
             let report = match export {
                 Some(path) => {
                     let mut keys = CheckpointKeys::new();
@@ -229,9 +239,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     let file = std::fs::File::open(&path)
                         .with_context(|| format!("cannot open {}", path.display()))?;
-                    cli::verify_export(std::io::BufReader::new(file), keys)?
+                    cli::verify_export(std::io::BufReader::new(file), keys, tail)?
                 }
-                None => cli::verify_db(&config).await?,
+                None => cli::verify_db(&config, tail).await?,
             };
             Ok(print_report(&report, json))
         }
@@ -447,6 +457,14 @@ fn print_report(report: &VerifyReport, json: bool) -> ExitCode {
             "audit log intact: {} entries, {} signed checkpoints, head at {}",
             report.entries, report.checkpoints, report.head_seq
         );
+        if report.unsigned_entries > 0 {
+            println!(
+                "accepted {} entries unsigned ({}..={}): nothing vouches that they were not rewritten or cut",
+                report.unsigned_entries,
+                report.signed_through + 1,
+                report.head_seq
+            );
+        }
     } else {
         println!(
             "audit log does NOT verify: first bad entry {}: {}",

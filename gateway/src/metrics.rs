@@ -56,6 +56,8 @@ pub struct Metrics {
     pub audit_batches: Counter,
     pub audit_failures: Counter,
     pub audit_batch_seconds: Histogram,
+    pub audit_sealed_seq: Gauge,
+    pub audit_chain_broken: Gauge,
     pub erasure_step_runs: Family<StepLabels, Counter>,
     pub erasure_open: Family<StateLabels, Gauge>,
     pub erasure_oldest_open_age: Gauge,
@@ -82,6 +84,8 @@ impl Metrics {
         let audit_batches = Counter::default();
         let audit_failures = Counter::default();
         let audit_batch_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let audit_sealed_seq = Gauge::default();
+        let audit_chain_broken = Gauge::default();
         registry.register(
             "warden_http_requests",
             "HTTP requests by route, method and status",
@@ -121,6 +125,16 @@ impl Metrics {
             "warden_audit_batch_duration_seconds",
             "Time to commit one audit batch",
             audit_batch_seconds.clone(),
+        );
+        registry.register(
+            "warden_audit_sealed_seq",
+            "Sequence number of the last audit head this gateway sealed or found sealed (never decreases unless the log was cut)",
+            audit_sealed_seq.clone(),
+        );
+        registry.register(
+            "warden_audit_chain_broken",
+            "1 while the audit chain does not verify up to its head (the gateway is then not ready and records nothing), else 0",
+            audit_chain_broken.clone(),
         );
         let erasure_step_runs = Family::<StepLabels, Counter>::default();
         let erasure_open = Family::<StateLabels, Gauge>::default();
@@ -162,6 +176,8 @@ impl Metrics {
             audit_batches,
             audit_failures,
             audit_batch_seconds,
+            audit_sealed_seq,
+            audit_chain_broken,
         }
     }
 
@@ -224,5 +240,14 @@ impl AuditObserver for Metrics {
 
     fn failed(&self, events: usize) {
         self.audit_failures.inc_by(events as u64);
+    }
+
+    fn sealed(&self, seq: u64) {
+        self.audit_sealed_seq
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
+    }
+
+    fn chain_broken(&self, reason: Option<&str>) {
+        self.audit_chain_broken.set(i64::from(reason.is_some()));
     }
 }

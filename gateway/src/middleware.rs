@@ -10,7 +10,7 @@ use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 use warden_audit::NewEvent;
 use warden_sdk::{Decision, ErrorBody, ErrorCode, ErrorDetail};
 
@@ -35,8 +35,6 @@ pub struct AuditNote {
     pub purpose: Option<String>,
     /// Extra details; never clear personal data or secrets.
     pub details: Map<String, Value>,
-    /// Answer only once the event is durable, even for a read (reads of personal data).
-    pub durable: bool,
 }
 
 impl AuditNote {
@@ -194,9 +192,8 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
             .into_response();
         }
         error!(%method, route, "route has no entry in the route table; denied");
-        return ctx.deny(None, "unknown", ApiError::forbidden(), true).await;
+        return ctx.deny(None, "unknown", ApiError::forbidden()).await;
     };
-    let is_read = method == Method::GET || method == Method::HEAD;
     let Access::Protected {
         resource,
         action,
@@ -211,7 +208,7 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
         return match res.extensions().get::<AuditNote>().cloned() {
             Some(note) => {
                 let action = note.action.clone().unwrap_or_else(|| "public".to_owned());
-                ctx.finish(res, None, &action, note, !is_read).await
+                ctx.finish(res, None, &action, note).await
             }
             None => res,
         };
@@ -221,8 +218,6 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
     };
     let resource = resource.as_str();
     let action_name = format!("{resource}.{action}");
-    // Writes and sensitive reads are answered only once their audit event is durable.
-    let durable = !is_read || mfa;
 
     let (principal, must_change_password) = match authenticate(&app, req.headers()).await {
         Ok(p) => p,
@@ -234,7 +229,7 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
                 return rate_limited(&app);
             }
             return ctx
-                .deny(None, &action_name, ApiError::unauthenticated(), durable)
+                .deny(None, &action_name, ApiError::unauthenticated())
                 .await;
         }
     };
@@ -246,40 +241,25 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
             ErrorCode::PasswordChangeRequired,
             "change the generated first password at POST /v1/auth/password first",
         );
-        return ctx.deny(Some(&principal), &action_name, e, durable).await;
+        return ctx.deny(Some(&principal), &action_name, e).await;
     }
     match app.authz.allows(&principal.roles, resource, action) {
         Ok(true) => {}
         Ok(false) => {
             return ctx
-                .deny(
-                    Some(&principal),
-                    &action_name,
-                    ApiError::forbidden(),
-                    durable,
-                )
+                .deny(Some(&principal), &action_name, ApiError::forbidden())
                 .await
         }
         Err(e) => {
             error!(error = %e, "policy evaluation failed; denied");
             return ctx
-                .deny(
-                    Some(&principal),
-                    &action_name,
-                    ApiError::forbidden(),
-                    durable,
-                )
+                .deny(Some(&principal), &action_name, ApiError::forbidden())
                 .await;
         }
     }
     if mfa && !principal.mfa_fresh(app.clock.now_secs(), app.config.auth.mfa_window) {
         return ctx
-            .deny(
-                Some(&principal),
-                &action_name,
-                ApiError::mfa_required(),
-                durable,
-            )
+            .deny(Some(&principal), &action_name, ApiError::mfa_required())
             .await;
     }
     req.extensions_mut().insert(principal.clone());
@@ -289,8 +269,15 @@ pub async fn enforce(State(app): State<AppState>, mut req: Request, next: Next) 
         .get::<AuditNote>()
         .cloned()
         .unwrap_or_default();
-    ctx.finish(res, Some(&principal), &action_name, note, durable)
-        .await
+    ctx.finish(res, Some(&principal), &action_name, note).await
+}
+
+fn audit_unavailable() -> Response {
+    ApiError::new(
+        ErrorCode::AuditUnavailable,
+        "the audit log cannot record this request",
+    )
+    .into_response()
 }
 
 /// Load shedding: counted, not audited one by one (the limiter exists so that a flood does
@@ -376,14 +363,8 @@ impl Ctx<'_> {
         .details(&Value::Object(details))
     }
 
-    /// Refuses the request and records the denial (durably for writes and sensitive reads).
-    async fn deny(
-        &self,
-        principal: Option<&Principal>,
-        action: &str,
-        error: ApiError,
-        durable: bool,
-    ) -> Response {
+    /// Refuses the request once its denial is durable in the audit log.
+    async fn deny(&self, principal: Option<&Principal>, action: &str, error: ApiError) -> Response {
         self.app.metrics.decision(Decision::Deny);
         let note = AuditNote::default().detail("reason", error.code.as_str());
         let event = self.event(
@@ -393,32 +374,21 @@ impl Ctx<'_> {
             &note,
             error.status().as_u16(),
         );
-        let recorded = if durable {
-            self.app.audit.append(event).await.map(|_| ())
-        } else {
-            self.app.audit.record(event).await
-        };
-        if let Err(e) = recorded {
+        if let Err(e) = self.app.audit.append(event).await {
             error!(error = %e, "cannot record a denial in the audit log");
-            if durable {
-                return ApiError::new(
-                    ErrorCode::AuditUnavailable,
-                    "the audit log cannot record this request",
-                )
-                .into_response();
-            }
+            return audit_unavailable();
         }
         error.into_response()
     }
 
-    /// Records the outcome of a request that reached its handler.
+    /// Answers a request that reached its handler once its outcome is durable in the audit
+    /// log: reads as well as writes, so that no answer given survives a crash unrecorded.
     async fn finish(
         &self,
         res: Response,
         principal: Option<&Principal>,
         action: &str,
         note: AuditNote,
-        durable: bool,
     ) -> Response {
         let status = res.status();
         let decision = if status.is_success() || status.is_redirection() {
@@ -429,19 +399,10 @@ impl Ctx<'_> {
             Decision::Error
         };
         self.app.metrics.decision(decision);
-        let durable = durable || note.durable;
         let event = self.event(principal, action, decision, &note, status.as_u16());
-        if durable {
-            if let Err(e) = self.app.audit.append(event).await {
-                error!(error = %e, route = self.route, "audit append failed; response withheld");
-                return ApiError::new(
-                    ErrorCode::AuditUnavailable,
-                    "the audit log cannot record this request",
-                )
-                .into_response();
-            }
-        } else if let Err(e) = self.app.audit.record(event).await {
-            warn!(error = %e, "cannot queue an audit event");
+        if let Err(e) = self.app.audit.append(event).await {
+            error!(error = %e, route = self.route, "audit append failed; response withheld");
+            return audit_unavailable();
         }
         res
     }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use rand::distributions::{Alphanumeric, DistString};
-use tracing::info;
+use tracing::{error, info};
 use warden_audit::{
-    AuditStore, CheckpointKeys, CheckpointSigner, Db, Sequencer, SequencerConfig, SqlAuditStore,
+    AuditStore, CheckpointKeys, CheckpointSigner, Db, Sealer, Sequencer, SequencerConfig,
+    SqlAuditStore,
 };
 use warden_policy::authz::{parse_policy_csv, Authorizer, DEFAULT_MODEL, DEFAULT_POLICY};
 use warden_policy::keyring::{CachePolicy, KeyRing};
@@ -304,7 +305,10 @@ pub async fn start(
     let audit_store: Arc<dyn AuditStore> = Arc::new(SqlAuditStore::new(audit_db.clone()));
     let audit = Sequencer::start(
         audit_store.clone(),
-        Some(CheckpointSigner::new(cp_kid, cp_key)),
+        Some(Sealer::new(
+            CheckpointSigner::new(cp_kid, cp_key),
+            checkpoint_keys.clone(),
+        )),
         SequencerConfig {
             max_batch: config.audit.max_batch,
             checkpoint_every: config.audit.checkpoint_every,
@@ -313,6 +317,16 @@ pub async fn start(
         },
         Some(metrics.clone() as Arc<dyn warden_audit::AuditObserver>),
     );
+    // Entries a crash left after the last seal, or a log from before seals, are sealed only
+    // once the chain up to them recomputes; a break leaves the gateway running but not
+    // ready (readyz, warden_audit_chain_broken), recording nothing.
+    match audit.seal().await {
+        Ok(()) => {}
+        Err(warden_audit::Error::ChainBroken(reason)) => {
+            error!(%reason, "the audit log does not verify: not ready, nothing will be recorded; run `warden audit verify`");
+        }
+        Err(e) => return Err(e).context("cannot seal the audit log's head"),
+    }
     let mut dbs = vec![state_db.clone()];
     if config.audit_url() != config.state_url() {
         dbs.push(audit_db);

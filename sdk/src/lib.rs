@@ -349,9 +349,12 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// The last sequence number checked.
     pub head_seq: u64,
-    /// The last entry covered by a valid signed checkpoint; entries after it are protected by
-    /// the hash chain alone until the next checkpoint is signed.
+    /// The last entry covered by a valid signature (a checkpoint or the head's seal).
     pub signed_through: u64,
+    /// Entries after `signed_through`: protected by the hash chain alone, which whoever can
+    /// write the database can recompute. They fail the verification unless accepted.
+    #[serde(default)]
+    pub unsigned_entries: u64,
     /// The first entry that does not verify.
     pub first_bad_seq: Option<u64>,
     /// Why it does not verify.

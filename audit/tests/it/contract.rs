@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use warden_audit::{
     verify_store, AuditObserver, AuditStore, CheckpointKeys, Query, Sequencer, SequencerConfig,
-    SqlAuditStore,
+    SqlAuditStore, UnsignedTail,
 };
 use warden_sdk::Decision;
 
-use crate::{event, fixture, signer, Kind};
+use crate::{event, fixture, sealer, Kind};
 
 warden_audit::on_both_backends!(crate::Kind;
     appends_are_contiguous_and_chained,
@@ -23,31 +23,42 @@ warden_audit::on_both_backends!(crate::Kind;
 
 async fn appends_are_contiguous_and_chained(kind: Kind) {
     let f = fixture(kind).await;
-    assert_eq!(f.store.head().await.unwrap().0, 0);
+    assert_eq!(f.store.head().await.unwrap().seq, 0);
     let first = f
         .store
-        .append((1..=3).map(|i| event(i).into_body().unwrap()).collect())
+        .append(
+            (1..=3).map(|i| event(i).into_body().unwrap()).collect(),
+            None,
+        )
         .await
         .unwrap();
     let second = f
         .store
-        .append((4..=5).map(|i| event(i).into_body().unwrap()).collect())
+        .append(
+            (4..=5).map(|i| event(i).into_body().unwrap()).collect(),
+            None,
+        )
         .await
         .unwrap();
     let seqs: Vec<u64> = first.iter().chain(&second).map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
     assert_eq!(second[0].prev_hash, first[2].hash);
-    let (head, hash) = f.store.head().await.unwrap();
-    assert_eq!((head, hash), (5, second[1].hash));
+    let head = f.store.head().await.unwrap();
+    assert_eq!((head.seq, head.hash), (5, second[1].hash));
+    assert!(head.seal.is_none(), "appended without a sealer");
     let scanned = f.store.scan(2, 2).await.unwrap();
     assert_eq!(
         scanned.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![3, 4]
     );
     assert_eq!(scanned[0], first[2], "stored events read back unchanged");
-    let report = verify_store(f.store.as_ref(), CheckpointKeys::new())
-        .await
-        .unwrap();
+    let report = verify_store(
+        f.store.as_ref(),
+        CheckpointKeys::new(),
+        UnsignedTail::Accept,
+    )
+    .await
+    .unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!((report.entries, report.head_seq), (5, 5));
 }
@@ -55,7 +66,10 @@ async fn appends_are_contiguous_and_chained(kind: Kind) {
 async fn query_filters_and_cursor(kind: Kind) {
     let f = fixture(kind).await;
     f.store
-        .append((1..=40).map(|i| event(i).into_body().unwrap()).collect())
+        .append(
+            (1..=40).map(|i| event(i).into_body().unwrap()).collect(),
+            None,
+        )
         .await
         .unwrap();
     let all = |q: Query| {
@@ -161,17 +175,21 @@ async fn concurrent_sequencers_never_share_a_seq(kind: Kind) {
     a.shutdown().await;
     b.shutdown().await;
     assert!(
-        verify_store(f.store.as_ref(), CheckpointKeys::new())
-            .await
-            .unwrap()
-            .ok
+        verify_store(
+            f.store.as_ref(),
+            CheckpointKeys::new(),
+            UnsignedTail::Accept
+        )
+        .await
+        .unwrap()
+        .ok
     );
 }
 
 async fn updates_and_deletes_are_refused_by_the_database(kind: Kind) {
     let f = fixture(kind).await;
     f.store
-        .append(vec![event(1).into_body().unwrap()])
+        .append(vec![event(1).into_body().unwrap()], None)
         .await
         .unwrap();
     for sql in [
@@ -230,12 +248,21 @@ async fn group_commit_batches_and_shutdown_flushes(kind: Kind) {
         batches < 500,
         "500 concurrent appends committed in {batches} transactions: no grouping"
     );
-    // Fire-and-forget events queued before shutdown are committed by it.
+    // Appends still waiting when shutdown is asked are committed by it.
+    let mut waiting = Vec::new();
     for i in 0..300u64 {
-        seq.record(event(i)).await.unwrap();
+        let s = seq.clone();
+        waiting.push(tokio::spawn(async move { s.append(event(i)).await }));
     }
+    tokio::task::yield_now().await;
     seq.shutdown().await;
-    assert_eq!(f.store.head().await.unwrap().0, 800);
+    let mut committed = 0;
+    for w in waiting {
+        if w.await.unwrap().is_ok() {
+            committed += 1;
+        }
+    }
+    assert_eq!(f.store.head().await.unwrap().seq, 500 + committed);
     assert!(matches!(
         seq.append(event(1)).await,
         Err(warden_audit::Error::Closed)
@@ -244,13 +271,13 @@ async fn group_commit_batches_and_shutdown_flushes(kind: Kind) {
 
 async fn checkpoints_are_signed_and_verified(kind: Kind) {
     let f = fixture(kind).await;
-    let (signer, keys) = signer();
+    let (sealer, keys) = sealer();
     let config = SequencerConfig {
         checkpoint_every: 10,
         checkpoint_interval: Duration::from_secs(3600),
         ..Default::default()
     };
-    let seq = Sequencer::start(f.store.clone(), Some(signer), config, None);
+    let seq = Sequencer::start(f.store.clone(), Some(sealer), config, None);
     for i in 0..25u64 {
         seq.append(event(i)).await.unwrap();
     }
@@ -261,16 +288,22 @@ async fn checkpoints_are_signed_and_verified(kind: Kind) {
         "checkpoints at 10, 20 and the final one at shutdown: {cps:?}"
     );
     assert_eq!(cps.last().unwrap().seq, 25);
-    let report = verify_store(f.store.as_ref(), keys).await.unwrap();
+    let report = verify_store(f.store.as_ref(), keys, UnsignedTail::Refuse)
+        .await
+        .unwrap();
     assert!(report.ok, "{report:?}");
-    assert_eq!(report.checkpoints, cps.len() as u64);
+    // Every periodic checkpoint and the head's seal.
+    assert_eq!(report.checkpoints, cps.len() as u64 + 1);
+    assert_eq!((report.signed_through, report.unsigned_entries), (25, 0));
     // A verifier that trusts another key rejects the checkpoints.
     let mut wrong = CheckpointKeys::new();
     wrong.insert(
         "cp-test",
         ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]).verifying_key(),
     );
-    let report = verify_store(f.store.as_ref(), wrong).await.unwrap();
+    let report = verify_store(f.store.as_ref(), wrong, UnsignedTail::Refuse)
+        .await
+        .unwrap();
     assert!(!report.ok);
     assert_eq!(report.first_bad_seq, Some(cps[0].seq));
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use serde_json::json;
-use warden_audit::{CheckpointKeys, CheckpointSigner, Db, NewEvent, SqlAuditStore};
+use warden_audit::{CheckpointKeys, CheckpointSigner, Db, NewEvent, Sealer, SqlAuditStore};
 use warden_sdk::Decision;
 
 /// Which backend a test runs on.
@@ -67,9 +67,13 @@ pub(crate) fn event(i: u64) -> NewEvent {
     .details(&json!({"status": 200, "i": i}))
 }
 
-pub(crate) fn signer() -> (CheckpointSigner, CheckpointKeys) {
+/// A sealer, as a gateway holds one, and the keys a verifier trusts for it.
+pub(crate) fn sealer() -> (Sealer, CheckpointKeys) {
     let key = SigningKey::from_bytes(&[7u8; 32]);
     let mut keys = CheckpointKeys::new();
     keys.insert("cp-test", key.verifying_key());
-    (CheckpointSigner::new("cp-test", key), keys)
+    (
+        Sealer::new(CheckpointSigner::new("cp-test", key), keys.clone()),
+        keys,
+    )
 }

@@ -3,10 +3,42 @@
 
 use proptest::prelude::*;
 use warden_audit::event::chain_hash;
-use warden_audit::{verify_store, AuditStore, CheckpointKeys, Db, Sequencer, SequencerConfig};
+use warden_audit::{
+    verify_store, AuditStore, CheckpointKeys, Db, Sequencer, SequencerConfig, UnsignedTail,
+};
 use warden_sdk::VerifyReport;
 
-use crate::{event, fixture, signer, Kind};
+use crate::{event, fixture, sealer, Kind};
+
+fn bodies(range: std::ops::RangeInclusive<u64>) -> Vec<warden_audit::EventBody> {
+    range.map(|i| event(i).into_body().unwrap()).collect()
+}
+
+/// Rewrites entries `from..` with a recomputed chain and moves the head's hash along, as an
+/// attacker with write access to the database would (the head's seal cannot follow).
+async fn rewrite_from(f: &crate::Fixture, from: u64) {
+    let mut events = f.store.scan(0, 1000).await.unwrap();
+    let mut prev = events[(from - 2) as usize].hash;
+    for e in events.iter_mut().skip((from - 1) as usize) {
+        e.body.actor = "mallory".into();
+        e.prev_hash = prev;
+        e.hash = chain_hash(&prev, e.seq, &e.body);
+        prev = e.hash;
+        sqlx::query("UPDATE audit_events SET actor = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
+            .bind(e.body.actor.clone())
+            .bind(e.prev_hash.to_vec())
+            .bind(e.hash.to_vec())
+            .bind(e.seq as i64)
+            .execute(f.db.pool())
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE audit_head SET hash = $1")
+        .bind(prev.to_vec())
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+}
 
 warden_audit::on_both_backends!(crate::Kind;
     edited_entry_is_named,
@@ -17,6 +49,9 @@ warden_audit::on_both_backends!(crate::Kind;
     recomputed_chain_is_caught_by_checkpoint,
     unreadable_entry_is_named,
     truncated_tail_below_a_checkpoint_is_named,
+    rewritten_tail_after_the_last_checkpoint_is_refused,
+    cut_tail_after_the_last_checkpoint_is_refused,
+    unsealed_legacy_tail_is_sealed_only_when_it_chains,
 );
 
 /// Removes the append-only guard, as a database superuser could.
@@ -43,7 +78,10 @@ async fn exec(db: &Db, sql: &str) {
 async fn loaded(kind: Kind, n: u64) -> crate::Fixture {
     let f = fixture(kind).await;
     f.store
-        .append((1..=n).map(|i| event(i).into_body().unwrap()).collect())
+        .append(
+            (1..=n).map(|i| event(i).into_body().unwrap()).collect(),
+            None,
+        )
         .await
         .unwrap();
     assert!(verify(&f).await.ok);
@@ -52,9 +90,13 @@ async fn loaded(kind: Kind, n: u64) -> crate::Fixture {
 }
 
 async fn verify(f: &crate::Fixture) -> VerifyReport {
-    verify_store(f.store.as_ref(), CheckpointKeys::new())
-        .await
-        .unwrap()
+    verify_store(
+        f.store.as_ref(),
+        CheckpointKeys::new(),
+        UnsignedTail::Accept,
+    )
+    .await
+    .unwrap()
 }
 
 async fn edited_entry_is_named(kind: Kind) {
@@ -118,12 +160,12 @@ async fn inserted_entry_is_named(kind: Kind) {
 /// verifies on its own; the checkpoint signed at 20 does not match it.
 async fn recomputed_chain_is_caught_by_checkpoint(kind: Kind) {
     let f = fixture(kind).await;
-    let (signer, keys) = signer();
+    let (sealer, keys) = sealer();
     let config = SequencerConfig {
         checkpoint_every: 10,
         ..Default::default()
     };
-    let seq = Sequencer::start(f.store.clone(), Some(signer), config, None);
+    let seq = Sequencer::start(f.store.clone(), Some(sealer), config, None);
     for i in 1..=25u64 {
         seq.append(event(i)).await.unwrap();
     }
@@ -145,12 +187,19 @@ async fn recomputed_chain_is_caught_by_checkpoint(kind: Kind) {
             .await
             .unwrap();
     }
-    let unsigned = verify_store(f.store.as_ref(), CheckpointKeys::new())
+    let unsigned = verify_store(
+        f.store.as_ref(),
+        CheckpointKeys::new(),
+        UnsignedTail::Accept,
+    )
+    .await
+    .unwrap();
+    let signed = verify_store(f.store.as_ref(), keys, UnsignedTail::Refuse)
         .await
         .unwrap();
-    let signed = verify_store(f.store.as_ref(), keys).await.unwrap();
-    // Without keys the checkpoints cannot be trusted, so the first one fails its signature.
-    assert_eq!(unsigned.first_bad_seq, Some(10), "{unsigned:?}");
+    // Without keys the checkpoints cannot be trusted, so the first one (the one that began
+    // sealing, at the first entry) fails its signature.
+    assert_eq!(unsigned.first_bad_seq, Some(1), "{unsigned:?}");
     assert!(!signed.ok);
     assert_eq!(
         signed.first_bad_seq,
@@ -176,12 +225,12 @@ async fn unreadable_entry_is_named(kind: Kind) {
 /// beyond the cut.
 async fn truncated_tail_below_a_checkpoint_is_named(kind: Kind) {
     let f = fixture(kind).await;
-    let (signer, keys) = signer();
+    let (sealer, keys) = sealer();
     let config = SequencerConfig {
         checkpoint_every: 10,
         ..Default::default()
     };
-    let seq = Sequencer::start(f.store.clone(), Some(signer), config, None);
+    let seq = Sequencer::start(f.store.clone(), Some(sealer), config, None);
     for i in 1..=25u64 {
         seq.append(event(i)).await.unwrap();
     }
@@ -189,7 +238,9 @@ async fn truncated_tail_below_a_checkpoint_is_named(kind: Kind) {
     disable_guard(&f.db).await;
     exec(&f.db, "DELETE FROM audit_events WHERE seq > 15").await;
     exec(&f.db, "UPDATE audit_head SET seq = 15").await;
-    let r = verify_store(f.store.as_ref(), keys).await.unwrap();
+    let r = verify_store(f.store.as_ref(), keys, UnsignedTail::Refuse)
+        .await
+        .unwrap();
     assert_eq!(r.first_bad_seq, Some(16), "{r:?}");
     assert_eq!(r.signed_through, 10);
     assert!(r
@@ -242,7 +293,7 @@ proptest! {
             let f = fixture(Kind::Sqlite).await;
             let mut total = 0;
             for n in &batches {
-                f.store.append((0..*n).map(|i| event(total + i).into_body().unwrap()).collect()).await.unwrap();
+                f.store.append((0..*n).map(|i| event(total + i).into_body().unwrap()).collect(), None).await.unwrap();
                 total += n;
                 let r = verify(&f).await;
                 assert!(r.ok, "{r:?}");
@@ -290,5 +341,201 @@ proptest! {
             let r = verify(&f).await;
             assert_eq!(r.first_bad_seq, Some(expected), "{t:?}: {r:?}");
         });
+    }
+}
+
+/// Entries after the last periodic checkpoint, rewritten with a recomputed chain and a head
+/// moved along: the head's seal no longer matches, so they are unverified — the verifier
+/// fails unless told to accept an unsigned tail, and no writer seals over them, whether the
+/// forged head keeps the old seal or drops it.
+async fn rewritten_tail_after_the_last_checkpoint_is_refused(kind: Kind) {
+    let f = fixture(kind).await;
+    let (sealer, keys) = sealer();
+    // The first sealed batch leaves a checkpoint at its head (10); the next is sealed only.
+    f.store.append(bodies(1..=10), Some(&sealer)).await.unwrap();
+    f.store
+        .append(bodies(11..=15), Some(&sealer))
+        .await
+        .unwrap();
+    let before = verify_store(f.store.as_ref(), keys.clone(), UnsignedTail::Refuse)
+        .await
+        .unwrap();
+    assert!(before.ok && before.signed_through == 15, "{before:?}");
+    disable_guard(&f.db).await;
+    rewrite_from(&f, 12).await;
+
+    let r = verify_store(f.store.as_ref(), keys.clone(), UnsignedTail::Refuse)
+        .await
+        .unwrap();
+    assert!(!r.ok, "{r:?}");
+    assert_eq!((r.first_bad_seq, r.signed_through), (Some(11), 10), "{r:?}");
+    let reason = r.reason.unwrap();
+    assert!(
+        reason.contains("11..=15") && reason.contains("seal is not valid"),
+        "{reason}"
+    );
+    let accepted = verify_store(f.store.as_ref(), keys.clone(), UnsignedTail::Accept)
+        .await
+        .unwrap();
+    assert!(
+        accepted.ok && accepted.unsigned_entries == 5,
+        "{accepted:?}"
+    );
+
+    // A gateway started afresh (no memory of the head) refuses to extend or seal it.
+    let (fresh, _) = crate::sealer();
+    let err = f
+        .store
+        .append(bodies(16..=16), Some(&fresh))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, warden_audit::Error::ChainBroken(_)), "{err}");
+    exec(
+        &f.db,
+        "UPDATE audit_head SET ts = NULL, kid = NULL, signature = NULL",
+    )
+    .await;
+    let seq = Sequencer::start(
+        f.store.clone(),
+        Some(fresh),
+        SequencerConfig::default(),
+        None,
+    );
+    let err = seq.seal().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("every head after the checkpoint at entry 10 was sealed"),
+        "{err}"
+    );
+    assert!(seq.broken().is_some());
+    assert!(matches!(
+        seq.append(event(16)).await,
+        Err(warden_audit::Error::ChainBroken(_))
+    ));
+    seq.shutdown().await;
+    assert_eq!(
+        f.store.head().await.unwrap().seq,
+        15,
+        "nothing appended over the break"
+    );
+}
+
+/// The tail after the last checkpoint deleted and the head moved back: the head's seal does
+/// not match the moved head, the writer that sealed the real head sees it moved back, and
+/// a fresh one refuses an unsealed head after a checkpoint of a sealing writer.
+async fn cut_tail_after_the_last_checkpoint_is_refused(kind: Kind) {
+    let f = fixture(kind).await;
+    let (sealer, keys) = sealer();
+    f.store.append(bodies(1..=10), Some(&sealer)).await.unwrap();
+    let kept = f
+        .store
+        .append(bodies(11..=12), Some(&sealer))
+        .await
+        .unwrap();
+    f.store
+        .append(bodies(13..=15), Some(&sealer))
+        .await
+        .unwrap();
+    disable_guard(&f.db).await;
+    exec(&f.db, "DELETE FROM audit_events WHERE seq > 12").await;
+    sqlx::query("UPDATE audit_head SET seq = 12, hash = $1")
+        .bind(kept[1].hash.to_vec())
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+
+    let r = verify_store(f.store.as_ref(), keys, UnsignedTail::Refuse)
+        .await
+        .unwrap();
+    assert!(!r.ok, "{r:?}");
+    assert_eq!((r.first_bad_seq, r.head_seq), (Some(11), 12), "{r:?}");
+    assert!(r
+        .reason
+        .unwrap()
+        .contains("not covered by a signed checkpoint"));
+
+    let err = f
+        .store
+        .append(bodies(13..=13), Some(&sealer))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("moved back from entry 15 to entry 12"),
+        "{err}"
+    );
+    let (fresh, _) = crate::sealer();
+    let err = f.store.append(Vec::new(), Some(&fresh)).await.unwrap_err();
+    assert!(matches!(err, warden_audit::Error::ChainBroken(_)), "{err}");
+}
+
+/// A log written before heads were sealed (legacy checkpoints, an unsealed head) is sealed
+/// at start once its tail chains from the last checkpoint, and refused when it does not.
+async fn unsealed_legacy_tail_is_sealed_only_when_it_chains(kind: Kind) {
+    for tampered in [false, true] {
+        let f = fixture(kind).await;
+        let (sealer, keys) = sealer();
+        let first = f.store.append(bodies(1..=10), None).await.unwrap();
+        let legacy = sealer.signer().sign(
+            warden_audit::CheckpointKind::Legacy,
+            10,
+            first[9].body.ts,
+            first[9].hash,
+        );
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, ts, hash, kid, signature, version) \
+             VALUES ($1, $2, $3, $4, $5, 1)",
+        )
+        .bind(10i64)
+        .bind(legacy.ts)
+        .bind(legacy.hash.to_vec())
+        .bind(legacy.kid.clone())
+        .bind(legacy.signature.to_vec())
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+        f.store.append(bodies(11..=14), None).await.unwrap();
+        let unsealed = verify_store(f.store.as_ref(), keys.clone(), UnsignedTail::Refuse)
+            .await
+            .unwrap();
+        assert!(
+            !unsealed.ok && unsealed.unsigned_entries == 4,
+            "{unsealed:?}"
+        );
+        if tampered {
+            disable_guard(&f.db).await;
+            exec(
+                &f.db,
+                "UPDATE audit_events SET actor = 'mallory' WHERE seq = 13",
+            )
+            .await;
+        }
+
+        let seq = Sequencer::start(
+            f.store.clone(),
+            Some(sealer),
+            SequencerConfig::default(),
+            None,
+        );
+        let sealed = seq.seal().await;
+        seq.shutdown().await;
+        let r = verify_store(f.store.as_ref(), keys, UnsignedTail::Refuse)
+            .await
+            .unwrap();
+        if tampered {
+            let err = sealed.unwrap_err();
+            assert!(err.to_string().contains("entry 13 was altered"), "{err}");
+            assert!(
+                f.store.head().await.unwrap().seal.is_none(),
+                "nothing signed over the break"
+            );
+            assert_eq!(r.first_bad_seq, Some(13), "{r:?}");
+        } else {
+            sealed.unwrap();
+            assert!(
+                r.ok && r.signed_through == 14 && r.unsigned_entries == 0,
+                "{r:?}"
+            );
+        }
     }
 }

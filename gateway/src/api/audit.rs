@@ -5,7 +5,7 @@ use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
-use warden_audit::{verify_store, Query};
+use warden_audit::{verify_store, Query, UnsignedTail};
 use warden_sdk::{AuditPage, Decision, VerifyReport};
 
 use crate::error::{ApiError, Error};
@@ -114,11 +114,16 @@ pub async fn events(
     }))
 }
 
-/// `GET /v1/audit/verify`: recomputes the whole chain and checks every signed checkpoint.
+/// `GET /v1/audit/verify`: recomputes the whole chain and checks every signed checkpoint and
+/// the head's seal; entries no signature covers fail it.
 pub async fn verify(State(app): State<AppState>) -> Result<Json<VerifyReport>, ApiError> {
-    let report = verify_store(app.audit_store.as_ref(), app.checkpoint_keys.clone())
-        .await
-        .map_err(Error::from)?;
+    let report = verify_store(
+        app.audit_store.as_ref(),
+        app.checkpoint_keys.clone(),
+        UnsignedTail::Refuse,
+    )
+    .await
+    .map_err(Error::from)?;
     if !report.ok {
         tracing::error!(first_bad_seq = ?report.first_bad_seq, reason = ?report.reason, "audit log verification failed");
     }

@@ -82,10 +82,7 @@ pub async fn request(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> axum::response::Response {
-    let mut note = AuditNote {
-        durable: true,
-        ..AuditNote::default()
-    };
+    let mut note = AuditNote::default();
     let result = async {
         let (subject_ref, own) = resolve(&app, &principal, &id).await?;
         note.subject_ref = Some(subject_ref.clone());
@@ -313,10 +310,7 @@ pub async fn export(
     Path(id): Path<String>,
     Query(params): Query<ExportParams>,
 ) -> axum::response::Response {
-    let mut note = AuditNote {
-        durable: true,
-        ..AuditNote::default()
-    };
+    let mut note = AuditNote::default();
     let result = async {
         let format = params.format.as_deref().unwrap_or("json");
         if format != "json" && format != "csv" {

@@ -14,8 +14,15 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: every database answers.
+/// `GET /readyz`: every database answers and the audit chain verifies up to its head.
 pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
+    if app.audit.broken().is_some() {
+        // The reason is logged where it was found; a probe answer names no entry.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": "audit_chain_broken"})),
+        );
+    }
     for db in &app.dbs {
         if let Err(e) = sqlx::query("SELECT 1").execute(db.pool()).await {
             warn!(error = %e, "readiness check failed");

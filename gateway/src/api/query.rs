@@ -207,7 +207,6 @@ pub async fn query(
     ApiJson(body): ApiJson<QueryRequest>,
 ) -> Response {
     let mut note = AuditNote {
-        durable: true,
         purpose: stated_purpose(&headers, &principal),
         ..AuditNote::default()
     }

@@ -364,7 +364,6 @@ pub async fn read(
     headers: HeaderMap,
 ) -> Response {
     let mut note = AuditNote {
-        durable: true,
         purpose: stated_purpose(&headers, &principal),
         ..AuditNote::default()
     }

@@ -8,7 +8,8 @@ use crate::support::{assert_error, gateway, Backend};
 
 warden_audit::on_both_backends!(crate::support::Backend;
     every_decision_is_recorded_and_searchable,
-    verify_names_tampered_entry
+    verify_names_tampered_entry,
+    a_rewritten_head_stops_a_running_gateway
 );
 
 async fn events(g: &crate::support::Gateway, token: &str, query: &str) -> Vec<Value> {
@@ -170,4 +171,106 @@ async fn verify_names_tampered_entry(backend: Backend) {
     assert_eq!(report.status, StatusCode::OK);
     assert_eq!(report.json["ok"], false, "{report:?}");
     assert_eq!(report.json["first_bad_seq"], 3, "{report:?}");
+}
+
+/// The log's last entries rewritten under a running gateway (chain recomputed, head moved
+/// along): the next request finds its sealed head replaced, is refused rather than recorded
+/// over the forgery, and the gateway turns unready and says so in its metrics.
+async fn a_rewritten_head_stops_a_running_gateway(backend: Backend) {
+    let g = gateway(backend).await;
+    let admin = g.admin().await;
+    assert_eq!(g.get("/v1/users", &admin).await.status, StatusCode::OK);
+    let head = g.audit_settled().await;
+    let db = warden_audit::Db::connect(&g.state_url).await.unwrap();
+    let disable = match db.backend() {
+        warden_audit::Backend::Sqlite => "DROP TRIGGER audit_events_no_update",
+        warden_audit::Backend::Postgres => "ALTER TABLE audit_events DISABLE TRIGGER USER",
+    };
+    sqlx::query(disable).execute(db.pool()).await.unwrap();
+    let mut last = g
+        .state
+        .audit_store
+        .scan(head - 1, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    last.body.decision = warden_sdk::Decision::Deny;
+    last.hash = warden_audit::event::chain_hash(&last.prev_hash, last.seq, &last.body);
+    sqlx::query("UPDATE audit_events SET decision = 'deny', hash = $1 WHERE seq = $2")
+        .bind(last.hash.to_vec())
+        .bind(last.seq as i64)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_head SET hash = $1")
+        .bind(last.hash.to_vec())
+        .execute(db.pool())
+        .await
+        .unwrap();
+
+    let refused = g.get("/v1/users", &admin).await;
+    assert_error(
+        &refused,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+    );
+    let ready = g.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{ready:?}");
+    assert_eq!(ready.json["reason"], "audit_chain_broken");
+    let metrics = g.call(Method::GET, "/metrics", None, None).await;
+    let text = String::from_utf8(metrics.bytes).unwrap();
+    assert!(text.contains("warden_audit_chain_broken 1"), "{text}");
+    assert_eq!(
+        g.state.audit_store.head().await.unwrap().seq,
+        head,
+        "nothing recorded over the forgery"
+    );
+}
+
+/// The audit alert rules: valid, unit-tested by promtool (a broken chain pages, a sealed
+/// head lower than before pages), and every metric they read is one the gateway exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_alert_rules_read_exported_metrics() {
+    let promtool = std::env::var("WARDEN_TEST_PROMTOOL")
+        .expect("WARDEN_TEST_PROMTOOL is not set: run the tests with scripts/test.sh");
+    let alerts = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/alerts"));
+    for args in [
+        ["check", "rules", "audit.rules.yml"],
+        ["test", "rules", "audit.rules.test.yml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .current_dir(alerts)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let g = gateway(Backend::Sqlite).await;
+    let admin = g.admin().await;
+    assert_eq!(g.get("/v1/users", &admin).await.status, StatusCode::OK);
+    let head = g.audit_settled().await;
+    let metrics =
+        String::from_utf8(g.call(Method::GET, "/metrics", None, None).await.bytes).unwrap();
+    assert!(metrics.contains("warden_audit_chain_broken 0"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("warden_audit_sealed_seq {head}")),
+        "{metrics}"
+    );
+    let rules = std::fs::read_to_string(alerts.join("audit.rules.yml")).unwrap();
+    let names: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("warden_"))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for name in names {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "the rules read {name}, which the gateway does not export"
+        );
+    }
 }

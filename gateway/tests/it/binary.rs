@@ -864,3 +864,145 @@ pub(crate) fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// An answered read's audit event survives the process killed right after the answer; a
+/// tail rewritten in the database afterwards (chain recomputed, head moved along) fails
+/// `warden audit verify` (unless the unsigned tail is accepted, which says how much),
+/// cannot be exported, and keeps a restarted gateway unready, alerting and recording nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_reads_survive_a_crash_and_a_forged_tail_is_refused() {
+    use warden_audit::AuditStore;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let password = "a long admin passphrase";
+    let mut server = Server::start(dir, &[], &[("WARDEN_ADMIN_PASSWORD", password)]).await;
+    let (status, body) = post(
+        &server.base,
+        "/v1/auth/token",
+        None,
+        json!({"grant_type": "password", "username": "admin", "password": password}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let read = reqwest::Client::new()
+        .get(format!("{}/v1/auth/me", server.base))
+        .bearer_auth(&token)
+        .header("x-request-id", &request_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    // SIGKILL as soon as the answer is in: no shutdown flushes anything.
+    server.child.kill().unwrap();
+    server.wait_exit(Duration::from_secs(10)).unwrap();
+
+    let url = format!("sqlite://{}", dir.join("warden-data/warden.db").display());
+    let db = warden_audit::Db::connect(&url).await.unwrap();
+    let store = warden_audit::SqlAuditStore::new(db.clone());
+    let events = store.scan(0, 1000).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.body.action.as_str(), last.body.request_id.as_deref()),
+        ("self.read", Some(request_id.as_str())),
+        "the answered read is in the log: {events:?}"
+    );
+    let intact = warden(dir, &["audit", "verify"]);
+    assert_eq!(intact.status.code(), Some(0), "{}", text(&intact.stdout));
+
+    // Rewrite the last entry as someone with write access to the file would.
+    sqlx::query("DROP TRIGGER audit_events_no_update")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let mut forged = last.clone();
+    forged.body.actor = "mallory".to_owned();
+    forged.hash = warden_audit::event::chain_hash(&forged.prev_hash, forged.seq, &forged.body);
+    sqlx::query("UPDATE audit_events SET actor = $1, hash = $2 WHERE seq = $3")
+        .bind(&forged.body.actor)
+        .bind(forged.hash.to_vec())
+        .bind(forged.seq as i64)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_head SET hash = $1")
+        .bind(forged.hash.to_vec())
+        .execute(db.pool())
+        .await
+        .unwrap();
+    db.pool().close().await;
+
+    let verify = warden(dir, &["audit", "verify"]);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify.stdout));
+    assert!(
+        text(&verify.stdout).contains("not covered by a signed checkpoint"),
+        "{}",
+        text(&verify.stdout)
+    );
+    let accepted = warden(dir, &["audit", "verify", "--accept-unsigned-tail"]);
+    assert_eq!(
+        accepted.status.code(),
+        Some(0),
+        "{}",
+        text(&accepted.stdout)
+    );
+    assert!(
+        text(&accepted.stdout).contains("entries unsigned"),
+        "{}",
+        text(&accepted.stdout)
+    );
+    let export = warden(dir, &["audit", "export", "--out", "audit.ndjson"]);
+    assert_eq!(
+        export.status.code(),
+        Some(2),
+        "a forged log is not signed for export"
+    );
+    assert!(
+        text(&export.stderr).contains("refusing to export"),
+        "{}",
+        text(&export.stderr)
+    );
+
+    let server = Server::start(dir, &[], &[]).await;
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("{}/readyz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["reason"],
+        "audit_chain_broken"
+    );
+    let metrics = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("warden_audit_chain_broken 1"), "{metrics}");
+    let (status, body) = post(
+        &server.base,
+        "/v1/auth/token",
+        None,
+        json!({"grant_type": "password", "username": "admin", "password": password}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (503, &json!("audit_unavailable")),
+        "{body}"
+    );
+    let logs = server.stop();
+    assert!(logs.contains("the audit log does not verify"), "{logs}");
+    let still = warden(dir, &["audit", "verify"]);
+    assert_eq!(
+        still.status.code(),
+        Some(1),
+        "nothing was signed over the forgery"
+    );
+}

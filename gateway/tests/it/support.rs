@@ -268,7 +268,7 @@ impl Gateway {
     pub(crate) async fn audit_settled(&self) -> u64 {
         let mut last = 0;
         for _ in 0..100 {
-            let (head, _) = self.state.audit_store.head().await.unwrap();
+            let head = self.state.audit_store.head().await.unwrap().seq;
             if head == last && head > 0 {
                 return head;
             }
