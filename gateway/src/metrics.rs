@@ -34,6 +34,16 @@ pub struct StepLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectionLabels {
+    /// A dataset with a contract (a bounded set).
+    pub dataset: String,
+    /// `card_number` or `email`.
+    pub detector: String,
+    /// `refuse`, `tokenize` or `allow`.
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: String,
 }
@@ -57,6 +67,7 @@ pub struct Metrics {
     pub audit_failures: Counter,
     pub audit_batch_seconds: Histogram,
     pub audit_sealed_seq: Gauge,
+    pub detections_found: Family<DetectionLabels, Counter>,
     pub audit_chain_broken: Gauge,
     pub erasure_step_runs: Family<StepLabels, Counter>,
     pub erasure_open: Family<StateLabels, Gauge>,
@@ -136,6 +147,12 @@ impl Metrics {
             "1 while the audit chain does not verify up to its head (the gateway is then not ready and records nothing), else 0",
             audit_chain_broken.clone(),
         );
+        let detections_found = Family::<DetectionLabels, Counter>::default();
+        registry.register(
+            "warden_detections",
+            "Card numbers and e-mail addresses found in the text of unclassified (public) fields, by dataset, detector and the contract's action",
+            detections_found.clone(),
+        );
         let erasure_step_runs = Family::<StepLabels, Counter>::default();
         let erasure_open = Family::<StateLabels, Gauge>::default();
         let erasure_oldest_open_age = Gauge::default();
@@ -178,6 +195,7 @@ impl Metrics {
             audit_batch_seconds,
             audit_sealed_seq,
             audit_chain_broken,
+            detections_found,
         }
     }
 
@@ -200,6 +218,19 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Counts what protection found in unclassified text.
+    pub fn detections(&self, dataset: &str, found: &warden_policy::protect::Detections) {
+        for ((detector, action), n) in found {
+            self.detections_found
+                .get_or_create(&DetectionLabels {
+                    dataset: dataset.to_owned(),
+                    detector: (*detector).to_owned(),
+                    action: (*action).to_owned(),
+                })
+                .inc_by(*n);
+        }
+    }
+
     pub fn erasure_steps(&self, step: &str, outcome: &str) {
         self.erasure_step_runs
             .get_or_create(&StepLabels {

@@ -56,6 +56,51 @@ pub enum SadPolicy {
     Strip,
 }
 
+/// What the edge does with a card number or an e-mail address found in the text of a field
+/// the contract classifies `public`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectAction {
+    /// Refuse the record (the default): the contract should classify the field.
+    #[default]
+    Refuse,
+    /// Replace what was found: a card number by a vault token, an e-mail address by a keyed
+    /// pseudonym (`em_` and 32 hex digits, the same for the same address in the dataset).
+    Tokenize,
+    /// Keep it as it is, counted.
+    Allow,
+}
+
+impl DetectAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refuse => "refuse",
+            Self::Tokenize => "tokenize",
+            Self::Allow => "allow",
+        }
+    }
+}
+
+/// The detectors of sensitive values in unclassified text (`[detectors]` of a contract).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Detectors {
+    #[serde(default)]
+    pub card_number: DetectAction,
+    #[serde(default)]
+    pub email: DetectAction,
+}
+
+impl Detectors {
+    /// The action for `detector`.
+    pub fn action(&self, detector: crate::detect::Detector) -> DetectAction {
+        match detector {
+            crate::detect::Detector::CardNumber => self.card_number,
+            crate::detect::Detector::Email => self.email,
+        }
+    }
+}
+
 /// One field of a contract.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +130,8 @@ struct ContractFile {
     collection: String,
     #[serde(default)]
     sad: SadPolicy,
+    #[serde(default)]
+    detectors: Detectors,
     fields: BTreeMap<String, FieldSpec>,
 }
 
@@ -102,6 +149,7 @@ pub struct Contract {
     pub lake_table: String,
     pub collection: String,
     pub sad: SadPolicy,
+    pub detectors: Detectors,
     pub fields: BTreeMap<String, FieldSpec>,
 }
 
@@ -257,6 +305,7 @@ impl Contract {
             lake_table: f.lake_table,
             collection: f.collection,
             sad: f.sad,
+            detectors: f.detectors,
             fields: f.fields,
         })
     }
@@ -301,6 +350,7 @@ impl Contract {
             lake_table: self.lake_table.clone(),
             collection: self.collection.clone(),
             sad: self.sad,
+            detectors: self.detectors,
             fields: self.fields.clone(),
         };
         serde_json::to_string(&file).unwrap_or_default()

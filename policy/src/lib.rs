@@ -17,6 +17,7 @@
 pub mod authz;
 pub mod clock;
 pub mod contract;
+pub mod detect;
 pub mod keyring;
 pub mod keys;
 pub mod kms;

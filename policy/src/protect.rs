@@ -8,7 +8,7 @@
 //! | `pii.direct` | `enc:v1:<base64>`: AES-256-GCM under the subject's key, bound to dataset, field and subject; plus `<field>__bidx`, a blind index (HMAC) for equality lookups |
 //! | `pii.id` | `subject_ref`, the keyed pseudonym of the identifier |
 //! | `pii.network` | the address truncated to /24 (IPv4) or /48 (IPv6) |
-//! | `public` | itself, type-checked |
+//! | `public` | itself, type-checked; a card number or e-mail address in its text refuses the record, or is tokenized or kept, as the contract's `[detectors]` say |
 //!
 //! Everything keyed is batched: one pseudonym key, one tokenization, one lookup of subject
 //! keys per batch of records.
@@ -25,7 +25,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
-use crate::contract::{Contract, DataClass, FieldPositions, FieldType, SadPolicy};
+use crate::contract::{Contract, DataClass, DetectAction, FieldPositions, FieldType, SadPolicy};
+use crate::detect::{self, Detector, Finding};
 use crate::keyring::{DataKey, KeyRing, SCOPE_DATASET, SCOPE_SUBJECT};
 use crate::keys::{seal, KeyProvider, LocalKeyFile};
 use crate::pan::{parse_pan, Tokenizer};
@@ -37,6 +38,10 @@ const PSEUDONYM_REF: &str = "subject_ref";
 /// Suffix of the blind-index field written beside each `pii.direct` field.
 pub const BLIND_INDEX_SUFFIX: &str = "__bidx";
 const ENC_PREFIX: &str = "enc:v1:";
+/// Prefix of the keyed pseudonym that replaces an e-mail address in unclassified text.
+const EMAIL_TOKEN_PREFIX: &str = "em_";
+/// The blind-index "field" whose key makes those pseudonyms.
+const EMAIL_TOKEN_KEY: &str = "__text_email";
 /// Longest accepted string value, in bytes.
 pub const MAX_VALUE: usize = 4096;
 
@@ -55,7 +60,22 @@ pub struct Rejection {
     pub index: usize,
     pub field: Option<String>,
     pub reason: String,
+    /// A stable code, for refusals a client acts upon (`card_number_in_unclassified_field`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
 }
+
+/// The stable rejection code of a detector's refusal.
+pub fn detection_code(detector: Detector) -> &'static str {
+    match detector {
+        Detector::CardNumber => "card_number_in_unclassified_field",
+        Detector::Email => "email_in_unclassified_field",
+    }
+}
+
+/// Findings in unclassified text, counted by detector and what was done
+/// (`("card_number", "refuse")`); never the values.
+pub type Detections = std::collections::BTreeMap<(&'static str, &'static str), u64>;
 
 /// The outcome of one batch.
 #[derive(Debug, Default)]
@@ -64,6 +84,8 @@ pub struct Protected {
     pub rejections: Vec<Rejection>,
     /// Names of `pci.sad` fields stripped (under `sad = "strip"`), for the audit log.
     pub stripped: Vec<(usize, String)>,
+    /// Card numbers and e-mail addresses found in `public` text, and what became of them.
+    pub detections: Detections,
 }
 
 /// Applies contracts to records.
@@ -269,6 +291,8 @@ impl Protector {
         let mut accepted: Vec<(usize, &Map<String, Value>)> = Vec::new();
         let mut pans: Vec<String> = Vec::new();
         let mut pan_slots: Vec<(usize, String)> = Vec::new();
+        // What to tokenize in `public` text, by (accepted slot, field position).
+        let mut text_findings: HashMap<(usize, usize), Vec<Finding>> = HashMap::new();
         // The contract's fields are found in each record by position, not by name.
         let mut positions = FieldPositions::new(contract.fields.keys().map(String::as_str));
         let mut values: Vec<Option<&Value>> = vec![None; contract.fields.len()];
@@ -277,6 +301,7 @@ impl Protector {
                 index: i,
                 field: field.map(str::to_owned),
                 reason,
+                code: None,
             };
             values.fill(None);
             for (k, (name, v)) in rec.iter().enumerate() {
@@ -292,7 +317,8 @@ impl Protector {
                 values[p] = Some(v);
             }
             let mut record_pans = Vec::new();
-            for ((name, spec), value) in contract.fields.iter().zip(&values) {
+            let mut record_texts = Vec::new();
+            for (p, ((name, spec), value)) in contract.fields.iter().zip(&values).enumerate() {
                 let value = value.filter(|v| !v.is_null());
                 let Some(v) = value else {
                     if spec.required {
@@ -332,6 +358,33 @@ impl Protector {
                     ));
                     continue 'records;
                 }
+                if let (DataClass::Public, Some(text)) = (spec.class, v.as_str()) {
+                    let found = detect::scan(text);
+                    if let Some(refused) = detected(contract, &found, &mut out.detections) {
+                        out.rejections.push(Rejection {
+                            code: Some(detection_code(refused)),
+                            ..reject(
+                                Some(name),
+                                format!(
+                                    "carries {} in a field the contract does not classify (detectors.{} = \"refuse\")",
+                                    match refused {
+                                        Detector::CardNumber => "a card number",
+                                        Detector::Email => "an e-mail address",
+                                    },
+                                    refused.as_str()
+                                ),
+                            )
+                        });
+                        continue 'records;
+                    }
+                    let tokenized: Vec<Finding> = found
+                        .into_iter()
+                        .filter(|f| contract.detectors.action(f.detector) == DetectAction::Tokenize)
+                        .collect();
+                    if !tokenized.is_empty() {
+                        record_texts.push((p, tokenized));
+                    }
+                }
                 if spec.class == DataClass::PciPan {
                     match parse_pan(v.as_str().unwrap_or_default()) {
                         Ok(pan) => record_pans.push((name.clone(), pan)),
@@ -357,6 +410,9 @@ impl Protector {
             for (field, pan) in record_pans {
                 pan_slots.push((accepted.len(), field));
                 pans.push(pan);
+            }
+            for (p, found) in record_texts {
+                text_findings.insert((accepted.len(), p), found);
             }
             accepted.push((i, rec));
         }
@@ -404,7 +460,21 @@ impl Protector {
         for ((slot, field), token) in live_slots.into_iter().zip(&tokens) {
             token_of.insert((*slot, field.as_str()), token.as_str());
         }
-        let dataset_key = if has_direct {
+        let text_tokens = self
+            .text_card_tokens(
+                contract,
+                &records,
+                &accepted,
+                &refs,
+                &text_findings,
+                &erased,
+            )
+            .await?;
+        let email_tokens = text_findings
+            .values()
+            .flatten()
+            .any(|f| f.detector == Detector::Email);
+        let dataset_key = if has_direct || email_tokens {
             Some(
                 self.keys
                     .data_key(SCOPE_DATASET, &contract.name, true)
@@ -420,6 +490,10 @@ impl Protector {
             .map(|(name, spec)| (name.as_str(), spec))
             .collect();
         let mut index_keys: HashMap<&str, Hmac<Sha256>> = HashMap::new();
+        let email_mac = match (&dataset_key, email_tokens) {
+            (Some(dk), true) => Some(hmac_state(&blind_index_key(dk, EMAIL_TOKEN_KEY)?, b"")?),
+            _ => None,
+        };
         let mut aad = Vec::new();
         'build: for (slot, (i, subject_ref)) in accepted.iter().zip(&refs).enumerate() {
             let rec = std::mem::take(&mut records[*i]);
@@ -428,6 +502,7 @@ impl Protector {
                     index: *i,
                     field: Some(contract.subject_field.clone()),
                     reason: "the subject was erased: no new data is accepted for it".to_owned(),
+                    code: None,
                 });
                 continue;
             }
@@ -442,9 +517,9 @@ impl Protector {
                     continue;
                 }
                 // Every field of an accepted record is the contract's (checked above).
-                let Some((field, spec)) = positions
+                let Some((p, (field, spec))) = positions
                     .position(k, &name)
-                    .and_then(|p| by_position.get(p).copied())
+                    .and_then(|p| by_position.get(p).map(|f| (p, *f)))
                 else {
                     return Err(Error::Store(
                         "a field outside the contract passed validation".to_owned(),
@@ -474,7 +549,15 @@ impl Protector {
                         }
                         Value::String(truncate_ip(ip).to_string())
                     }
-                    DataClass::Public => v,
+                    DataClass::Public => match text_findings.get(&(slot, p)) {
+                        Some(found) => Value::String(tokenized_text(
+                            v.as_str().unwrap_or_default(),
+                            found,
+                            |k| text_tokens.get(&(slot, p, k)).map(String::as_str),
+                            email_mac.as_ref(),
+                        )?),
+                        None => v,
+                    },
                     DataClass::PiiDirect => {
                         let keys = &subject_keys;
                         let Some(key) = keys.keys.get(subject_ref) else {
@@ -482,6 +565,7 @@ impl Protector {
                                 index: *i,
                                 field: Some(name.clone()),
                                 reason: "the subject was erased: no new personal data is accepted for it".to_owned(),
+                                code: None,
                             });
                             continue 'build;
                         };
@@ -529,6 +613,47 @@ impl Protector {
         }
         out.rejections.sort_by_key(|r| r.index);
         Ok(out)
+    }
+
+    /// Vault tokens for the card numbers to tokenize in `public` text, by (accepted slot,
+    /// field position, finding), for the subjects not erased.
+    async fn text_card_tokens(
+        &self,
+        contract: &Contract,
+        records: &[Map<String, Value>],
+        accepted: &[usize],
+        refs: &[String],
+        text_findings: &HashMap<(usize, usize), Vec<Finding>>,
+        erased: &impl Fn(usize) -> bool,
+    ) -> Result<HashMap<(usize, usize, usize), String>> {
+        let names: Vec<&str> = contract.fields.keys().map(String::as_str).collect();
+        let (mut at, mut pans, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+        for (&(slot, p), found) in text_findings {
+            if erased(slot) {
+                continue;
+            }
+            let Some(text) = records[accepted[slot]]
+                .get(names[p])
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            for (k, f) in found.iter().enumerate() {
+                if f.detector == Detector::CardNumber {
+                    at.push((slot, p, k));
+                    pans.push(detect::card_digits(text, f));
+                    owners.push(refs[slot].as_str());
+                }
+            }
+        }
+        if pans.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let tokens = self
+            .tokenizer
+            .tokenize_for(&contract.name, &pans, &owners)
+            .await?;
+        Ok(at.into_iter().zip(tokens).collect())
     }
 
     /// The blind index of `value` for `field` of `dataset` (to search protected records).
@@ -683,6 +808,53 @@ impl Protector {
         }
         Ok(out)
     }
+}
+
+/// Counts what the scan of one `public` value found; the first detector whose action is to
+/// refuse, if any.
+fn detected(contract: &Contract, found: &[Finding], counts: &mut Detections) -> Option<Detector> {
+    let mut refused = None;
+    for f in found {
+        let action = contract.detectors.action(f.detector);
+        *counts
+            .entry((f.detector.as_str(), action.as_str()))
+            .or_default() += 1;
+        if action == DetectAction::Refuse && refused.is_none() {
+            refused = Some(f.detector);
+        }
+    }
+    refused
+}
+
+/// `text` with each finding replaced: a card number by its vault token (`card_token(k)` for
+/// the `k`-th finding), an e-mail address by its keyed pseudonym.
+fn tokenized_text<'t>(
+    text: &str,
+    found: &[Finding],
+    card_token: impl Fn(usize) -> Option<&'t str>,
+    email_mac: Option<&Hmac<Sha256>>,
+) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (k, f) in found.iter().enumerate() {
+        out.push_str(text.get(at..f.start).unwrap_or_default());
+        match f.detector {
+            Detector::CardNumber => {
+                out.push_str(card_token(k).ok_or_else(|| {
+                    Error::Store("a card number in text was not tokenized".into())
+                })?)
+            }
+            Detector::Email => {
+                let mac = email_mac.ok_or(Error::Wrap)?;
+                let index = blind_index_from(mac, text.get(f.start..f.end).unwrap_or_default());
+                out.push_str(EMAIL_TOKEN_PREFIX);
+                out.push_str(index.get(..32).unwrap_or_default());
+            }
+        }
+        at = f.end;
+    }
+    out.push_str(text.get(at..).unwrap_or_default());
+    Ok(out)
 }
 
 fn blind_index(dataset_key: &DataKey, field: &str, value: &str) -> Result<String> {

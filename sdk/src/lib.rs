@@ -427,6 +427,10 @@ pub struct RecordRejection {
     pub index: usize,
     pub field: Option<String>,
     pub reason: String,
+    /// A stable code where a client can act on the refusal
+    /// (`card_number_in_unclassified_field`, `email_in_unclassified_field`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// Where an accepted record was published.

@@ -120,10 +120,25 @@ pub(crate) fn purpose(headers: &HeaderMap, principal: &Principal) -> Result<Stri
 
 /// The audit details of a protection outcome: counts, and the names of the fields refused or
 /// stripped — never their values.
+/// What protection did, for the audit log (field names and counts, never a value), and the
+/// detections counted in the metrics.
 pub(crate) fn protection_note(
+    app: &AppState,
+    dataset: &str,
     note: AuditNote,
     out: &warden_policy::protect::Protected,
 ) -> AuditNote {
+    app.metrics.detections(dataset, &out.detections);
+    let detections: serde_json::Map<String, serde_json::Value> = out
+        .detections
+        .iter()
+        .map(|((detector, action), n)| (format!("{detector}.{action}"), (*n).into()))
+        .collect();
+    let note = if detections.is_empty() {
+        note
+    } else {
+        note.detail("detections", detections)
+    };
     let rejected: BTreeSet<&str> = out
         .rejections
         .iter()
@@ -197,7 +212,7 @@ pub async fn protect(
     }
     .await;
     let result = result.map(|out| {
-        note = protection_note(std::mem::take(&mut note), &out);
+        note = protection_note(&app, &name, std::mem::take(&mut note), &out);
         Json(ProtectResponse {
             records: out
                 .records

@@ -105,6 +105,7 @@ fn parse_records(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ApiError> {
         index,
         field: None,
         reason: "not a JSON object".to_owned(),
+        code: None,
     };
     let mut records = Vec::new();
     let mut rejections = Vec::new();
@@ -205,7 +206,7 @@ pub async fn ingest(
         rejections.append(&mut out.rejections);
         rejections.sort_by_key(|r| r.index);
         out.rejections = rejections;
-        note = protection_note(std::mem::take(&mut note), &out)
+        note = protection_note(&app, &contract.name, std::mem::take(&mut note), &out)
             .detail("records", out.records.len() + out.rejections.len());
         if atomic && !out.rejections.is_empty() {
             let body = json!({

@@ -22,6 +22,97 @@ mod embedded {
     }
 }
 
+/// A card number and an e-mail address typed into a field the contract classifies `public`:
+/// refused with stable codes, counted in the metrics, audited without the values, and no byte
+/// of them in the stream, the documents or the lake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_values_in_unclassified_fields_reach_no_store() {
+    let g = plane(Backend::Sqlite, false).await;
+    g.state.start_loaders();
+    let (_, stage) = g
+        .principal_token(PrincipalKind::Service, &["stage"], false)
+        .await;
+    let card = "4111 1111 1111 1111";
+    let mail = "zoe.q@example.net";
+    let mut with_card = tx(1, "u-1", "5500000000000004");
+    with_card["country"] = json!(format!("paid with {card}, thanks"));
+    let mut with_mail = tx(2, "u-2", "5500000000000004");
+    with_mail["country"] = json!(format!("<{mail}>"));
+    let clean = tx(3, "u-3", "5500000000000004");
+    let r = ingest(&g, &stage, "", &json!([with_card, with_mail, clean])).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+    assert_eq!(r.json["accepted"], 1);
+    let codes: Vec<&Value> = r.json["rejections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| &x["code"])
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            &json!("card_number_in_unclassified_field"),
+            &json!("email_in_unclassified_field")
+        ]
+    );
+    loaded(&g, 1).await;
+    lake_loaded(&g, 1).await;
+
+    let (_, admin) = g
+        .principal_token(PrincipalKind::User, &["auditor"], true)
+        .await;
+    let events = g
+        .get("/v1/audit/events?action=datasets:payments.write", &admin)
+        .await;
+    let event = events.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["details"]["detections"].is_object())
+        .unwrap_or_else(|| panic!("{events:?}"))
+        .clone();
+    assert_eq!(event["details"]["detections"]["card_number.refuse"], 1);
+    assert_eq!(event["details"]["detections"]["email.refuse"], 1);
+    let metrics =
+        String::from_utf8(g.call(Method::GET, "/metrics", None, None).await.bytes).unwrap();
+    assert!(
+        metrics.contains(
+            r#"warden_detections_total{dataset="payments",detector="card_number",action="refuse"} 1"#
+        ),
+        "{metrics}"
+    );
+
+    // Every file Warden wrote: the state database (embedded stream, documents, audit log,
+    // vault), its write-ahead logs, the lake's data and log.
+    let needles = [
+        card.as_bytes(),
+        b"4111111111111111".as_slice(),
+        mail.as_bytes(),
+    ];
+    let mut files = vec![g._dir.path().to_path_buf()];
+    let mut seen = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        seen += 1;
+        for n in needles {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n),
+                "{} holds {}",
+                path.display(),
+                String::from_utf8_lossy(n)
+            );
+        }
+    }
+    assert!(
+        seen >= 3,
+        "the state database and the lake's files were read ({seen})"
+    );
+}
+
 mod kafka_mongo {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ingest_then_read_masked() {

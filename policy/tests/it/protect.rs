@@ -18,6 +18,7 @@ warden_audit::on_both_backends!(crate::Kind;
     bindings_purposes_and_shredding,
     reading_masks_by_rights,
     enrichment_sees_the_address_before_truncation,
+    sensitive_values_in_unclassified_text,
 );
 
 const PAYMENTS: &str = include_str!("../../../config/datasets/payments.toml");
@@ -332,4 +333,126 @@ async fn enrichment_sees_the_address_before_truncation(kind: Kind) {
     let fields = &out.records[0].1.fields;
     assert!(!fields.contains_key("country"), "{fields:?}");
     assert_eq!(fields["ip"], "2001:db8:abcd::");
+}
+
+/// A card number or an e-mail address in a `public` text field: refused by default with a
+/// stable code, tokenized or kept as the contract's `[detectors]` say, counted either way —
+/// and never echoed in a rejection.
+async fn sensitive_values_in_unclassified_text(kind: Kind) {
+    let f = fixture(kind).await;
+    let (p, _) = setup(&f);
+    let texts = [
+        "paid with 4111 1111 1111 1111 yesterday",
+        "card 5500-0000-0000-0004",
+        "write to ann.b+x@mail.example.co.uk please",
+        "FR",
+        "ref 123 4111111111111111 and carol@example.org",
+    ];
+    let records: Vec<Map<String, Value>> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            record(
+                json!({"transaction_id": format!("t-{i}"), "user_id": "dana", "amount": 1,
+                "country": t, "created_at": 1_790_000_000}),
+            )
+        })
+        .collect();
+    let with = |card: &str, email: &str| {
+        let shipped = "[detectors]\ncard_number = \"refuse\"\nemail = \"refuse\"\n";
+        assert!(PAYMENTS.contains(shipped));
+        Contract::from_toml(&PAYMENTS.replace(
+            shipped,
+            &format!("[detectors]\ncard_number = \"{card}\"\nemail = \"{email}\"\n"),
+        ))
+        .unwrap()
+    };
+
+    // The shipped contract: both detectors refuse.
+    let out = p
+        .protect(
+            &Contract::from_toml(PAYMENTS).unwrap(),
+            "fraud_detection",
+            &records,
+        )
+        .await
+        .unwrap();
+    let refused: Vec<(usize, Option<&str>)> =
+        out.rejections.iter().map(|r| (r.index, r.code)).collect();
+    assert_eq!(
+        refused,
+        vec![
+            (0, Some("card_number_in_unclassified_field")),
+            (1, Some("card_number_in_unclassified_field")),
+            (2, Some("email_in_unclassified_field")),
+            (4, Some("card_number_in_unclassified_field")),
+        ]
+    );
+    assert_eq!(out.records.len(), 1);
+    let said = serde_json::to_string(&out.rejections).unwrap();
+    for secret in ["4111", "5500", "ann.b", "carol@"] {
+        assert!(!said.contains(secret), "{said}");
+    }
+    assert_eq!(out.detections.get(&("card_number", "refuse")), Some(&3));
+    assert_eq!(out.detections.get(&("email", "refuse")), Some(&2));
+
+    // Tokenized: the text keeps its words, the card becomes a vault token, the address a
+    // pseudonym, the same one for the same address.
+    let out = p
+        .protect(&with("tokenize", "tokenize"), "fraud_detection", &records)
+        .await
+        .unwrap();
+    assert!(out.rejections.is_empty(), "{:?}", out.rejections);
+    let country = |i: usize| {
+        out.records[i].1.fields["country"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = country(0);
+    let token = first
+        .strip_prefix("paid with ")
+        .and_then(|t| t.strip_suffix(" yesterday"))
+        .unwrap();
+    assert!(is_token(token) && token.ends_with("1111"), "{first}");
+    let mail = country(2);
+    let pseudonym = mail
+        .strip_prefix("write to ")
+        .and_then(|t| t.strip_suffix(" please"))
+        .unwrap();
+    assert!(
+        pseudonym.starts_with("em_") && pseudonym.len() == 35,
+        "{mail}"
+    );
+    assert_eq!(country(3), "FR");
+    let last = country(4);
+    assert!(
+        last.starts_with("ref 123 tok_") && last.contains(" and em_"),
+        "{last}"
+    );
+    let again = p
+        .protect(
+            &with("tokenize", "tokenize"),
+            "fraud_detection",
+            &records[2..3],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.records[0].1.fields["country"], mail.as_str());
+    for i in 0..5 {
+        let text = country(i);
+        for clear in ["4111", "5500", "ann.b", "carol"] {
+            assert!(!text.contains(clear), "{text}");
+        }
+    }
+    assert_eq!(out.detections.get(&("card_number", "tokenize")), Some(&3));
+
+    // Allowed: kept as sent, counted.
+    let out = p
+        .protect(&with("allow", "allow"), "fraud_detection", &records)
+        .await
+        .unwrap();
+    assert!(out.rejections.is_empty());
+    assert_eq!(out.records[0].1.fields["country"], texts[0]);
+    assert_eq!(out.detections.get(&("email", "allow")), Some(&2));
 }
