@@ -73,6 +73,11 @@ enum Command {
     },
     /// Materialize the configured aggregate tables (all, or those named) now.
     Materialize { names: Vec<String> },
+    /// Work with dataset contracts.
+    Datasets {
+        #[command(subcommand)]
+        command: DatasetsCommand,
+    },
     /// Ask a running gateway to erase a data subject (GDPR Art. 17) and follow the job to its
     /// signed receipt. SUBJECT: the subject's identifier, its subject_ref, or `me` with a
     /// data subject's own token. Credentials: WARDEN_TOKEN (a DPO's needs a fresh second
@@ -146,6 +151,25 @@ enum ReceiptCommand {
         /// The gateway's public key (hex), as `warden audit public-key` prints it.
         #[arg(long)]
         public_key: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetsCommand {
+    /// Read a sample (JSON, NDJSON, CSV, Parquet) and propose a contract: a class and type for
+    /// each field from what its values are, the evidence as comments, never a value. Review
+    /// it, then install it with PUT /v1/datasets/{name} or in datasets_dir.
+    Suggest {
+        file: PathBuf,
+        /// The dataset's name (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Default: from the file's extension.
+        #[arg(long, value_enum)]
+        format: Option<warden_gateway::ingest::Format>,
+        /// Write the contract here instead of to standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -365,6 +389,46 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Datasets {
+            command:
+                DatasetsCommand::Suggest {
+                    file,
+                    name,
+                    format,
+                    out,
+                },
+        } => {
+            let format = format
+                .or_else(|| warden_gateway::ingest::Format::of(&file))
+                .context("cannot tell the file's format from its name: give --format")?;
+            let records =
+                warden_gateway::ingest::read_records(&file, format, &serde_json::Value::Null)?;
+            anyhow::ensure!(!records.is_empty(), "{} holds no record", file.display());
+            let name = name.unwrap_or_else(|| {
+                file.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            let s = warden_policy::suggest::suggest(
+                &name,
+                &records,
+                format == warden_gateway::ingest::Format::Csv,
+            );
+            match out {
+                Some(path) => std::fs::write(&path, &s.toml)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{}", s.toml),
+            }
+            eprintln!(
+                "suggested {} fields from {} records",
+                s.fields.len(),
+                records.len().min(warden_policy::suggest::MAX_SAMPLE)
+            );
+            if let Some(p) = s.problem {
+                eprintln!("not a valid contract yet (fill in the TODOs): {p}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Materialize { names } => {
             // An installation that exists: a first start here would create an admin whose

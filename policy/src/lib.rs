@@ -23,6 +23,7 @@ pub mod keys;
 pub mod kms;
 pub mod pan;
 pub mod protect;
+pub mod suggest;
 pub mod timefmt;
 pub mod vault;
 

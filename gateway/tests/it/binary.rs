@@ -1006,3 +1006,69 @@ async fn answered_reads_survive_a_crash_and_a_forged_tail_is_refused() {
         "nothing was signed over the forgery"
     );
 }
+
+/// `warden datasets suggest` on a CSV and an NDJSON sample: a contract with a class for each
+/// field, valid as suggested when the sample decides everything, and no value of the sample
+/// in what it prints.
+#[test]
+fn datasets_suggest_proposes_a_contract_without_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut csv =
+        String::from("order_id,customer_id,card_number,cvv,email,ip,amount,created_at,comment\n");
+    let mut ndjson = String::new();
+    for i in 0..20 {
+        let pan = warden_policy::pan::with_check_digit(&format!("5500000000000{i:02}"));
+        csv.push_str(&format!(
+            "o-{i},c-{},{pan},123,c{i}@example.org,203.0.113.{i},{i}.5,2026-11-24T10:00:00Z,fine\n",
+            i % 4
+        ));
+        ndjson.push_str(
+            &json!({"order_id": format!("o-{i}"), "customer_id": format!("c-{}", i % 4),
+                    "card_number": pan, "amount": i, "created_at": 1_790_000_000 + i})
+            .to_string(),
+        );
+        ndjson.push('\n');
+    }
+    std::fs::write(dir.join("orders.csv"), &csv).unwrap();
+    std::fs::write(dir.join("orders.ndjson"), &ndjson).unwrap();
+
+    let out = warden(dir, &["datasets", "suggest", "orders.csv"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let toml = text(&out.stdout);
+    let contract = warden_policy::contract::Contract::from_toml(&toml)
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let class = |f: &str| contract.fields[f].class;
+    use warden_policy::contract::{DataClass, FieldType};
+    assert_eq!(class("card_number"), DataClass::PciPan);
+    assert_eq!(class("cvv"), DataClass::PciSad);
+    assert_eq!(class("email"), DataClass::PiiDirect);
+    assert_eq!(class("ip"), DataClass::PiiNetwork);
+    assert_eq!(contract.subject_field, "customer_id");
+    assert_eq!(contract.record_key, "order_id");
+    assert_eq!(contract.fields["amount"].ty, FieldType::Number);
+    assert_eq!(contract.name, "orders");
+    for value in ["550000", "@example.org", "203.0.113", "o-1\"", "c-1\""] {
+        assert!(!toml.contains(value), "{value} in\n{toml}");
+    }
+
+    let out = warden(
+        dir,
+        &[
+            "datasets",
+            "suggest",
+            "orders.ndjson",
+            "--name",
+            "orders",
+            "--out",
+            "o.toml",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(dir.join("o.toml")).unwrap();
+    let contract = warden_policy::contract::Contract::from_toml(&written).unwrap();
+    assert_eq!(contract.time_field, "created_at");
+    assert_eq!(contract.fields["created_at"].ty, FieldType::Timestamp);
+    let bad = warden(dir, &["datasets", "suggest", "missing.csv"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
