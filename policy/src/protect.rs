@@ -27,7 +27,7 @@ use sha2::Sha256;
 
 use crate::contract::{Contract, DataClass, DetectAction, FieldPositions, FieldType, SadPolicy};
 use crate::detect::{self, Detector, Finding};
-use crate::keyring::{DataKey, KeyRing, SCOPE_DATASET, SCOPE_SUBJECT};
+use crate::keyring::{DataKey, KeyBatch, KeyRing, SCOPE_DATASET, SCOPE_SUBJECT};
 use crate::keys::{seal, KeyProvider, LocalKeyFile};
 use crate::pan::{parse_pan, Tokenizer};
 use crate::{Error, Result};
@@ -64,6 +64,9 @@ pub struct Rejection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'static str>,
 }
+
+/// The rejection code of a record whose subject is a pseudonym Warden did not issue.
+pub const UNKNOWN_SUBJECT_REF: &str = "unknown_subject_ref";
 
 /// The stable rejection code of a detector's refusal.
 pub fn detection_code(detector: Detector) -> &'static str {
@@ -437,12 +440,17 @@ impl Protector {
             .filter(|s| s.class == DataClass::PiiDirect)
             .count();
         let has_direct = direct_fields > 0;
-        // Erased subjects first: nothing of theirs is taken, not even into the vault.
-        let subject_keys = self
-            .keys
-            .data_keys(SCOPE_SUBJECT, &refs, has_direct)
-            .await?;
-        let erased = |slot: usize| subject_keys.destroyed.contains(&refs[slot]);
+        let given: Vec<bool> = ids.iter().map(|id| is_subject_ref(id)).collect();
+        let subject_keys = self.subject_keys(&refs, &given).await?;
+        // A pseudonym Warden did not issue (no key, live or destroyed, was ever made for it).
+        let invented = |slot: usize| {
+            given[slot]
+                && !subject_keys.keys.contains_key(&refs[slot])
+                && !subject_keys.destroyed.contains(&refs[slot])
+        };
+        // Erased or invented subjects first: nothing of theirs is taken, not even into the
+        // vault.
+        let erased = |slot: usize| subject_keys.destroyed.contains(&refs[slot]) || invented(slot);
         let (live_slots, live_pans): (Vec<&(usize, String)>, Vec<String>) = pan_slots
             .iter()
             .zip(pans)
@@ -497,6 +505,15 @@ impl Protector {
         let mut aad = Vec::new();
         'build: for (slot, (i, subject_ref)) in accepted.iter().zip(&refs).enumerate() {
             let rec = std::mem::take(&mut records[*i]);
+            if invented(slot) {
+                out.rejections.push(Rejection {
+                    index: *i,
+                    field: Some(contract.subject_field.clone()),
+                    reason: "the subject is a pseudonym Warden did not issue: send the subject's identifier, or a subject_ref Warden gave out".to_owned(),
+                    code: Some(UNKNOWN_SUBJECT_REF),
+                });
+                continue;
+            }
             if erased(slot) {
                 out.rejections.push(Rejection {
                     index: *i,
@@ -613,6 +630,24 @@ impl Protector {
         }
         out.rejections.sort_by_key(|r| r.index);
         Ok(out)
+    }
+
+    /// The keys of a batch's subjects. A subject pseudonymized here gets its key on first
+    /// sight — so its records can be crypto-shredded, and its pseudonym recognized when a
+    /// stage sends it back; a pseudonym sent as such (`given`) is only looked up, so one
+    /// nobody issued has no key.
+    async fn subject_keys(&self, refs: &[String], given: &[bool]) -> Result<KeyBatch> {
+        let (mut named, mut issued) = (Vec::new(), Vec::new());
+        for (r, g) in refs.iter().zip(given) {
+            if *g { &mut named } else { &mut issued }.push(r.clone());
+        }
+        let mut batch = self.keys.data_keys(SCOPE_SUBJECT, &issued, true).await?;
+        if !named.is_empty() {
+            let known = self.keys.data_keys(SCOPE_SUBJECT, &named, false).await?;
+            batch.keys.extend(known.keys);
+            batch.destroyed.extend(known.destroyed);
+        }
+        Ok(batch)
     }
 
     /// Vault tokens for the card numbers to tokenize in `public` text, by (accepted slot,

@@ -19,6 +19,7 @@ warden_audit::on_both_backends!(crate::Kind;
     reading_masks_by_rights,
     enrichment_sees_the_address_before_truncation,
     sensitive_values_in_unclassified_text,
+    a_subject_cannot_be_invented,
 );
 
 const PAYMENTS: &str = include_str!("../../../config/datasets/payments.toml");
@@ -455,4 +456,79 @@ async fn sensitive_values_in_unclassified_text(kind: Kind) {
     assert!(out.rejections.is_empty());
     assert_eq!(out.records[0].1.fields["country"], texts[0]);
     assert_eq!(out.detections.get(&("email", "allow")), Some(&2));
+}
+
+/// A record's subject is its clear identifier (pseudonymized here) or a pseudonym Warden
+/// issued — one it computed before, in any dataset, even one without personal fields to
+/// encrypt — never a well-formed `sr_…` a client made up.
+async fn a_subject_cannot_be_invented(kind: Kind) {
+    let f = fixture(kind).await;
+    let (p, _) = setup(&f);
+    // A dataset without pii.direct fields: its subjects still get a key when first seen.
+    let lean = Contract::from_toml(
+        &PAYMENTS
+            .replace(
+                "[fields.email]\nclass = \"pii.direct\"\ntype = \"string\"\n",
+                "",
+            )
+            .replace(
+                "[fields.card_number]\nclass = \"pci.pan\"\ntype = \"string\"\n",
+                "",
+            ),
+    )
+    .unwrap();
+    assert!(lean
+        .fields
+        .values()
+        .all(|s| s.class != warden_policy::contract::DataClass::PiiDirect));
+    let tx = |id: &str, user: &str| {
+        record(
+            json!({"transaction_id": id, "user_id": user, "amount": 1, "created_at": 1_790_000_000}),
+        )
+    };
+    let first = p
+        .protect(&lean, "fraud_detection", &[tx("t-1", "erin")])
+        .await
+        .unwrap();
+    let issued = first.records[0].1.subject_ref.clone();
+    let invented = format!("sr_{}", "ab".repeat(16));
+    assert!(warden_policy::protect::is_subject_ref(&invented) && invented != issued);
+
+    let out = p
+        .protect(
+            &Contract::from_toml(PAYMENTS).unwrap(),
+            "fraud_detection",
+            &[tx("t-2", &issued), tx("t-3", &invented), tx("t-4", "frank")],
+        )
+        .await
+        .unwrap();
+    let accepted: Vec<(usize, &str)> = out
+        .records
+        .iter()
+        .map(|(i, r)| (*i, r.subject_ref.as_str()))
+        .collect();
+    assert_eq!(accepted.len(), 2, "{:?}", out.rejections);
+    assert_eq!(
+        accepted[0],
+        (0, issued.as_str()),
+        "an issued pseudonym is kept"
+    );
+    assert_eq!(out.rejections.len(), 1);
+    let r = &out.rejections[0];
+    assert_eq!(
+        (r.index, r.field.as_deref(), r.code),
+        (1, Some("user_id"), Some("unknown_subject_ref"))
+    );
+    assert!(!r.reason.contains(&invented));
+    // The invented subject left nothing behind: no key was made for it.
+    let keys = f.keyring(
+        Arc::new(LocalKeyFile::from_key(&[8u8; 32])),
+        CachePolicy::default(),
+    );
+    let batch = keys
+        .data_keys(SCOPE_SUBJECT, &[invented.clone(), issued.clone()], false)
+        .await
+        .unwrap();
+    assert!(!batch.keys.contains_key(&invented));
+    assert!(batch.keys.contains_key(&issued));
 }
