@@ -272,6 +272,7 @@ async fn run() {
         locked_until: 0,
         must_change_password: false,
         created_at: 0,
+        credentials_epoch: 0,
     };
     state.store.create_principal(&principal).await.unwrap();
     let token = state
@@ -282,6 +283,7 @@ async fn run() {
             &principal.roles,
             &["client_secret"],
             None,
+            principal.credentials_epoch,
         )
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

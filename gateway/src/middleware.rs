@@ -314,8 +314,12 @@ async fn authenticate(
     if !principal.local {
         return Ok((principal, false));
     }
-    // A disabled account loses access at once, not when its token expires.
+    // A disabled account loses access at once, not when its token expires; a password
+    // change ends the tokens issued before it.
     match app.store.principal_by_id(&principal.id).await {
+        Ok(Some(p)) if p.credentials_epoch != principal.cep => {
+            Err("token issued before the credentials changed")
+        }
         Ok(Some(p)) if !p.disabled => Ok((principal, p.must_change_password)),
         Ok(_) => Err("principal disabled or removed"),
         Err(e) => {

@@ -542,6 +542,7 @@ async fn initialize(
             locked_until: 0,
             must_change_password: shown,
             created_at: now,
+            credentials_epoch: 0,
         },
         admin_mfa: MfaRecord {
             principal_id: admin_id.clone(),

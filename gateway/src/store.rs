@@ -30,6 +30,8 @@ pub struct PrincipalRecord {
     /// Set for a generated first password: until it is changed, only `self` actions work.
     pub must_change_password: bool,
     pub created_at: i64,
+    /// Raised by every change of the credentials; tokens of an older epoch are refused.
+    pub credentials_epoch: i64,
 }
 
 /// A TOTP factor.
@@ -173,7 +175,7 @@ impl SqlStateStore {
 }
 
 const PRINCIPAL_COLUMNS: &str =
-    "id, kind, name, secret_hash, roles, disabled, failed_logins, locked_until, must_change_password, created_at";
+    "id, kind, name, secret_hash, roles, disabled, failed_logins, locked_until, must_change_password, created_at, credentials_epoch";
 const MFA_COLUMNS: &str =
     "principal_id, secret_wrapped, confirmed, last_step, failures, locked_until";
 const KEY_COLUMNS: &str = "kid, purpose, public_key, private_wrapped, active, created_at";
@@ -197,6 +199,7 @@ fn principal(r: &AnyRow) -> Result<PrincipalRecord> {
         locked_until: r.try_get("locked_until")?,
         must_change_password: r.try_get::<i64, _>("must_change_password")? != 0,
         created_at: r.try_get("created_at")?,
+        credentials_epoch: r.try_get("credentials_epoch")?,
     })
 }
 
@@ -262,7 +265,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 macro_rules! insert_principal {
     ($exec:expr, $p:expr) => {
         sqlx::query(&format!(
-            "INSERT INTO principals ({PRINCIPAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            "INSERT INTO principals ({PRINCIPAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind($p.id.clone())
         .bind($p.kind.as_str())
@@ -274,6 +277,7 @@ macro_rules! insert_principal {
         .bind($p.locked_until)
         .bind(i64::from($p.must_change_password))
         .bind($p.created_at)
+        .bind($p.credentials_epoch)
         .execute($exec)
     };
 }
@@ -374,7 +378,8 @@ impl StateStore for SqlStateStore {
 
     async fn set_secret_hash(&self, id: &str, hash: &str) -> Result<()> {
         sqlx::query(
-            "UPDATE principals SET secret_hash = $1, must_change_password = 0 WHERE id = $2",
+            "UPDATE principals SET secret_hash = $1, must_change_password = 0, \
+             credentials_epoch = credentials_epoch + 1 WHERE id = $2",
         )
         .bind(hash.to_owned())
         .bind(id.to_owned())

@@ -96,6 +96,7 @@ fn new_record(
         locked_until: 0,
         must_change_password: false,
         created_at: now,
+        credentials_epoch: 0,
     }
 }
 

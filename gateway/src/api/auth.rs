@@ -120,7 +120,9 @@ async fn login(
     } else {
         &["pwd"]
     };
-    let access_token = app.tokens.issue(&p.id, p.kind, &p.roles, amr, None)?;
+    let access_token = app
+        .tokens
+        .issue(&p.id, p.kind, &p.roles, amr, None, p.credentials_epoch)?;
     Ok(Json(TokenResponse {
         access_token,
         token_type: "Bearer".to_owned(),
@@ -316,6 +318,7 @@ pub async fn step_up(
         &account.roles,
         &amr,
         Some(app.clock.now_secs()),
+        account.credentials_epoch,
     )?;
     Ok(Json(TokenResponse {
         access_token,
@@ -329,13 +332,32 @@ pub async fn change_password(
     State(app): State<AppState>,
     Extension(p): Extension<Principal>,
     crate::extract::ApiJson(body): crate::extract::ApiJson<PasswordChange>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<TokenResponse>, ApiError> {
     let account = mfa_account(&app, &p).await?;
     if !passwords::verify(body.current_password, Some(account.secret_hash.clone())).await {
         return Err(invalid_grant());
     }
     passwords::check_new_password(&body.new_password)?;
     let hash = passwords::hash(body.new_password).await?;
+    // Raises the credentials epoch: every token issued before, this one too, stops working.
     app.store.set_secret_hash(&account.id, &hash).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let account = app
+        .store
+        .principal_by_id(&account.id)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    // A password proves the password only: the new session starts without a second factor.
+    let access_token = app.tokens.issue(
+        &account.id,
+        account.kind,
+        &account.roles,
+        &["pwd"],
+        None,
+        account.credentials_epoch,
+    )?;
+    Ok(Json(TokenResponse {
+        access_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: app.tokens.ttl_secs(),
+    }))
 }

@@ -24,6 +24,8 @@ pub struct Principal {
     pub local: bool,
     /// The purpose of processing the token was issued for (claim `purpose`), if any.
     pub purpose: Option<String>,
+    /// The credentials epoch the token was issued under (local tokens).
+    pub cep: i64,
 }
 
 impl Principal {

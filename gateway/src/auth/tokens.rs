@@ -48,6 +48,10 @@ pub struct Claims {
     pub roles: Vec<String>,
     pub amr: Vec<String>,
     pub mfa_at: Option<i64>,
+    /// The account's credentials epoch when the token was issued: a password change raises
+    /// it and ends the token.
+    #[serde(default)]
+    pub cep: i64,
 }
 
 /// Why a token was refused (for the log only; clients see `unauthenticated`).
@@ -153,6 +157,7 @@ impl TokenService {
         roles: &[String],
         amr: &[&str],
         mfa_at: Option<i64>,
+        cep: i64,
     ) -> Result<String> {
         let now = self.clock.now_secs();
         let claims = Claims {
@@ -167,6 +172,7 @@ impl TokenService {
             roles: roles.to_vec(),
             amr: amr.iter().map(|s| (*s).to_owned()).collect(),
             mfa_at,
+            cep,
         };
         self.sign(&claims)
     }
@@ -222,6 +228,7 @@ impl TokenService {
                 mfa_at: claims.mfa_at,
                 local: true,
                 purpose: None,
+                cep: claims.cep,
             });
         }
         let Some(oidc) = &self.oidc else {
@@ -401,6 +408,7 @@ impl Oidc {
             amr,
             mfa_at,
             local: false,
+            cep: 0,
             purpose: claims
                 .get("purpose")
                 .and_then(Value::as_str)

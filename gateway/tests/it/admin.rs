@@ -97,7 +97,15 @@ async fn users_and_disabling(backend: Backend) {
             json!({"current_password": "long enough pass", "new_password": "an even longer pass"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{r:?}");
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    // Every session opened before the change ends with it; the answer carries a new one.
+    assert_error(
+        &g.get("/v1/auth/me", &token).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    let renewed = r.json["access_token"].as_str().unwrap();
+    assert_eq!(g.get("/v1/auth/me", renewed).await.status, StatusCode::OK);
     g.login("sam.subject", "an even longer pass").await;
     let old = g.post("/v1/auth/token", None, json!({"grant_type": "password", "username": "sam.subject", "password": "long enough pass"})).await;
     assert_error(&old, StatusCode::UNAUTHORIZED, "invalid_grant");

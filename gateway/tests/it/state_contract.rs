@@ -37,6 +37,7 @@ fn principal(name: &str, kind: PrincipalKind) -> PrincipalRecord {
         locked_until: 0,
         must_change_password: false,
         created_at: 42,
+        credentials_epoch: 0,
     }
 }
 

@@ -252,6 +252,7 @@ impl Gateway {
             locked_until: 0,
             must_change_password: false,
             created_at: 0,
+            credentials_epoch: 0,
         };
         self.state.store.create_principal(&record).await.unwrap();
         let roles: Vec<String> = record.roles.clone();
@@ -259,7 +260,7 @@ impl Gateway {
         let token = self
             .state
             .tokens
-            .issue(&id, kind, &roles, amr, mfa.then(|| self.clock_secs()))
+            .issue(&id, kind, &roles, amr, mfa.then(|| self.clock_secs()), 0)
             .unwrap();
         (id, token)
     }
