@@ -132,9 +132,12 @@ pub struct AuthConfig {
     /// How long a locked factor stays locked.
     #[serde(with = "humantime_serde")]
     pub mfa_lockout: Duration,
-    /// Failed passwords or client secrets before the account is locked.
+    /// Failed passwords or client secrets from one address on one account before its next
+    /// attempts wait (1 s, doubling with each further failure); ten times as many from all
+    /// addresses make every attempt on the account wait too (at most a minute). No account
+    /// is ever locked: whoever knows its name cannot keep its owner out.
     pub login_max_failures: u32,
-    /// How long a locked account stays locked.
+    /// The longest wait of one address on one account.
     #[serde(with = "humantime_serde")]
     pub login_lockout: Duration,
     /// Name shown in authenticator apps.

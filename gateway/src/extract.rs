@@ -12,6 +12,24 @@ use warden_sdk::ErrorCode;
 
 use crate::error::ApiError;
 
+/// The client's address, as the connection gives it (`unknown` without one: a test router,
+/// a Unix socket). Forwarded-for headers are not read: any client can write them.
+#[derive(Debug, Clone)]
+pub struct ClientAddr(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string()),
+        ))
+    }
+}
+
 /// `Json<T>` with Warden's errors.
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);

@@ -79,6 +79,7 @@ pub fn app(state: AppState) -> Router {
             get(api::admin::list).post(api::admin::create_user),
         )
         .route("/v1/users/{id}/disable", post(api::admin::disable))
+        .route("/v1/users/{id}/unlock", post(api::admin::unlock))
         .route("/v1/users/{id}/enable", post(api::admin::enable))
         .route(
             "/v1/service-accounts",

@@ -72,6 +72,7 @@ pub const ROUTES: &[RouteSpec] = &[
     guarded("GET", "/v1/users", "users", "read", true),
     guarded("POST", "/v1/users", "users", "write", true),
     guarded("POST", "/v1/users/{id}/disable", "users", "write", true),
+    guarded("POST", "/v1/users/{id}/unlock", "users", "write", true),
     guarded("POST", "/v1/users/{id}/enable", "users", "write", true),
     guarded("POST", "/v1/service-accounts", "users", "write", true),
     guarded("GET", "/v1/datasets", "datasets:*", "read", false),

@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use warden_audit::Db;
+use warden_audit::{Backend, Db};
 use warden_sdk::{PolicyRule, PrincipalKind};
 
 use crate::error::{Error, Result};
@@ -32,6 +32,17 @@ pub struct PrincipalRecord {
     pub created_at: i64,
     /// Raised by every change of the credentials; tokens of an older epoch are refused.
     pub credentials_epoch: i64,
+}
+
+/// Growing delays after failed logins (OWASP: throttle, never lock an account for good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    /// Failures before any delay.
+    pub free: u32,
+    /// The first delay (microseconds), doubled after each further failure...
+    pub first: i64,
+    /// ...up to this.
+    pub max: i64,
 }
 
 /// A TOTP factor.
@@ -93,19 +104,23 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     /// Renames a principal (an erased subject's account gets its pseudonym for a name);
     /// returns false when there is no such principal.
     async fn rename_principal(&self, id: &str, name: &str) -> Result<bool>;
-    /// Reserves one login attempt for the account: counts it as a failure in advance and, at
-    /// `max_failures`, locks the account until `lock_until` (resetting the count). Returns
-    /// false, reserving nothing, while the account is locked at `now`. One atomic statement,
-    /// so concurrent attempts can never exceed the budget.
+    /// Reserves one login attempt on the account from `source` (a client address, or `*` for
+    /// the account as a whole): counts it as a failure in advance; from the `throttle.free`-th
+    /// failure on, the next attempt waits a delay that doubles with each further failure, up
+    /// to `throttle.max`. Returns false, reserving nothing, while that delay runs at `now`.
+    /// One atomic statement, so concurrent attempts can never exceed the budget.
     async fn login_attempt(
         &self,
         id: &str,
+        source: &str,
         now: i64,
-        max_failures: u32,
-        lock_until: i64,
+        throttle: Throttle,
     ) -> Result<bool>;
-    /// The reserved attempt succeeded: clears the count and the lock it may have set.
-    async fn login_succeeded(&self, id: &str) -> Result<()>;
+    /// The reserved attempt succeeded: clears the counts of the source and of the account.
+    async fn login_succeeded(&self, id: &str, source: &str) -> Result<()>;
+    /// Clears every login throttle and lock of the account, and its second factor's lock;
+    /// false when there is no such principal.
+    async fn unlock(&self, id: &str) -> Result<bool>;
 
     /// Sets a new, unconfirmed factor, replacing an unconfirmed one; [`Error::Conflict`] when
     /// a confirmed factor exists.
@@ -411,29 +426,74 @@ impl StateStore for SqlStateStore {
     async fn login_attempt(
         &self,
         id: &str,
+        source: &str,
         now: i64,
-        max_failures: u32,
-        lock_until: i64,
+        throttle: Throttle,
     ) -> Result<bool> {
-        reserve_attempt(
-            &self.db,
-            "principals",
-            "id",
-            "failed_logins",
-            id,
-            now,
-            max_failures,
-            lock_until,
-        )
-        .await
+        let least = match self.db.backend() {
+            Backend::Sqlite => "min",
+            Backend::Postgres => "LEAST",
+        };
+        let next = format!(
+            "CASE WHEN login_throttle.failures + 1 >= $5 THEN {least}($7, \
+               CASE WHEN login_throttle.delay = 0 THEN $6 ELSE login_throttle.delay * 2 END) \
+             ELSE 0 END"
+        );
+        let first = if throttle.free <= 1 {
+            throttle.first.min(throttle.max)
+        } else {
+            0
+        };
+        let n = sqlx::query(&format!(
+            "INSERT INTO login_throttle (principal_id, source, failures, delay, blocked_until) \
+             VALUES ($1, $2, 1, $3, $4 + $3) \
+             ON CONFLICT (principal_id, source) DO UPDATE SET \
+               failures = login_throttle.failures + 1, delay = {next}, \
+               blocked_until = $4 + {next} \
+             WHERE login_throttle.blocked_until <= $4"
+        ))
+        .bind(id.to_owned())
+        .bind(source.to_owned())
+        .bind(first)
+        .bind(now)
+        .bind(i64::from(throttle.free))
+        .bind(throttle.first)
+        .bind(throttle.max)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
-    async fn login_succeeded(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE principals SET failed_logins = 0, locked_until = 0 WHERE id = $1")
+    async fn login_succeeded(&self, id: &str, source: &str) -> Result<()> {
+        sqlx::query("DELETE FROM login_throttle WHERE principal_id = $1 AND source IN ($2, '*')")
             .bind(id.to_owned())
+            .bind(source.to_owned())
             .execute(self.db.pool())
             .await?;
         Ok(())
+    }
+
+    async fn unlock(&self, id: &str) -> Result<bool> {
+        let mut tx = self.db.pool().begin().await?;
+        let n =
+            sqlx::query("UPDATE principals SET failed_logins = 0, locked_until = 0 WHERE id = $1")
+                .bind(id.to_owned())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        sqlx::query("DELETE FROM login_throttle WHERE principal_id = $1")
+            .bind(id.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE mfa_factors SET failures = 0, locked_until = 0 WHERE principal_id = $1",
+        )
+        .bind(id.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n == 1)
     }
 
     async fn begin_mfa(&self, m: &MfaRecord, now: i64) -> Result<()> {

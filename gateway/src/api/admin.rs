@@ -201,6 +201,21 @@ async fn set_disabled(app: &AppState, caller: &Principal, id: &str, disabled: bo
     noted(AuditNote::default().detail("principal_id", target), result)
 }
 
+/// `POST /v1/users/{id}/unlock`: ends the account's login delays and its second factor's
+/// lock at once (after a flood of wrong passwords, say), audited with the account's id.
+pub async fn unlock(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    let result = async {
+        if app.store.unlock(&id).await? {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::not_found())
+        }
+    }
+    .await;
+    let target: String = id.chars().take(64).collect();
+    noted(AuditNote::default().detail("principal_id", target), result)
+}
+
 /// `POST /v1/users/{id}/disable`: takes effect at once, for tokens already issued too.
 pub async fn disable(
     State(app): State<AppState>,

@@ -15,7 +15,7 @@ use crate::auth::{passwords, totp, Principal};
 use crate::error::{ApiError, Error};
 use crate::middleware::AuditNote;
 use crate::state::{totp_aad, AppState};
-use crate::store::{MfaRecord, PrincipalRecord};
+use crate::store::{MfaRecord, PrincipalRecord, Throttle};
 
 fn invalid_grant() -> ApiError {
     ApiError::new(
@@ -38,6 +38,7 @@ fn micros(d: std::time::Duration) -> i64 {
 /// `POST /v1/auth/token`.
 pub async fn token(
     State(app): State<AppState>,
+    crate::extract::ClientAddr(source): crate::extract::ClientAddr,
     body: Result<crate::extract::ApiJson<TokenRequest>, ApiError>,
 ) -> Response {
     let mut note = AuditNote {
@@ -66,13 +67,14 @@ pub async fn token(
         ),
     };
     note = note.detail("grant_type", grant);
-    let result = login(&app, &name, secret, kinds, &mut note).await;
+    let result = login(&app, &name, &source, secret, kinds, &mut note).await;
     noted(note, result)
 }
 
 async fn login(
     app: &AppState,
     name: &str,
+    source: &str,
     secret: String,
     kinds: &[PrincipalKind],
     note: &mut AuditNote,
@@ -81,8 +83,20 @@ async fn login(
         return Err(invalid_grant());
     }
     let now = app.clock.now_micros();
-    let until = now + micros(app.config.auth.login_lockout);
-    let max = app.config.auth.login_max_failures;
+    let auth = &app.config.auth;
+    // One source on one account: delays from the configured failures on, doubling up to
+    // the configured longest. The account from every source: short delays after ten times
+    // as many, so a botnet guesses slowly and the owner waits a minute at most.
+    let per_source = Throttle {
+        free: auth.login_max_failures,
+        first: 1_000_000,
+        max: micros(auth.login_lockout).max(1_000_000),
+    };
+    let per_account = Throttle {
+        free: auth.login_max_failures.saturating_mul(10),
+        first: 1_000_000,
+        max: 60_000_000,
+    };
     let principal = app
         .store
         .principal_by_name(name)
@@ -93,7 +107,13 @@ async fn login(
     let permitted = match &principal {
         Some(p) => {
             note.actor = Some((p.id.clone(), p.kind.as_str().to_owned()));
-            app.store.login_attempt(&p.id, now, max, until).await?
+            app.store
+                .login_attempt(&p.id, source, now, per_source)
+                .await?
+                && app
+                    .store
+                    .login_attempt(&p.id, "*", now, per_account)
+                    .await?
         }
         None => false,
     };
@@ -105,7 +125,7 @@ async fn login(
     let ok = passwords::verify(secret, hash).await;
     let reason = match &principal {
         None => Some("unknown_account"),
-        Some(_) if !permitted => Some("locked"),
+        Some(_) if !permitted => Some("throttled"),
         Some(_) if !ok => Some("wrong_credentials"),
         Some(p) if p.disabled => Some("disabled"),
         Some(_) => None,
@@ -114,7 +134,7 @@ async fn login(
         *note = std::mem::take(note).detail("reason", reason.unwrap_or("wrong_credentials"));
         return Err(invalid_grant());
     };
-    app.store.login_succeeded(&p.id).await?;
+    app.store.login_succeeded(&p.id, source).await?;
     let amr: &[&str] = if p.kind == PrincipalKind::Service {
         &["client_secret"]
     } else {

@@ -2,7 +2,7 @@
 
 use warden_gateway::error::Error;
 use warden_gateway::store::{
-    Bootstrap, MfaRecord, PrincipalRecord, SigningKeyRecord, SqlStateStore, StateStore,
+    Bootstrap, MfaRecord, PrincipalRecord, SigningKeyRecord, SqlStateStore, StateStore, Throttle,
 };
 use warden_sdk::{PolicyRule, PrincipalKind};
 
@@ -108,41 +108,70 @@ async fn principals(backend: Backend) {
         "$argon2id$new"
     );
 
-    // Attempts are reserved in advance: the third of three locks and resets the count.
+    // Attempts are reserved in advance. From the third failure of one source on, its next
+    // attempt waits: 1 000, then 2 000, 4 000... up to 5 000 µs; other sources do not wait.
+    let t = Throttle {
+        free: 3,
+        first: 1_000,
+        max: 5_000,
+    };
     for _ in 0..2 {
-        assert!(s.login_attempt(&alice.id, 10, 3, 1_000).await.unwrap());
+        assert!(s.login_attempt(&alice.id, "ip-a", 10, t).await.unwrap());
     }
-    let a = s.principal_by_id(&alice.id).await.unwrap().unwrap();
-    assert_eq!((a.failed_logins, a.locked_until), (2, 0));
     assert!(
-        s.login_attempt(&alice.id, 10, 3, 1_000).await.unwrap(),
+        s.login_attempt(&alice.id, "ip-a", 10, t).await.unwrap(),
         "the third attempt is still made"
     );
-    let a = s.principal_by_id(&alice.id).await.unwrap().unwrap();
-    assert_eq!((a.failed_logins, a.locked_until), (0, 1_000));
     assert!(
-        !s.login_attempt(&alice.id, 999, 3, 2_000).await.unwrap(),
-        "refused while locked"
+        !s.login_attempt(&alice.id, "ip-a", 1_009, t).await.unwrap(),
+        "then the source waits 1 000 µs"
     );
     assert!(
-        s.login_attempt(&alice.id, 1_000, 3, 2_000).await.unwrap(),
-        "allowed once the lock ends"
+        s.login_attempt(&alice.id, "ip-b", 1_009, t).await.unwrap(),
+        "another source does not"
     );
-    s.login_succeeded(&alice.id).await.unwrap();
-    let a = s.principal_by_id(&alice.id).await.unwrap().unwrap();
-    assert_eq!((a.failed_logins, a.locked_until), (0, 0));
+    assert!(s.login_attempt(&alice.id, "ip-a", 1_010, t).await.unwrap());
+    assert!(
+        !s.login_attempt(&alice.id, "ip-a", 3_009, t).await.unwrap(),
+        "the next delay is twice as long"
+    );
+    let mut now = 3_010;
+    for expected in [4_000, 5_000, 5_000] {
+        assert!(s.login_attempt(&alice.id, "ip-a", now, t).await.unwrap());
+        assert!(!s
+            .login_attempt(&alice.id, "ip-a", now + expected - 1, t)
+            .await
+            .unwrap());
+        now += expected;
+    }
+    // A success clears the source's count (and the account's); ip-b keeps its own.
+    s.login_succeeded(&alice.id, "ip-a").await.unwrap();
+    for _ in 0..3 {
+        assert!(s.login_attempt(&alice.id, "ip-a", now, t).await.unwrap());
+    }
+    assert!(!s.login_attempt(&alice.id, "ip-a", now, t).await.unwrap());
+    // An administrator's unlock ends every delay of the account.
+    assert!(s.unlock(&alice.id).await.unwrap());
+    assert!(s.login_attempt(&alice.id, "ip-a", now, t).await.unwrap());
+    assert!(!s.unlock("no-such-principal").await.unwrap());
 }
 
-/// Concurrent attempts never exceed the budget: exactly `max` of many racing ones get through.
+/// Concurrent attempts never exceed the budget: exactly `free` of many racing ones from one
+/// source get through before it must wait.
 async fn attempts_race(backend: Backend) {
     let (s, _dir) = store(backend).await;
     let alice = principal("alice", PrincipalKind::User);
     s.create_principal(&alice).await.unwrap();
     let s = std::sync::Arc::new(s);
+    let t = Throttle {
+        free: 5,
+        first: 1_000,
+        max: 1_000,
+    };
     let tasks: Vec<_> = (0..40)
         .map(|_| {
             let (s, id) = (s.clone(), alice.id.clone());
-            tokio::spawn(async move { s.login_attempt(&id, 10, 5, 1_000).await.unwrap() })
+            tokio::spawn(async move { s.login_attempt(&id, "ip-a", 10, t).await.unwrap() })
         })
         .collect();
     let mut permitted = 0;

@@ -188,8 +188,10 @@ async fn client_credentials_and_lockout(backend: Backend) {
         .await;
     assert_error(&wrong_grant, StatusCode::UNAUTHORIZED, "invalid_grant");
 
-    // Ten wrong secrets lock the account; the right one is then refused, with the same answer
-    // as a wrong one (no telling locked accounts apart), until the lock ends.
+    // Ten wrong secrets from one address make its next attempt wait (a second, doubling
+    // after each further failure), with the same answer as a wrong secret (no telling
+    // throttled accounts apart); another address is not held back, and the owner is never
+    // locked out for good.
     for _ in 0..10 {
         let r = g
             .post("/v1/auth/token", None, json!({"grant_type": "client_credentials", "client_id": "ingest-stage", "client_secret": "wrong-secret"}))
@@ -197,10 +199,10 @@ async fn client_credentials_and_lockout(backend: Backend) {
         assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_grant");
     }
     let body = json!({"grant_type": "client_credentials", "client_id": "ingest-stage", "client_secret": secret});
-    let while_locked = g.post("/v1/auth/token", None, body.clone()).await;
-    assert_error(&while_locked, StatusCode::UNAUTHORIZED, "invalid_grant");
+    let while_waiting = g.post("/v1/auth/token", None, body.clone()).await;
+    assert_error(&while_waiting, StatusCode::UNAUTHORIZED, "invalid_grant");
     assert_eq!(
-        while_locked.json["error"]["message"],
+        while_waiting.json["error"]["message"],
         g.post(
             "/v1/auth/token",
             None,
@@ -208,11 +210,67 @@ async fn client_credentials_and_lockout(backend: Backend) {
         )
         .await
         .json["error"]["message"],
-        "a locked account answers like an unknown one"
+        "a throttled account answers like an unknown one"
     );
-    g.clock.tick(Duration::from_secs(15 * 60 + 1));
+    let elsewhere = from(&g, "198.51.100.9", &body).await;
+    assert_eq!(
+        elsewhere.status,
+        StatusCode::OK,
+        "another address: {elsewhere:?}"
+    );
+    g.clock.tick(Duration::from_secs(1));
+    assert_eq!(
+        g.post("/v1/auth/token", None, body.clone()).await.status,
+        StatusCode::OK,
+        "a second later"
+    );
+
+    // Failures again; an administrator ends the wait at once (audited).
+    for _ in 0..12 {
+        g.post("/v1/auth/token", None, json!({"grant_type": "client_credentials", "client_id": "ingest-stage", "client_secret": "wrong-secret"}))
+            .await;
+    }
+    assert_error(
+        &g.post("/v1/auth/token", None, body.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_grant",
+    );
+    let id = created.json["id"].as_str().unwrap();
+    let unlocked = g
+        .post(&format!("/v1/users/{id}/unlock"), Some(&admin), json!({}))
+        .await;
+    assert_eq!(unlocked.status, StatusCode::NO_CONTENT, "{unlocked:?}");
     assert_eq!(
         g.post("/v1/auth/token", None, body).await.status,
         StatusCode::OK
     );
+    let events = g
+        .get("/v1/audit/events?action=users.write", &admin)
+        .await
+        .json["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["resource"] == "/v1/users/{id}/unlock" && e["details"]["principal_id"] == id),
+        "{events:?}"
+    );
+}
+
+/// A token request from `addr` (the connection's address, as a server sees it).
+async fn from(g: &Gateway, addr: &str, body: &Value) -> crate::support::Reply {
+    let mut req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/auth/token")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(
+            addr.parse().unwrap(),
+            40_000,
+        )));
+    g.send(req).await
 }
