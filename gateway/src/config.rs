@@ -22,7 +22,14 @@ pub struct Config {
     /// Address the HTTP server listens on.
     pub listen: SocketAddr,
     /// Dataset contracts (`*.toml`) loaded on start for datasets the store does not know yet.
+    /// A relative path is relative to the config file's directory (to the working directory
+    /// without a config file). Without a config file and without `./config/datasets`, the
+    /// example contracts shipped in the binary are loaded (`payments`, `payment_bands`).
     pub datasets_dir: PathBuf,
+    /// Whether the shipped example contracts stand in for a missing `datasets_dir` (only on
+    /// the defaults, without a config file).
+    #[serde(skip)]
+    pub shipped_datasets: bool,
     pub state: StateConfig,
     pub audit: AuditConfig,
     pub keys: KeysConfig,
@@ -42,6 +49,7 @@ impl Default for Config {
             data_dir: PathBuf::from("warden-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             datasets_dir: PathBuf::from("config/datasets"),
+            shipped_datasets: false,
             state: StateConfig::default(),
             audit: AuditConfig::default(),
             keys: KeysConfig::default(),
@@ -418,8 +426,16 @@ impl Config {
                     .with_context(|| format!("cannot read config {}", p.display()))?;
                 toml::from_str(&text).with_context(|| format!("invalid config {}", p.display()))?
             }
-            None => Config::default(),
+            None => Config {
+                shipped_datasets: true,
+                ..Config::default()
+            },
         };
+        if let Some(dir) = path.and_then(Path::parent) {
+            if config.datasets_dir.is_relative() {
+                config.datasets_dir = dir.join(&config.datasets_dir);
+            }
+        }
         if let Some(v) = env.get("WARDEN_DATA_DIR") {
             config.data_dir = PathBuf::from(v);
         }
@@ -612,6 +628,33 @@ mod tests {
         let c = Config::load(Some(path), &HashMap::new()).unwrap();
         assert_eq!(c.audit.checkpoint_every, 1000);
         assert!(c.auth.oidc.is_none());
+        // Relative to the file: the shipped contracts beside it, from any directory.
+        assert!(
+            c.datasets_dir.join("payments.toml").is_file(),
+            "{}",
+            c.datasets_dir.display()
+        );
+        assert!(
+            !c.shipped_datasets,
+            "with a config file, its directory counts"
+        );
+        let d = Config::default();
+        for (name, shown, default) in [
+            ("erasure.deadline", c.erasure.deadline, d.erasure.deadline),
+            (
+                "erasure.max_extension",
+                c.erasure.max_extension,
+                d.erasure.max_extension,
+            ),
+            (
+                "erasure.vacuum_retention",
+                c.erasure.vacuum_retention,
+                d.erasure.vacuum_retention,
+            ),
+            ("erasure.lease", c.erasure.lease, d.erasure.lease),
+        ] {
+            assert_eq!(shown, default, "the example shows the default {name}");
+        }
         assert_eq!(c.streams.retention, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(
             Config::default().streams.retention,

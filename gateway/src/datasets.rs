@@ -14,6 +14,19 @@ use warden_policy::contract::Contract;
 use crate::error::{Error, Result};
 use crate::store::StateStore;
 
+/// The example contracts shipped in the binary: a gateway started on its defaults from any
+/// directory has the walkthrough's datasets.
+const SHIPPED: &[(&str, &str)] = &[
+    (
+        "payments.toml",
+        include_str!("../../config/datasets/payments.toml"),
+    ),
+    (
+        "payment_bands.toml",
+        include_str!("../../config/datasets/payment_bands.toml"),
+    ),
+];
+
 /// Contracts in force, by dataset name. Clones share the registry.
 #[derive(Debug, Default, Clone)]
 pub struct Datasets {
@@ -58,17 +71,25 @@ impl Datasets {
         Ok(())
     }
 
-    /// Seeds the store from `dir/*.toml` for datasets it does not know yet, then loads.
+    /// Seeds the store from `dir/*.toml` for datasets it does not know yet (from the shipped
+    /// examples instead when `dir` is missing and `shipped` allows it), then loads.
     ///
     /// # Errors
     /// An unreadable or invalid contract file (named), or a store failure.
-    pub async fn load(&self, dir: &Path, store: &dyn StateStore, now: i64) -> anyhow::Result<()> {
+    pub async fn load(
+        &self,
+        dir: &Path,
+        shipped: bool,
+        store: &dyn StateStore,
+        now: i64,
+    ) -> anyhow::Result<()> {
         let known: Vec<String> = store
             .contracts()
             .await?
             .into_iter()
             .map(|(n, _, _)| n)
             .collect();
+        let mut sources: Vec<(String, String)> = Vec::new();
         if dir.is_dir() {
             let mut files: Vec<_> = std::fs::read_dir(dir)?
                 .filter_map(std::result::Result::ok)
@@ -77,29 +98,46 @@ impl Datasets {
                 .collect();
             files.sort();
             for path in files {
-                let text = std::fs::read_to_string(&path)?;
-                let c = Contract::from_toml(&text).map_err(|e| {
-                    anyhow::anyhow!("invalid dataset contract {}: {e}", path.display())
-                })?;
-                if known.contains(&c.name) {
-                    continue;
-                }
-                match store
-                    .put_contract(&c.name, c.version, &c.to_json(), now)
-                    .await
-                {
-                    Ok(()) => {
-                        info!(dataset = %c.name, version = c.version, "dataset contract loaded")
-                    }
-                    // Another replica seeded it first.
-                    Err(Error::Conflict(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                sources.push((path.display().to_string(), std::fs::read_to_string(&path)?));
             }
+        } else if shipped {
+            info!(
+                dir = %dir.display(),
+                "no dataset contract directory: loading the shipped examples (payments, payment_bands); set datasets_dir for your own"
+            );
+            sources.extend(
+                SHIPPED
+                    .iter()
+                    .map(|(name, text)| (format!("shipped {name}"), (*text).to_owned())),
+            );
         } else {
-            warn!(dir = %dir.display(), "no dataset contract directory");
+            warn!(dir = %dir.display(), "the dataset contract directory does not exist");
+        }
+        for (path, text) in sources {
+            let c = Contract::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("invalid dataset contract {path}: {e}"))?;
+            if known.contains(&c.name) {
+                continue;
+            }
+            match store
+                .put_contract(&c.name, c.version, &c.to_json(), now)
+                .await
+            {
+                Ok(()) => {
+                    info!(dataset = %c.name, version = c.version, "dataset contract loaded")
+                }
+                // Another replica seeded it first.
+                Err(Error::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         self.refresh(store).await?;
+        if self.all().is_empty() {
+            warn!(
+                dir = %dir.display(),
+                "NO DATASET CONTRACT IS LOADED: ingest, reads and queries answer 404 until one is added to datasets_dir or with PUT /v1/datasets/{{name}}"
+            );
+        }
         Ok(())
     }
 

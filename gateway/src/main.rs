@@ -201,6 +201,11 @@ enum AuditCommand {
     PublicKey,
 }
 
+/// Without `RUST_LOG`: Warden's own INFO lines, and only warnings and errors from the
+/// libraries under it (the Delta kernel alone wrote megabytes of INFO a few minutes in).
+const DEFAULT_LOG_FILTER: &str = "warn,warden=info,warden_gateway=info,warden_audit=info,\
+                                  warden_policy=info,warden_pipeline=info,warden_sdk=info";
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -208,7 +213,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -449,10 +454,17 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             let (state, _) =
                 state::start(config, &env, Arc::new(warden_policy::SystemClock)).await?;
+            if aggregates.is_empty() {
+                println!("no aggregate table is configured ([[lake.aggregates]]): nothing to do");
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut failed = false;
             for agg in &aggregates {
                 match warden_gateway::materialize::materialize(&state, agg).await {
-                    Ok(rows) => println!("{}: {rows} rows", agg.name),
+                    Ok(rows) => println!(
+                        "{0}: {rows} rows written to the lake's aggregates/{0} (agg_{0} in SQL)",
+                        agg.name
+                    ),
                     Err(e) => {
                         eprintln!("{}: {}", agg.name, e.message);
                         failed = true;

@@ -204,4 +204,81 @@ mod tests {
             Some("users")
         );
     }
+
+    /// The (method, path) pairs the README's endpoint table names: each backticked piece of
+    /// the first column is `METHOD[/METHOD] PATH`, or a bare path taking the methods before
+    /// it; `a|b` at the end of a path names each; `…/x` replaces the previous path's last
+    /// segment; `/*` covers every path below; a query or a note after the path is ignored.
+    fn readme_endpoints() -> Vec<(String, String)> {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("| endpoint | who |")
+            .expect("the README's endpoint table");
+        let mut out = Vec::new();
+        for row in readme[start..].lines().skip(2) {
+            let Some(first) = row.strip_prefix("| ").and_then(|r| r.split(" | ").next()) else {
+                break;
+            };
+            let mut methods: Vec<String> = Vec::new();
+            let mut last = String::new();
+            for piece in first.split('`').skip(1).step_by(2) {
+                let (m, path) = match piece.split_once(' ') {
+                    Some((m, p)) if m.chars().all(|c| c.is_ascii_uppercase() || c == '/') => {
+                        (Some(m), p)
+                    }
+                    _ => (None, piece),
+                };
+                if !path.starts_with('/') && !path.starts_with('…') {
+                    continue;
+                }
+                if let Some(m) = m {
+                    methods = m.split('/').map(str::to_owned).collect();
+                }
+                let path = path.split('?').next().unwrap_or_default();
+                let path = match path.strip_prefix('…') {
+                    Some(rest) => format!("{}{rest}", &last[..last.rfind('/').unwrap_or(0)]),
+                    None => path.to_owned(),
+                };
+                last.clone_from(&path);
+                let (base, tail) = path.rsplit_once('/').unwrap_or(("", &path));
+                for name in tail.split('|') {
+                    for m in &methods {
+                        out.push((m.clone(), format!("{base}/{name}")));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The README's endpoint table and the route table name the same endpoints.
+    #[test]
+    fn readme_endpoint_table_matches_the_routes() {
+        let named = readme_endpoints();
+        assert!(named.len() > 20, "{named:?}");
+        let covers = |(m, p): &(String, String), r: &super::RouteSpec| {
+            m == r.method
+                && (p == r.path
+                    || p.strip_suffix("/*").is_some_and(|base| {
+                        r.path == base || r.path.starts_with(&format!("{base}/"))
+                    }))
+        };
+        for r in super::ROUTES {
+            assert!(
+                named.iter().any(|n| covers(n, r)
+                    || (n.1.ends_with("/*") && covers(&(r.method.to_owned(), n.1.clone()), r))),
+                "the README's endpoint table does not name {} {}",
+                r.method,
+                r.path
+            );
+        }
+        for n in &named {
+            assert!(
+                n.1.ends_with("/*") || super::ROUTES.iter().any(|r| covers(n, r)),
+                "the README names {} {}, which no route serves",
+                n.0,
+                n.1
+            );
+        }
+    }
 }

@@ -349,7 +349,12 @@ pub async fn start(
     }
     let datasets = Datasets::default();
     datasets
-        .load(&config.datasets_dir, store.as_ref(), clock.now_micros())
+        .load(
+            &config.datasets_dir,
+            config.shipped_datasets,
+            store.as_ref(),
+            clock.now_micros(),
+        )
         .await
         .context("cannot load the dataset contracts")?;
     let stream = crate::pipeline::open_stream(&config, &state_db)?;

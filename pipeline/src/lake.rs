@@ -298,12 +298,10 @@ impl Lake {
                 std::fs::create_dir_all(&path).map_err(|e| lake_err("table directory", e))?;
             }
         }
-        let table = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
-            .await
-            .map_err(|e| lake_err("open table", e))?;
-        if table.version().is_some() {
-            return Ok(table);
-        }
+        let table = match self.open_if_exists(url).await? {
+            Ok(table) => return Ok(table),
+            Err(unloaded) => unloaded,
+        };
         // Statistics only for columns that hold nothing personal (partition columns have
         // none).
         let mut stats: Vec<String> = vec![SUBJECT_REF.into(), CONTRACT_VERSION.into()];
@@ -504,9 +502,9 @@ impl Lake {
             }
         }
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let table = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
-            .await
-            .map_err(|e| lake_err("open aggregate", e))?;
+        let table = match self.open_if_exists(url).await? {
+            Ok(table) | Err(table) => table,
+        };
         table
             .write(batches)
             .with_save_mode(SaveMode::Overwrite)
@@ -522,7 +520,7 @@ impl Lake {
     /// # Errors
     /// The table cannot be read.
     pub async fn aggregate_provider(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let Some(table) = self.open_if_exists(self.aggregate_url(name)?).await? else {
+        let Ok(table) = self.open_if_exists(self.aggregate_url(name)?).await? else {
             return Ok(None);
         };
         table
@@ -615,19 +613,32 @@ impl Lake {
         Ok(self.existing(contract).await?.and_then(|t| t.version()))
     }
 
-    /// The table at `url` if there is one (a local directory without a log is not opened).
-    async fn open_if_exists(&self, url: Url) -> Result<Option<DeltaTable>> {
-        if url.scheme() == "file"
-            && url
-                .to_file_path()
-                .is_ok_and(|p| !p.join("_delta_log").exists())
-        {
-            return Ok(None);
-        }
-        let table = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
-            .await
+    /// The table at `url` if there is one, loaded; without a log, `Err` carries the table
+    /// unloaded (to create or write to). Loading a location without a log is not tried: the
+    /// Delta kernel logs that at ERROR, on every first start.
+    async fn open_if_exists(
+        &self,
+        url: Url,
+    ) -> Result<std::result::Result<DeltaTable, DeltaTable>> {
+        let mut table = deltalake::DeltaTableBuilder::from_url(url)
+            .map_err(|e| lake_err("table URL", e))?
+            .with_storage_options(self.options.clone())
+            .build()
             .map_err(|e| lake_err("open table", e))?;
-        Ok(table.version().is_some().then_some(table))
+        let exists = table
+            .log_store()
+            .is_delta_table_location()
+            .await
+            .map_err(|e| lake_err("list table log", e))?;
+        if !exists {
+            return Ok(Err(table));
+        }
+        table.load().await.map_err(|e| lake_err("open table", e))?;
+        Ok(if table.version().is_some() {
+            Ok(table)
+        } else {
+            Err(table)
+        })
     }
 
     /// The table, current, if it exists (never created here: erasing from or reading a
@@ -640,7 +651,7 @@ impl Lake {
                 return self.table(contract).await.map(Some);
             }
         }
-        let Some(table) = self.open_if_exists(self.table_url(contract)?).await? else {
+        let Ok(table) = self.open_if_exists(self.table_url(contract)?).await? else {
             return Ok(None);
         };
         self.tables

@@ -32,7 +32,19 @@ pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
             );
         }
     }
-    (StatusCode::OK, Json(json!({"status": "ready"})))
+    let datasets = app.datasets.all().len();
+    if datasets == 0 {
+        // Ready (authentication and the audit log work), but an operator should know.
+        return (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "datasets": 0,
+                "warning": "no dataset contract is loaded: add one to datasets_dir or PUT /v1/datasets/{name}"})),
+        );
+    }
+    (
+        StatusCode::OK,
+        Json(json!({"status": "ready", "datasets": datasets})),
+    )
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics text).

@@ -17,7 +17,6 @@ use axum::{Extension, Json};
 use warden_pipeline::record::H_DATASET;
 use warden_pipeline::stream::Subscription;
 use warden_pipeline::StreamedRecord;
-use warden_policy::contract::valid_name;
 use warden_sdk::{CommitRequest, PollRequest, PollResponse, StreamRecord};
 
 use super::data::dataset;
@@ -90,6 +89,15 @@ impl Subscriptions {
     }
 }
 
+/// A stage's group name: 1 to 64 of a-z, 0-9, `_` and `-`, starting with a letter (the
+/// names stages give themselves, `fraud-scorer`).
+fn valid_group(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
 /// The consumer group of a stage's subscription to a dataset: the principal's and the
 /// dataset's own (datasets may share a stream).
 fn group_name(
@@ -98,8 +106,10 @@ fn group_name(
     dataset: &str,
     group: &str,
 ) -> Result<String, ApiError> {
-    if !valid_name(group) {
-        return Err(ApiError::invalid("group: 1 to 64 of a-z, 0-9 and _"));
+    if !valid_group(group) {
+        return Err(ApiError::invalid(
+            "group: 1 to 64 of a-z, 0-9, _ and -, starting with a letter",
+        ));
     }
     Ok(format!(
         "{}stage-{}-{dataset}-{group}",
@@ -116,7 +126,7 @@ pub async fn poll(
 ) -> Response {
     let note = AuditNote::default().detail("dataset", name.clone()).detail(
         "group",
-        if valid_name(&group) {
+        if valid_group(&group) {
             group.clone()
         } else {
             String::new()

@@ -213,6 +213,14 @@ async fn first_start_walkthrough_shutdown_and_audit_commands() {
     assert_eq!(mode(&dir.join("warden-data")), 0o700);
 
     let base = server.base.clone();
+    // Started outside the repository, on the defaults: the shipped example contracts.
+    let ready: Value = reqwest::get(format!("{base}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["datasets"], 2, "{ready}");
     let (status, body) = post(
         &base,
         "/v1/auth/token",
@@ -288,6 +296,20 @@ async fn first_start_walkthrough_shutdown_and_audit_commands() {
         assert!(!logs.contains(secret), "a secret reached the log");
     }
     assert!(logs.contains("audit log flushed"), "{logs}");
+    // A first start and a clean stop log no ERROR, and no library's INFO lines.
+    for line in logs.lines() {
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let (level, target) = (entry["level"].as_str(), entry["target"].as_str());
+        assert_ne!(level, Some("ERROR"), "{line}");
+        if level == Some("INFO") {
+            assert!(
+                target.is_some_and(|t| t.starts_with("warden")),
+                "a library's INFO line: {line}"
+            );
+        }
+    }
 
     let verify = warden(dir, &["audit", "verify"]);
     assert_eq!(
@@ -1073,4 +1095,27 @@ fn datasets_suggest_proposes_a_contract_without_values() {
     assert_eq!(contract.fields["created_at"].ty, FieldType::Timestamp);
     let bad = warden(dir, &["datasets", "suggest", "missing.csv"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// A gateway whose configured contract directory holds nothing says so at start and in
+/// /readyz (still ready: authentication and the audit log work).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_dataset_loaded_is_said_loudly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("contracts")).unwrap();
+    std::fs::write(dir.join("warden.toml"), "datasets_dir = \"contracts\"\n").unwrap();
+    let server = Server::start(dir, &["--config", "warden.toml"], &[]).await;
+    let ready = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["datasets"], 0, "{body}");
+    assert!(body["warning"]
+        .as_str()
+        .unwrap()
+        .contains("no dataset contract"));
+    let logs = server.stop();
+    assert!(logs.contains("NO DATASET CONTRACT IS LOADED"), "{logs}");
 }

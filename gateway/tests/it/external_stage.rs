@@ -113,6 +113,15 @@ async fn the_example_stage_bands_payments_through_the_gateway() {
         Err(ClientError::Api { status: 400, .. }) => {}
         other => panic!("{other:?}"),
     }
+    // Group names as stages name themselves, hyphens included.
+    let fresh = client
+        .poll("payments", "fraud-scorer", Default::default())
+        .await
+        .unwrap();
+    assert!(
+        !fresh.records.is_empty(),
+        "a new group reads from the start"
+    );
     stop.send(()).ok();
     server.await.unwrap().unwrap();
 }
