@@ -85,7 +85,7 @@ enum Command {
     Erase {
         subject: String,
         /// The gateway (default: http:// and the configured listen address).
-        #[arg(long)]
+        #[arg(long, env = "WARDEN_URL")]
         url: Option<String>,
         /// Makes the request safe to repeat.
         #[arg(long)]
@@ -138,8 +138,11 @@ enum ErasureCommand {
         state: Option<String>,
         #[arg(long)]
         overdue: bool,
-        #[arg(long)]
+        #[arg(long, env = "WARDEN_URL")]
         url: Option<String>,
+        /// Write the job's signed receipt here (once it is completed).
+        #[arg(long, requires = "job")]
+        receipt: Option<PathBuf>,
     },
 }
 
@@ -322,6 +325,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     state,
                     overdue,
                     url,
+                    receipt,
                 },
         } => {
             let client = api_client(&config, url, &env).await?;
@@ -329,6 +333,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Some(id) => {
                     let job = client.erasure(&id).await?;
                     println!("{}", serde_json::to_string_pretty(&job)?);
+                    if let Some(path) = receipt {
+                        let r = job
+                            .get("receipt")
+                            .filter(|r| r.is_object())
+                            .context("the job has no receipt yet: it is not completed")?;
+                        std::fs::write(&path, serde_json::to_string_pretty(r)?)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                        eprintln!("receipt written to {}", path.display());
+                    }
                 }
                 None => {
                     let mut q: Vec<(&str, &str)> = Vec::new();

@@ -29,6 +29,16 @@ use crate::{
 /// Header naming the purpose of processing.
 const PURPOSE: &str = "x-purpose";
 
+/// Waits before the retries of a request the connection dropped (a gateway restarting, a
+/// load balancer closing an idle connection): about 8 s in all.
+const RETRIES: [Duration; 5] = [
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+
 /// What a call can end in.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -284,20 +294,52 @@ impl Client {
         body: Option<&B>,
         headers: &[(&str, &str)],
     ) -> Result<R, ClientError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(p) = &self.purpose {
-            req = req.header(PURPOSE, p);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let res = req.send().await?;
+        let body =
+            body.map(serde_json::to_vec)
+                .transpose()
+                .map_err(|e| ClientError::Unexpected {
+                    status: 0,
+                    detail: format!("cannot encode the request: {e}"),
+                })?;
+        // A request that never reached the gateway is sent again, whatever it is; one the
+        // connection dropped after sending only when repeating it changes nothing (a read,
+        // or a write under an idempotency key).
+        let repeatable = method == reqwest::Method::GET
+            || headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"));
+        let mut attempt = 0;
+        let res = loop {
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(p) = &self.purpose {
+                req = req.header(PURPOSE, p);
+            }
+            if let Some(b) = &body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.clone());
+            }
+            match req.send().await {
+                Ok(res) => break res,
+                Err(e)
+                    if attempt < RETRIES.len()
+                        && (e.is_connect()
+                            || (repeatable && (e.is_request() || e.is_timeout()))) =>
+                {
+                    tokio::time::sleep(RETRIES[attempt]).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let status = res.status().as_u16();
         let bytes = res.bytes().await?;
         if !(200..300).contains(&status) {
@@ -338,5 +380,41 @@ mod tests {
             super::urlencode("2026-11-24T10:00:00Z"),
             "2026-11-24T10%3A00%3A00Z"
         );
+    }
+
+    /// A gateway that is not listening yet (restarting) is waited for: the request goes
+    /// through once it is up.
+    #[tokio::test]
+    async fn a_refused_connection_is_retried() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = super::Client::new(&format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .with_token("t");
+        let call = tokio::spawn(async move { client.dataset("payments").await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /v1/datasets/payments"));
+        let body = r#"{"name":"payments"}"#;
+        conn.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let contract = call.await.unwrap().unwrap();
+        assert_eq!(contract["name"], "payments");
     }
 }

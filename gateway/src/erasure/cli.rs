@@ -62,8 +62,15 @@ pub async fn erase(
     while job["state"] != "completed" {
         let done = job["steps_done"].as_array().map_or(0, Vec::len);
         bar.set_position(done as u64);
+        // A step that waits (the lake's vacuum keeps rewritten files for older readers)
+        // says until when.
+        let until = job["next_attempt_at"]
+            .as_str()
+            .filter(|_| job["state"] == "waiting")
+            .map(|t| format!(", next at {t}"))
+            .unwrap_or_default();
         bar.set_message(format!(
-            "{} ({})",
+            "{} ({}{until})",
             job["step"].as_str().unwrap_or("-"),
             job["state"].as_str().unwrap_or("-")
         ));
@@ -74,7 +81,19 @@ pub async fn erase(
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        job = client.erasure(&id).await?;
+        job = match client.erasure(&id).await {
+            Ok(job) => job,
+            // A token expires (15 minutes by default) before a job that waits for the
+            // vacuum completes: the job goes on; its receipt can be fetched later.
+            Err(warden_sdk::client::ClientError::Api { status: 401, .. }) => {
+                bar.abandon();
+                anyhow::bail!(
+                    "the token expired while following the job; it goes on: fetch its receipt with \
+                     `warden erasure status {id} --receipt FILE` and a new token"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        };
     }
     bar.finish_with_message("completed");
     Ok(job)

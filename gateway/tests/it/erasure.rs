@@ -489,7 +489,7 @@ async fn erasure_across_every_store(g: Gateway) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_deadlines_retries_and_metrics() {
     let g = plane(Backend::Sqlite, false).await;
-    let (_, dpo) = g.principal_token(PrincipalKind::User, &["dpo"], true).await;
+    let (dpo_id, dpo) = g.principal_token(PrincipalKind::User, &["dpo"], true).await;
     let kept = sref(&g, KEPT[1]).await;
 
     // A hold on the subject: refused, with the reason, audited.
@@ -537,6 +537,30 @@ async fn holds_deadlines_retries_and_metrics() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
     let job = r.json["job"].as_str().unwrap().to_owned();
     assert_eq!(r.json["due_at"], "2027-02-14T08:00:00Z", "{r:?}");
+    // The requester follows its job once its second factor is no longer fresh (the job's
+    // wait for the vacuum outlasts the window); another DPO needs a fresh one.
+    let stale = g
+        .state
+        .tokens
+        .issue(
+            &dpo_id,
+            PrincipalKind::User,
+            &["dpo".to_owned()],
+            &["pwd", "otp"],
+            Some(g.clock_secs() - 3600),
+            0,
+        )
+        .unwrap();
+    let followed = g.get(&format!("/v1/erasure/{job}"), &stale).await;
+    assert_eq!(followed.status, StatusCode::OK, "{followed:?}");
+    let (_, other_dpo) = g
+        .principal_token(PrincipalKind::User, &["dpo"], false)
+        .await;
+    assert_error(
+        &g.get(&format!("/v1/erasure/{job}"), &other_dpo).await,
+        StatusCode::UNAUTHORIZED,
+        "mfa_required",
+    );
     let r = g
         .post(
             &format!("/v1/erasure/{job}/extend"),
@@ -868,12 +892,26 @@ async fn a_job_killed_after_each_step_resumes_and_finishes_once() {
     assert_eq!(receipt.verification.lake_rows, 0);
     assert!(receipt.subject_key_destroyed && receipt.subject_account_renamed);
     assert_eq!(count(analyst.clone(), server.base.clone()).await, 24);
+    // `erasure status` reads the gateway from WARDEN_URL and writes the receipt too.
+    let later_receipt = dir.join("receipt-later.json");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
         .current_dir(dir)
-        .args(["erasure", "status", &job, "--url", &server.base])
+        .args(["erasure", "status", &job, "--receipt"])
+        .arg(&later_receipt)
+        .env("WARDEN_URL", &server.base)
         .envs(subject_env)
         .output()
         .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(
+        serde_json::from_str::<receipt::Receipt>(&std::fs::read_to_string(&later_receipt).unwrap())
+            .unwrap(),
+        receipt
+    );
     let status_out: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status_out["state"], "completed");
     assert_eq!(status_out["pass"], 1, "each step ran to its end once");
