@@ -152,6 +152,11 @@ pub struct AuthConfig {
     pub totp_issuer: String,
     /// An external OpenID Connect issuer whose tokens are accepted too.
     pub oidc: Option<OidcConfig>,
+    /// The data classes a reader sees in clear (`pii.direct`) or half-masked (`pci.pan`:
+    /// first six and last four) only with a fresh second factor, in record reads and exports
+    /// alike — beside the policy's `pii read` / `pan bin`. A data subject's own rows need
+    /// none. SQL never shows either.
+    pub reveal_needs_mfa: Vec<warden_policy::contract::DataClass>,
 }
 
 impl Default for AuthConfig {
@@ -167,6 +172,7 @@ impl Default for AuthConfig {
             login_lockout: Duration::from_secs(15 * 60),
             totp_issuer: "Warden".to_owned(),
             oidc: None,
+            reveal_needs_mfa: vec![warden_policy::contract::DataClass::PiiDirect],
         }
     }
 }
@@ -463,6 +469,15 @@ impl Config {
         if a.token_ttl < Duration::from_secs(10) || a.token_ttl > Duration::from_secs(24 * 3600) {
             bail!("auth.token_ttl must be between 10s and 24h");
         }
+        if let Some(c) = a.reveal_needs_mfa.iter().find(|c| {
+            !matches!(
+                c,
+                warden_policy::contract::DataClass::PiiDirect
+                    | warden_policy::contract::DataClass::PciPan
+            )
+        }) {
+            bail!("auth.reveal_needs_mfa: {c:?} is never revealed; name pii.direct or pci.pan");
+        }
         if a.mfa_window.is_zero() || a.mfa_max_failures == 0 || a.login_max_failures == 0 {
             bail!("auth.mfa_window, auth.mfa_max_failures and auth.login_max_failures must be positive");
         }
@@ -661,6 +676,25 @@ mod tests {
             c.streams.retention,
             "the example shows the default"
         );
+    }
+
+    #[test]
+    fn reveal_needs_mfa_names_revealable_classes() {
+        use warden_policy::contract::DataClass;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warden.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &HashMap::new())
+        };
+        assert_eq!(
+            Config::default().auth.reveal_needs_mfa,
+            vec![DataClass::PiiDirect]
+        );
+        let c = load("[auth]\nreveal_needs_mfa = [\"pii.direct\", \"pci.pan\"]\n").unwrap();
+        assert_eq!(c.auth.reveal_needs_mfa.len(), 2);
+        let e = load("[auth]\nreveal_needs_mfa = [\"public\"]\n").unwrap_err();
+        assert!(e.to_string().contains("reveal_needs_mfa"), "{e}");
     }
 
     #[test]

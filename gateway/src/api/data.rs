@@ -151,6 +151,32 @@ pub(crate) fn protection_note(
         .detail("stripped_fields", stripped.into_iter().collect::<Vec<_>>())
 }
 
+/// What `principal` may see of protected records: personal data in clear with the policy's
+/// `pii read`, card numbers as first six and last four with `pan bin` — each, when its class
+/// is in `auth.reveal_needs_mfa`, only with a fresh second factor too, except for a data
+/// subject, whose reads are its own rows.
+///
+/// # Errors
+/// The policy cannot be evaluated.
+pub(crate) fn view_rights(
+    app: &AppState,
+    principal: &Principal,
+) -> Result<warden_policy::protect::ViewRights, ApiError> {
+    use warden_policy::contract::DataClass;
+    let fresh = principal.reads_as_subject()
+        || principal.mfa_fresh(app.clock.now_secs(), app.config.auth.mfa_window);
+    let stepped = |class: DataClass| fresh || !app.config.auth.reveal_needs_mfa.contains(&class);
+    let allows = |resource: &str, action: &str| {
+        app.authz
+            .allows(&principal.roles, resource, action)
+            .map_err(|e| ApiError::from(Error::from(e)))
+    };
+    Ok(warden_policy::protect::ViewRights {
+        pii_read: allows("pii", "read")? && stepped(DataClass::PiiDirect),
+        pan_bin: allows("pan", "bin")? && stepped(DataClass::PciPan),
+    })
+}
+
 /// The purpose-limitation error.
 pub(crate) fn purpose_not_allowed() -> ApiError {
     ApiError::new(

@@ -324,14 +324,16 @@ pub async fn export(
         if format == "csv" && params.dataset.is_none() {
             return Err(ApiError::invalid("dataset: required with format=csv"));
         }
-        let (subject_ref, _) = resolve(&app, &principal, &id).await?;
+        let (subject_ref, own) = resolve(&app, &principal, &id).await?;
         note.subject_ref = Some(subject_ref.clone());
         let datasets: Vec<std::sync::Arc<Contract>> = match &params.dataset {
             Some(name) => vec![app.datasets.get(name).ok_or_else(ApiError::not_found)?],
             None => app.datasets.all(),
         };
+        // The subject gets its own data in clear (Art. 15); anyone else by the one rule of
+        // reads. Card numbers stay masked to the last four either way.
         let rights = ViewRights {
-            pii_read: true,
+            pii_read: own || super::data::view_rights(&app, &principal)?.pii_read,
             pan_bin: false,
         };
         let mut out = Map::new();

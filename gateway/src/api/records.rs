@@ -19,7 +19,7 @@ use warden_pipeline::loader::collection_spec;
 use warden_pipeline::record::StreamedRef;
 use warden_pipeline::stream::Position;
 use warden_policy::contract::Contract;
-use warden_policy::protect::{ProtectedRecord, Rejection, ViewRights};
+use warden_policy::protect::{ProtectedRecord, Rejection};
 use warden_sdk::ErrorCode;
 
 use super::data::{dataset, protection_note, purpose, purpose_not_allowed, stated_purpose};
@@ -410,16 +410,7 @@ pub async fn read(
         let next_cursor = (docs.len() == limit)
             .then(|| docs.last().map(|d| encode_cursor(d.ts, &d.key)))
             .flatten();
-        let rights = ViewRights {
-            pii_read: app
-                .authz
-                .allows(&principal.roles, "pii", "read")
-                .map_err(Error::from)?,
-            pan_bin: app
-                .authz
-                .allows(&principal.roles, "pan", "bin")
-                .map_err(Error::from)?,
-        };
+        let rights = super::data::view_rights(&app, &principal)?;
         let protected: Vec<ProtectedRecord> = docs
             .into_iter()
             .map(|d| ProtectedRecord {

@@ -348,10 +348,19 @@ async fn ingest_then_read_masked(g: Gateway) {
         !body.contains("411111") && !body.contains("@example.com") && !body.contains("enc:v1:")
     );
 
-    // The DPO reads personal data in clear; card operations see first six and last four.
-    let (_, dpo) = g
+    // The DPO reads personal data in clear with a fresh second factor only (as in exports);
+    // card operations see first six and last four.
+    let (_, dpo_stale) = g
         .principal_token(PrincipalKind::User, &["dpo"], false)
         .await;
+    let r = read(&g, &dpo_stale, "?subject=u-1&limit=1000").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert!(r.json["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["email"] == "****"));
+    let (_, dpo) = g.principal_token(PrincipalKind::User, &["dpo"], true).await;
     let r = read(&g, &dpo, "?subject=u-1&limit=1000").await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     let recs = r.json["records"].as_array().unwrap();
