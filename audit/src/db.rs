@@ -37,6 +37,11 @@ pub enum Backend {
 /// 35 seconds into the embedded pipeline bench. [`WAL_LIMIT`] bounds it.
 const WAL_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 8192";
 
+/// Deleted and overwritten content is zeroed in the database file rather than left in free
+/// space (an erased subject's name or password hash must not stay on disk). It costs writes
+/// of freed space; the write-ahead log still holds old pages until [`Db::scrub`] empties it.
+const SECURE_DELETE: &str = "PRAGMA secure_delete = ON";
+
 /// The most write-ahead log an SQLite file keeps beside it for long: when the log's file is
 /// larger (looked at every [`WAL_WATCH`]), a checkpoint in `TRUNCATE` mode copies every frame
 /// back and empties it. It waits for readers on older snapshots to finish — and new writers
@@ -174,6 +179,7 @@ impl Db {
                             conn.execute("PRAGMA synchronous = FULL").await?;
                             conn.execute("PRAGMA busy_timeout = 10000").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute(SECURE_DELETE).await?;
                             conn.execute(WAL_AUTOCHECKPOINT).await?;
                             Ok(())
                         })
@@ -220,7 +226,41 @@ impl Db {
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
             .ok()?;
         conn.execute_batch(WAL_AUTOCHECKPOINT).ok()?;
+        conn.execute_batch(SECURE_DELETE).ok()?;
         Some(conn)
+    }
+
+    /// Removes what deleted and overwritten rows left in the database's files. SQLite (whose
+    /// connections zero freed content, `secure_delete`): the write-ahead log, which still
+    /// holds the pages as they were, is checkpointed into the file and truncated — waiting
+    /// for readers on older snapshots up to the busy timeout. PostgreSQL: `tables` are
+    /// vacuumed, so dead tuples' space is reclaimed for reuse.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when a reader kept the log from being emptied; a database error.
+    pub async fn scrub(&self, tables: &[&str]) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => {
+                let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(&self.pool)
+                    .await?;
+                let busy: i64 = sqlx::Row::try_get(&row, 0)?;
+                if busy != 0 {
+                    return Err(Error::Unavailable(
+                        "a reader kept the write-ahead log from being emptied".to_owned(),
+                    ));
+                }
+            }
+            Backend::Postgres => {
+                for t in tables {
+                    // Table names are the caller's constants, never input.
+                    sqlx::query(&format!("VACUUM {t}"))
+                        .execute(&self.pool)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies the migrations of this backend (`migrations/sqlite` or `migrations/postgres`).

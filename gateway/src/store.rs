@@ -101,9 +101,14 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     async fn set_secret_hash(&self, id: &str, hash: &str) -> Result<()>;
     /// Returns false when there is no such principal.
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool>;
-    /// Renames a principal (an erased subject's account gets its pseudonym for a name);
-    /// returns false when there is no such principal.
-    async fn rename_principal(&self, id: &str, name: &str) -> Result<bool>;
+    /// Erases an account's identifying credentials: its name becomes `name` (an erased
+    /// subject's pseudonym) and its password hash an unusable marker — neither the clear
+    /// identifier nor the old hash stays in the row. False when there is no such principal.
+    async fn erase_principal(&self, id: &str, name: &str) -> Result<bool>;
+    /// Removes the bytes of deleted and overwritten rows from the database's files (SQLite:
+    /// `secure_delete` zeroes them in place, and the write-ahead log, which still holds the
+    /// old pages, is checkpointed and truncated; PostgreSQL: the tables are vacuumed).
+    async fn scrub(&self) -> Result<()>;
     /// Reserves one login attempt on the account from `source` (a client address, or `*` for
     /// the account as a whole): counts it as a failure in advance; from the `throttle.free`-th
     /// failure on, the next attempt waits a delay that doubles with each further failure, up
@@ -403,13 +408,21 @@ impl StateStore for SqlStateStore {
         Ok(())
     }
 
-    async fn rename_principal(&self, id: &str, name: &str) -> Result<bool> {
-        let n = sqlx::query("UPDATE principals SET name = $1 WHERE id = $2")
-            .bind(name.to_owned())
-            .bind(id.to_owned())
-            .execute(self.db.pool())
-            .await?
-            .rows_affected();
+    async fn scrub(&self) -> Result<()> {
+        self.db
+            .scrub(&["principals", "mfa_factors", "login_throttle"])
+            .await?;
+        Ok(())
+    }
+
+    async fn erase_principal(&self, id: &str, name: &str) -> Result<bool> {
+        let n =
+            sqlx::query("UPDATE principals SET name = $1, secret_hash = '!erased' WHERE id = $2")
+                .bind(name.to_owned())
+                .bind(id.to_owned())
+                .execute(self.db.pool())
+                .await?
+                .rows_affected();
         Ok(n == 1)
     }
 

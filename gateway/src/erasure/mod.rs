@@ -1086,8 +1086,12 @@ async fn run_step(app: &AppState, owner: &str, job: &mut Job, step: &str) -> Res
             if let Some(id) = job.progress.account.clone() {
                 let named = app.store.principal_by_id(&id).await?.map(|p| p.name);
                 if named.is_some_and(|n| n != sr) {
-                    job.progress.account_renamed = app.store.rename_principal(&id, &sr).await?;
+                    job.progress.account_renamed = app.store.erase_principal(&id, &sr).await?;
                 }
+                // The old name and hash are gone from the rows; now from the files too (free
+                // pages, the write-ahead log). A reader holding an old snapshot makes this
+                // fail; the step is retried.
+                app.store.scrub().await?;
             }
         }
         "vacuum" => {

@@ -296,6 +296,17 @@ async fn erasure_across_every_store(g: Gateway) {
         r.json["pass"], 2,
         "the verification scan sent it round again"
     );
+    // The running gateway's state database holds no byte of the erased account's name: not
+    // in its rows, its free pages nor its write-ahead log.
+    if let Some(path) = g.state_url.strip_prefix("sqlite://") {
+        for file in [path.to_owned(), format!("{path}-wal")] {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            assert!(
+                !bytes.windows(ERASED.len()).any(|w| w == ERASED.as_bytes()),
+                "{file} still holds the erased subject's name"
+            );
+        }
+    }
     let receipt_json = r.json["receipt"].clone();
 
     // Nothing of the subject anywhere; everybody else untouched.
@@ -825,6 +836,22 @@ async fn a_job_killed_after_each_step_resumes_and_finishes_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     server.stop();
+    // The subject's account as stored before the erasure: its name and password hash must
+    // leave no byte behind in the state database's files.
+    let state_db = dir.join("warden-data/warden.db");
+    let old_hash: String = {
+        let db = warden_audit::Db::connect(&format!("sqlite://{}", state_db.display()))
+            .await
+            .unwrap();
+        let row = sqlx::query("SELECT secret_hash FROM principals WHERE name = $1")
+            .bind(ERASED)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        let hash = sqlx::Row::try_get(&row, "secret_hash").unwrap();
+        db.pool().close().await;
+        hash
+    };
 
     let mut job = String::new();
     for (i, step) in erasure::STEPS.iter().enumerate() {
@@ -921,6 +948,20 @@ async fn a_job_killed_after_each_step_resumes_and_finishes_once() {
         "the same receipt"
     );
     server.stop();
+    // Nothing of the erased account in the state database's files: not in the rows, free
+    // pages or write-ahead log (SQLite's secure_delete, the log checkpointed and truncated).
+    for file in ["warden.db", "warden.db-wal"] {
+        let Ok(bytes) = std::fs::read(dir.join("warden-data").join(file)) else {
+            continue;
+        };
+        for needle in [ERASED.as_bytes(), old_hash.as_bytes()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{file} still holds {}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
 
     // Offline: the receipt verifies with the gateway's public key, and not once altered.
     let keys = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
