@@ -86,6 +86,14 @@ impl Sealer {
         }))
     }
 
+    /// The last head this process sealed or checked.
+    pub fn last(&self) -> Option<(u64, Hash)> {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Signs the head at `seq` (whose entry has time `ts`).
     pub fn seal(&self, seq: u64, ts: i64, hash: Hash) -> Checkpoint {
         self.signer.sign(CheckpointKind::Head, seq, ts, hash)

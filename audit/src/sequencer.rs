@@ -193,6 +193,13 @@ impl Writer {
             let first = tokio::select! {
                 msg = rx.recv() => msg,
                 _ = tick.tick() => {
+                    // A gateway that found the chain broken is not ready and gets no traffic:
+                    // it looks again by itself (the database restored, say).
+                    let broken = self.broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some();
+                    if broken {
+                        let _still = self.seal().await;
+                        continue;
+                    }
                     if self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
                         self.checkpoint().await;
                     }

@@ -381,6 +381,20 @@ async fn scan_page(conn: &mut AnyConnection, after_seq: u64, limit: u32) -> Resu
 /// # Errors
 /// [`Error::ChainBroken`] when the entries do not chain from the checkpoint to the head.
 async fn recompute_tail(conn: &mut AnyConnection, head: &Head, sealer: &Sealer) -> Result<i64> {
+    // A checkpoint beyond the head: the log was cut back below it.
+    let beyond =
+        sqlx::query("SELECT seq FROM audit_checkpoints WHERE seq > $1 ORDER BY seq LIMIT 1")
+            .bind(to_i64(head.seq)?)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(row) = beyond {
+        return Err(Error::ChainBroken(format!(
+            "entries after {} are missing: a checkpoint was signed at entry {}",
+            head.seq,
+            row.try_get::<i64, _>("seq")?
+        )));
+    }
+    let remembered = sealer.last();
     let row = sqlx::query(&format!(
         "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE seq <= $1 \
          ORDER BY seq DESC LIMIT 1"
@@ -427,6 +441,14 @@ async fn recompute_tail(conn: &mut AnyConnection, head: &Head, sealer: &Sealer) 
             let go_on = match &row {
                 Ok(e) if e.seq <= head.seq => {
                     ts = e.body.ts;
+                    // The head this process sealed must still be on the chain.
+                    if let Some((seq, hash)) = remembered.filter(|(seq, _)| *seq == e.seq) {
+                        if e.hash != hash {
+                            return Err(Error::ChainBroken(format!(
+                                "entry {seq}, sealed by this gateway, was rewritten"
+                            )));
+                        }
+                    }
                     verifier.push(e)
                 }
                 Ok(_) => true,

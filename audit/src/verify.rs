@@ -42,6 +42,10 @@ pub struct ChainVerifier {
     bad: Option<(u64, String)>,
     /// A head seal was presented but its signature is not valid.
     forged_head: bool,
+    /// The first periodic checkpoint of a sealing writer: every head after it is sealed.
+    sealed_since: Option<u64>,
+    /// Where a valid head seal was met.
+    head_sealed_at: Option<u64>,
 }
 
 impl ChainVerifier {
@@ -58,6 +62,8 @@ impl ChainVerifier {
             entries: 0,
             bad: None,
             forged_head: false,
+            sealed_since: None,
+            head_sealed_at: None,
         }
     }
 
@@ -178,6 +184,13 @@ impl ChainVerifier {
         }
         self.last_checkpoint_seq = cp.seq;
         self.checkpoints_checked += 1;
+        match cp.kind {
+            CheckpointKind::Periodic => {
+                self.sealed_since.get_or_insert(cp.seq);
+            }
+            CheckpointKind::Head => self.head_sealed_at = Some(cp.seq),
+            CheckpointKind::Legacy => {}
+        }
         true
     }
 
@@ -228,6 +241,20 @@ impl ChainVerifier {
                     }
                 ),
             ));
+        }
+        // After a sealing writer's checkpoint every head is sealed: an unsealed one is a log
+        // cut back (to a checkpoint, where no entry is unsigned) or a replaced head — even
+        // when an unsigned tail is accepted.
+        if let (None, Some(since)) = (&self.bad, self.sealed_since) {
+            if self.head_sealed_at != Some(self.seq) {
+                self.bad = Some((
+                    self.last_checkpoint_seq + 1,
+                    format!(
+                        "the log's head (entry {}) carries no valid seal, though every head is sealed since the checkpoint at entry {since}: entries after {} were cut or rewritten",
+                        self.seq, self.last_checkpoint_seq
+                    ),
+                ));
+            }
         }
         let (first_bad_seq, reason) = match self.bad {
             Some((seq, reason)) => (Some(seq), Some(reason)),

@@ -13,7 +13,8 @@ use warden_sdk::ErrorCode;
 use crate::error::ApiError;
 
 /// The client's address, as the connection gives it (`unknown` without one: a test router,
-/// a Unix socket). Forwarded-for headers are not read: any client can write them.
+/// a Unix socket); an IPv6 address as its /64, which one client holds whole. Forwarded-for
+/// headers are not read: any client can write them.
 #[derive(Debug, Clone)]
 pub struct ClientAddr(pub String);
 
@@ -25,8 +26,21 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
             parts
                 .extensions
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string()),
+                .map_or_else(|| "unknown".to_owned(), |c| source_of(c.0.ip())),
         ))
+    }
+}
+
+fn source_of(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 

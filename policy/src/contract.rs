@@ -72,6 +72,15 @@ pub enum DetectAction {
 }
 
 impl DetectAction {
+    /// The stricter of two actions: refuse, then tokenize, then allow.
+    pub fn strictest(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::Refuse, _) | (_, Self::Refuse) => Self::Refuse,
+            (Self::Tokenize, _) | (_, Self::Tokenize) => Self::Tokenize,
+            _ => Self::Allow,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Refuse => "refuse",

@@ -57,6 +57,14 @@ pub fn scan(text: &str) -> Vec<Finding> {
     found
 }
 
+/// Whether `text` holds a card number (an e-mail address found by [`scan`] may hide one in
+/// its local part: the stricter of the two actions applies to it).
+pub fn has_card(text: &str) -> bool {
+    let mut found = Vec::new();
+    scan_cards(text.as_bytes(), &mut found);
+    !found.is_empty()
+}
+
 /// The digits of a card-number finding (separators dropped), e.g. for tokenizing it.
 ///
 /// Empty if the finding's range does not lie in `text`.

@@ -363,7 +363,7 @@ impl Protector {
                 }
                 if let (DataClass::Public, Some(text)) = (spec.class, v.as_str()) {
                     let found = detect::scan(text);
-                    if let Some(refused) = detected(contract, &found, &mut out.detections) {
+                    if let Some(refused) = detected(contract, text, &found, &mut out.detections) {
                         out.rejections.push(Rejection {
                             code: Some(detection_code(refused)),
                             ..reject(
@@ -382,7 +382,7 @@ impl Protector {
                     }
                     let tokenized: Vec<Finding> = found
                         .into_iter()
-                        .filter(|f| contract.detectors.action(f.detector) == DetectAction::Tokenize)
+                        .filter(|f| finding_action(contract, text, f) == DetectAction::Tokenize)
                         .collect();
                     if !tokenized.is_empty() {
                         record_texts.push((p, tokenized));
@@ -847,18 +847,41 @@ impl Protector {
 
 /// Counts what the scan of one `public` value found; the first detector whose action is to
 /// refuse, if any.
-fn detected(contract: &Contract, found: &[Finding], counts: &mut Detections) -> Option<Detector> {
+fn detected(
+    contract: &Contract,
+    text: &str,
+    found: &[Finding],
+    counts: &mut Detections,
+) -> Option<Detector> {
     let mut refused = None;
     for f in found {
-        let action = contract.detectors.action(f.detector);
+        let action = finding_action(contract, text, f);
         *counts
             .entry((f.detector.as_str(), action.as_str()))
             .or_default() += 1;
         if action == DetectAction::Refuse && refused.is_none() {
-            refused = Some(f.detector);
+            // Refused for the card number an address hid, the refusal names the card.
+            refused = Some(if action == contract.detectors.action(f.detector) {
+                f.detector
+            } else {
+                Detector::CardNumber
+            });
         }
     }
     refused
+}
+
+/// What the contract does with a finding: its detector's action, or the card detector's
+/// when that is stricter and a card number hides inside an e-mail address.
+fn finding_action(contract: &Contract, text: &str, f: &Finding) -> DetectAction {
+    let action = contract.detectors.action(f.detector);
+    if f.detector == Detector::Email
+        && detect::has_card(text.get(f.start..f.end).unwrap_or_default())
+    {
+        action.strictest(contract.detectors.card_number)
+    } else {
+        action
+    }
 }
 
 /// `text` with each finding replaced: a card number by its vault token (`card_token(k)` for

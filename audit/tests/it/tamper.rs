@@ -51,6 +51,7 @@ warden_audit::on_both_backends!(crate::Kind;
     truncated_tail_below_a_checkpoint_is_named,
     rewritten_tail_after_the_last_checkpoint_is_refused,
     cut_tail_after_the_last_checkpoint_is_refused,
+    cut_back_to_a_checkpoint_or_below_is_refused,
     unsealed_legacy_tail_is_sealed_only_when_it_chains,
 );
 
@@ -171,22 +172,7 @@ async fn recomputed_chain_is_caught_by_checkpoint(kind: Kind) {
     }
     seq.shutdown().await;
     disable_guard(&f.db).await;
-    let mut events = f.store.scan(0, 100).await.unwrap();
-    events[14].body.actor = "mallory".into();
-    let mut prev = events[13].hash;
-    for e in events.iter_mut().skip(14) {
-        e.prev_hash = prev;
-        e.hash = chain_hash(&prev, e.seq, &e.body);
-        prev = e.hash;
-        sqlx::query("UPDATE audit_events SET actor = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
-            .bind(e.body.actor.clone())
-            .bind(e.prev_hash.to_vec())
-            .bind(e.hash.to_vec())
-            .bind(e.seq as i64)
-            .execute(f.db.pool())
-            .await
-            .unwrap();
-    }
+    rewrite_from(&f, 15).await;
     let unsigned = verify_store(
         f.store.as_ref(),
         CheckpointKeys::new(),
@@ -377,10 +363,13 @@ async fn rewritten_tail_after_the_last_checkpoint_is_refused(kind: Kind) {
     let accepted = verify_store(f.store.as_ref(), keys.clone(), UnsignedTail::Accept)
         .await
         .unwrap();
+    // Accepting an unsigned tail does not pass a head whose seal was forged after a sealing
+    // writer's checkpoint.
     assert!(
-        accepted.ok && accepted.unsigned_entries == 5,
+        !accepted.ok && accepted.unsigned_entries == 5,
         "{accepted:?}"
     );
+    assert!(accepted.reason.unwrap().contains("carries no valid seal"));
 
     // A gateway started afresh (no memory of the head) refuses to extend or seal it.
     let (fresh, _) = crate::sealer();
@@ -538,4 +527,54 @@ async fn unsealed_legacy_tail_is_sealed_only_when_it_chains(kind: Kind) {
             );
         }
     }
+}
+
+/// The log cut back exactly to a periodic checkpoint (no entry left unsigned) with the head
+/// moved there and its seal removed: the verifier refuses it, even accepting an unsigned
+/// tail; cut below a sealing writer's checkpoint, no gateway seals over it.
+async fn cut_back_to_a_checkpoint_or_below_is_refused(kind: Kind) {
+    let f = fixture(kind).await;
+    let (sealer, keys) = sealer();
+    // The first sealed batch leaves a checkpoint at its head, 10.
+    let first = f.store.append(bodies(1..=10), Some(&sealer)).await.unwrap();
+    f.store
+        .append(bodies(11..=15), Some(&sealer))
+        .await
+        .unwrap();
+    disable_guard(&f.db).await;
+    exec(&f.db, "DELETE FROM audit_events WHERE seq > 10").await;
+    sqlx::query(
+        "UPDATE audit_head SET seq = 10, hash = $1, ts = NULL, kid = NULL, signature = NULL",
+    )
+    .bind(first[9].hash.to_vec())
+    .execute(f.db.pool())
+    .await
+    .unwrap();
+    for tail in [UnsignedTail::Refuse, UnsignedTail::Accept] {
+        let r = verify_store(f.store.as_ref(), keys.clone(), tail)
+            .await
+            .unwrap();
+        assert!(!r.ok, "{tail:?}: {r:?}");
+        assert_eq!(r.unsigned_entries, 0);
+        assert!(r.reason.unwrap().contains("carries no valid seal"));
+    }
+    let (fresh, _) = crate::sealer();
+    assert!(matches!(
+        f.store.append(Vec::new(), Some(&fresh)).await,
+        Err(warden_audit::Error::ChainBroken(_))
+    ));
+    // Below the checkpoint: no checkpoint at or under the head is a sealing writer's, but
+    // one beyond it says entries are missing.
+    exec(&f.db, "DELETE FROM audit_events WHERE seq > 6").await;
+    sqlx::query("UPDATE audit_head SET seq = 6, hash = $1")
+        .bind(first[5].hash.to_vec())
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    let err = f.store.append(Vec::new(), Some(&fresh)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a checkpoint was signed at entry 10"),
+        "{err}"
+    );
 }

@@ -190,13 +190,22 @@ async fn set_disabled(app: &AppState, caller: &Principal, id: &str, disabled: bo
                 "you cannot disable your own account",
             ));
         }
-        if app.store.set_disabled(id, disabled).await? {
+        Ok(app.store.set_disabled(id, disabled).await?)
+    }
+    .await;
+    account_changed(id, result)
+}
+
+/// The answer to a change of the account `id` that `changed` says was found (or why not),
+/// audited with the account's id.
+fn account_changed(id: &str, changed: Result<bool, ApiError>) -> Response {
+    let result = changed.and_then(|found| {
+        if found {
             Ok(StatusCode::NO_CONTENT)
         } else {
             Err(ApiError::not_found())
         }
-    }
-    .await;
+    });
     let target: String = id.chars().take(64).collect();
     noted(AuditNote::default().detail("principal_id", target), result)
 }
@@ -204,16 +213,8 @@ async fn set_disabled(app: &AppState, caller: &Principal, id: &str, disabled: bo
 /// `POST /v1/users/{id}/unlock`: ends the account's login delays and its second factor's
 /// lock at once (after a flood of wrong passwords, say), audited with the account's id.
 pub async fn unlock(State(app): State<AppState>, Path(id): Path<String>) -> Response {
-    let result = async {
-        if app.store.unlock(&id).await? {
-            Ok(StatusCode::NO_CONTENT)
-        } else {
-            Err(ApiError::not_found())
-        }
-    }
-    .await;
-    let target: String = id.chars().take(64).collect();
-    noted(AuditNote::default().detail("principal_id", target), result)
+    let changed = app.store.unlock(&id).await.map_err(ApiError::from);
+    account_changed(&id, changed)
 }
 
 /// `POST /v1/users/{id}/disable`: takes effect at once, for tokens already issued too.

@@ -107,12 +107,14 @@ async fn login(
     let permitted = match &principal {
         Some(p) => {
             note.actor = Some((p.id.clone(), p.kind.as_str().to_owned()));
+            // The account-wide wait first: while it runs, nothing is counted against the
+            // address, so an owner retrying during an attack is not pushed further back.
             app.store
-                .login_attempt(&p.id, source, now, per_source)
+                .login_attempt(&p.id, "*", now, per_account)
                 .await?
                 && app
                     .store
-                    .login_attempt(&p.id, "*", now, per_account)
+                    .login_attempt(&p.id, source, now, per_source)
                     .await?
         }
         None => false,
@@ -140,9 +142,24 @@ async fn login(
     } else {
         &["pwd"]
     };
-    let access_token = app
-        .tokens
-        .issue(&p.id, p.kind, &p.roles, amr, None, p.credentials_epoch)?;
+    session(app, &p, amr, None)
+}
+
+/// A new token for `account`, under its current credentials epoch: its roles as stored now.
+fn session(
+    app: &AppState,
+    account: &PrincipalRecord,
+    amr: &[&str],
+    mfa_at: Option<i64>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let access_token = app.tokens.issue(
+        &account.id,
+        account.kind,
+        &account.roles,
+        amr,
+        mfa_at,
+        account.credentials_epoch,
+    )?;
     Ok(Json(TokenResponse {
         access_token,
         token_type: "Bearer".to_owned(),
@@ -332,19 +349,7 @@ pub async fn step_up(
         .collect();
     amr.push("otp");
     // Roles come from the account, not the old token: a change since login applies now.
-    let access_token = app.tokens.issue(
-        &account.id,
-        account.kind,
-        &account.roles,
-        &amr,
-        Some(app.clock.now_secs()),
-        account.credentials_epoch,
-    )?;
-    Ok(Json(TokenResponse {
-        access_token,
-        token_type: "Bearer".to_owned(),
-        expires_in: app.tokens.ttl_secs(),
-    }))
+    session(&app, &account, &amr, Some(app.clock.now_secs()))
 }
 
 /// `POST /v1/auth/password`: changes the caller's own password.
@@ -367,17 +372,5 @@ pub async fn change_password(
         .await?
         .ok_or_else(ApiError::unauthenticated)?;
     // A password proves the password only: the new session starts without a second factor.
-    let access_token = app.tokens.issue(
-        &account.id,
-        account.kind,
-        &account.roles,
-        &["pwd"],
-        None,
-        account.credentials_epoch,
-    )?;
-    Ok(Json(TokenResponse {
-        access_token,
-        token_type: "Bearer".to_owned(),
-        expires_in: app.tokens.ttl_secs(),
-    }))
+    session(&app, &account, &["pwd"], None)
 }

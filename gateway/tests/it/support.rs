@@ -299,3 +299,44 @@ pub(crate) fn assert_error(r: &Reply, status: StatusCode, code: &str) {
     );
     assert_eq!(r.headers.get("content-type").unwrap(), "application/json");
 }
+
+/// Alert rules shipped in `config/alerts/NAME.rules.yml`: promtool checks them and runs their
+/// unit tests (`NAME.rules.test.yml`), and every `warden_*` metric they read is in
+/// `metrics` (the gateway's exposition). Returns how many metrics the rules read.
+pub(crate) fn check_alert_rules(name: &str, metrics: &str) -> usize {
+    let promtool = std::env::var("WARDEN_TEST_PROMTOOL")
+        .expect("WARDEN_TEST_PROMTOOL is not set: run the tests with scripts/test.sh");
+    let alerts = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/alerts"));
+    let (rules, tests) = (
+        format!("{name}.rules.yml"),
+        format!("{name}.rules.test.yml"),
+    );
+    for args in [
+        ["check", "rules", rules.as_str()],
+        ["test", "rules", tests.as_str()],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .current_dir(alerts)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(alerts.join(&rules)).unwrap();
+    let names: std::collections::BTreeSet<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("warden_"))
+        .collect();
+    for name in &names {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "the rules read {name}, which the gateway does not export"
+        );
+    }
+    names.len()
+}

@@ -448,6 +448,20 @@ async fn sensitive_values_in_unclassified_text(kind: Kind) {
     }
     assert_eq!(out.detections.get(&("card_number", "tokenize")), Some(&3));
 
+    // An address allowed but hiding a card number in its local part: the card's refusal wins.
+    let hidden = [record(
+        json!({"transaction_id": "t-9", "user_id": "dana", "amount": 1,
+        "country": "4111-1111-1111-1111@example.io", "created_at": 1_790_000_000}),
+    )];
+    let out = p
+        .protect(&with("refuse", "allow"), "fraud_detection", &hidden)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.rejections.iter().map(|r| r.code).collect::<Vec<_>>(),
+        [Some("card_number_in_unclassified_field")]
+    );
+
     // Allowed: kept as sent, counted.
     let out = p
         .protect(&with("allow", "allow"), "fraud_detection", &records)
