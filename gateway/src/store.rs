@@ -34,6 +34,19 @@ pub struct PrincipalRecord {
     pub credentials_epoch: i64,
 }
 
+/// What claiming an ingest request's idempotency key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestClaim {
+    /// The key is new: the request runs.
+    New,
+    /// The request ran before: its answer.
+    Answered { status: u16, response: String },
+    /// The same key and request are running now.
+    InProgress,
+    /// The key was used for another request.
+    Mismatch,
+}
+
 /// Growing delays after failed logins (OWASP: throttle, never lock an account for good).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttle {
@@ -161,6 +174,28 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     async fn put_contract(&self, name: &str, version: u32, contract: &str, now: i64) -> Result<()>;
     /// The latest version of every contract: `(name, version, JSON)`.
     async fn contracts(&self) -> Result<Vec<(String, u32, String)>>;
+
+    /// Claims an ingest request's idempotency key for `principal_id` (the request's digest
+    /// `digest`), unless it was claimed before; keys older than `expire_before` are removed
+    /// first.
+    async fn claim_ingest(
+        &self,
+        principal_id: &str,
+        key: &str,
+        digest: &[u8],
+        now: i64,
+        expire_before: i64,
+    ) -> Result<IngestClaim>;
+    /// Records the answer of a claimed ingest request.
+    async fn finish_ingest(
+        &self,
+        principal_id: &str,
+        key: &str,
+        status: u16,
+        response: &str,
+    ) -> Result<()>;
+    /// Releases a claim whose request failed (nothing was acknowledged): a retry runs anew.
+    async fn release_ingest(&self, principal_id: &str, key: &str) -> Result<()>;
 
     /// The policy version and rules.
     async fn policy(&self) -> Result<(i64, Vec<PolicyRule>)>;
@@ -660,6 +695,95 @@ impl StateStore for SqlStateStore {
             ))),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn claim_ingest(
+        &self,
+        principal_id: &str,
+        key: &str,
+        digest: &[u8],
+        now: i64,
+        expire_before: i64,
+    ) -> Result<IngestClaim> {
+        sqlx::query("DELETE FROM ingest_requests WHERE created_at < $1")
+            .bind(expire_before)
+            .execute(self.db.pool())
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO ingest_requests (principal_id, idempotency_key, digest, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (principal_id, idempotency_key) DO NOTHING",
+        )
+        .bind(principal_id.to_owned())
+        .bind(key.to_owned())
+        .bind(digest.to_vec())
+        .bind(now)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(IngestClaim::New);
+        }
+        let row = sqlx::query(
+            "SELECT digest, status, response FROM ingest_requests \
+             WHERE principal_id = $1 AND idempotency_key = $2",
+        )
+        .bind(principal_id.to_owned())
+        .bind(key.to_owned())
+        .fetch_optional(self.db.pool())
+        .await?;
+        // Released between the insert and the read: the retry's caller tries again.
+        let Some(row) = row else {
+            return Ok(IngestClaim::InProgress);
+        };
+        let stored: Vec<u8> = row.try_get("digest")?;
+        if stored != digest {
+            return Ok(IngestClaim::Mismatch);
+        }
+        Ok(
+            match (
+                row.try_get::<Option<i64>, _>("status")?,
+                row.try_get::<Option<String>, _>("response")?,
+            ) {
+                (Some(status), Some(response)) => IngestClaim::Answered {
+                    status: u16::try_from(status)
+                        .map_err(|_| Error::Corrupt(format!("ingest status {status}")))?,
+                    response,
+                },
+                _ => IngestClaim::InProgress,
+            },
+        )
+    }
+
+    async fn finish_ingest(
+        &self,
+        principal_id: &str,
+        key: &str,
+        status: u16,
+        response: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE ingest_requests SET status = $1, response = $2 \
+             WHERE principal_id = $3 AND idempotency_key = $4",
+        )
+        .bind(i64::from(status))
+        .bind(response.to_owned())
+        .bind(principal_id.to_owned())
+        .bind(key.to_owned())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn release_ingest(&self, principal_id: &str, key: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM ingest_requests WHERE principal_id = $1 AND idempotency_key = $2 \
+             AND status IS NULL",
+        )
+        .bind(principal_id.to_owned())
+        .bind(key.to_owned())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
     }
 
     async fn contracts(&self) -> Result<Vec<(String, u32, String)>> {

@@ -177,6 +177,30 @@ pub(crate) fn view_rights(
     })
 }
 
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// The request's `Idempotency-Key`, if it sent one: 1 to 256 visible characters.
+///
+/// # Errors
+/// A key that is empty, too long or not text.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} visible characters"
+                    ))
+                })
+        })
+        .transpose()
+}
+
 /// The purpose-limitation error.
 pub(crate) fn purpose_not_allowed() -> ApiError {
     ApiError::new(

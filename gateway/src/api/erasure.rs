@@ -86,20 +86,7 @@ pub async fn request(
     let result = async {
         let (subject_ref, own) = resolve(&app, &principal, &id).await?;
         note.subject_ref = Some(subject_ref.clone());
-        let key = headers
-            .get("idempotency-key")
-            .map(|v| {
-                v.to_str()
-                    .ok()
-                    .filter(|k| !k.is_empty() && k.len() <= MAX_ID)
-                    .map(str::to_owned)
-                    .ok_or_else(|| {
-                        ApiError::invalid(format!(
-                            "Idempotency-Key: 1 to {MAX_ID} visible characters"
-                        ))
-                    })
-            })
-            .transpose()?;
+        let key = super::data::idempotency_key(&headers)?;
         if app
             .erasures
             .by_subject(&subject_ref)

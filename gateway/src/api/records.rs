@@ -22,12 +22,15 @@ use warden_policy::contract::Contract;
 use warden_policy::protect::{ProtectedRecord, Rejection};
 use warden_sdk::ErrorCode;
 
-use super::data::{dataset, protection_note, purpose, purpose_not_allowed, stated_purpose};
+use super::data::{
+    dataset, idempotency_key, protection_note, purpose, purpose_not_allowed, stated_purpose,
+};
 use super::noted;
 use crate::auth::Principal;
 use crate::error::{ApiError, Error};
 use crate::middleware::{AuditNote, REQUEST_ID};
 use crate::state::AppState;
+use crate::store::IngestClaim;
 
 /// Most records in one ingest request.
 pub const MAX_INGEST_RECORDS: usize = 10_000;
@@ -179,7 +182,52 @@ pub async fn ingest(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();
-    let result: Result<Response, ApiError> = async {
+    // A retry under the same Idempotency-Key gets the first answer (nothing is published
+    // again); the same key with another request is refused.
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(e) => return noted(note, Err::<Response, _>(e)),
+    };
+    if let Some(k) = &key {
+        let digest = ingest_digest(&name, params.mode.as_deref(), &body);
+        let now = app.clock.now_micros();
+        let claim = app
+            .store
+            .claim_ingest(&principal.id, k, &digest, now, now - IDEMPOTENCY_WINDOW)
+            .await
+            .map_err(ApiError::from);
+        match claim {
+            Ok(IngestClaim::New) => {}
+            Ok(IngestClaim::Answered { status, response }) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+                let body: Value = serde_json::from_str(&response).unwrap_or(Value::Null);
+                return noted(
+                    note.detail("replayed", true),
+                    Ok::<_, ApiError>((status, Json(body)).into_response()),
+                );
+            }
+            Ok(IngestClaim::InProgress) => {
+                return noted(
+                    note,
+                    Err::<Response, _>(ApiError::new(
+                        ErrorCode::Conflict,
+                        "a request with this Idempotency-Key is in progress; retry later",
+                    )),
+                )
+            }
+            Ok(IngestClaim::Mismatch) => {
+                return noted(
+                    note,
+                    Err::<Response, _>(ApiError::new(
+                        ErrorCode::Conflict,
+                        "this Idempotency-Key was used for another request",
+                    )),
+                )
+            }
+            Err(e) => return noted(note, Err::<Response, _>(e)),
+        }
+    }
+    let result: Result<(StatusCode, Value), ApiError> = async {
         let contract = dataset(&app, &name)?;
         let purpose = purpose(&headers, &principal)?;
         let atomic = match params.mode.as_deref() {
@@ -217,7 +265,7 @@ pub async fn ingest(
                 },
                 "rejections": out.rejections,
             });
-            return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
+            return Ok((StatusCode::UNPROCESSABLE_ENTITY, body));
         }
         let published = publish(&app, &contract, &request_id, &out.records).await?;
         note = std::mem::take(&mut note).detail("topic", app.topic(&contract));
@@ -238,10 +286,44 @@ pub async fn ingest(
             positions,
             rejections: out.rejections,
         };
-        Ok((StatusCode::ACCEPTED, Json(response)).into_response())
+        let response = serde_json::to_value(response)
+            .map_err(|e| ApiError::from(Error::Corrupt(format!("ingest answer: {e}"))))?;
+        Ok((StatusCode::ACCEPTED, response))
     }
     .await;
-    noted(note, result)
+    if let Some(k) = &key {
+        // The answer is kept for a retry; a failure (nothing acknowledged) frees the key.
+        let kept = match &result {
+            Ok((status, body)) => {
+                app.store
+                    .finish_ingest(&principal.id, k, status.as_u16(), &body.to_string())
+                    .await
+            }
+            Err(_) => app.store.release_ingest(&principal.id, k).await,
+        };
+        if let Err(e) = kept {
+            tracing::error!(error = %e, "cannot record an ingest request's answer for its Idempotency-Key");
+        }
+    }
+    noted(
+        note,
+        result.map(|(status, body)| (status, Json(body)).into_response()),
+    )
+}
+
+/// How long an ingest's Idempotency-Key is remembered (microseconds): a day.
+const IDEMPOTENCY_WINDOW: i64 = 24 * 3600 * 1_000_000;
+
+/// What a retry must repeat exactly: the dataset, the mode and the body.
+fn ingest_digest(dataset: &str, mode: Option<&str>, body: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [dataset.as_bytes(), mode.unwrap_or("partial").as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(body);
+    h.finalize().to_vec()
 }
 
 /// Publishes protected records to the dataset's stream; their positions, in order.

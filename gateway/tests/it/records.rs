@@ -113,6 +113,52 @@ async fn sensitive_values_in_unclassified_fields_reach_no_store() {
     );
 }
 
+/// A batch re-sent under its Idempotency-Key after a lost answer gets the first answer and
+/// publishes nothing again (the same positions; each record once in the documents and the
+/// lake); the key with another batch is refused; without a key a re-send is a new request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_retried_under_its_idempotency_key_is_taken_once() {
+    let g = plane(Backend::Sqlite, false).await;
+    g.state.start_loaders();
+    let (_, stage) = g
+        .principal_token(PrincipalKind::Service, &["stage"], false)
+        .await;
+    let batch = json!([
+        tx(1, "u-1", "4111111111111111"),
+        tx(2, "u-2", "5500000000000004")
+    ]);
+    let with_key = |body: &Value, key: &str| {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/datasets/payments/records")
+            .header("authorization", format!("Bearer {stage}"))
+            .header("content-type", "application/json")
+            .header("x-purpose", "fraud_detection")
+            .header("idempotency-key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        g.send(req)
+    };
+    let first = with_key(&batch, "batch-7").await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{first:?}");
+    // The answer was lost; the client sends the same batch again.
+    let again = with_key(&batch, "batch-7").await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{again:?}");
+    assert_eq!(
+        again.json, first.json,
+        "the first answer, the same positions"
+    );
+    let other = with_key(&json!([tx(3, "u-3", "4111111111111111")]), "batch-7").await;
+    assert_error(&other, StatusCode::CONFLICT, "conflict");
+    loaded(&g, 2).await;
+    lake_loaded(&g, 2).await;
+    // Without a key the same batch is a new request: published again (the documents keep
+    // one per record key; the lake's dedupe is the contract's `dedupe` stage).
+    let unkeyed = ingest(&g, &stage, "", &batch).await;
+    assert_eq!(unkeyed.status, StatusCode::ACCEPTED);
+    assert_ne!(unkeyed.json["positions"], first.json["positions"]);
+}
+
 mod kafka_mongo {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ingest_then_read_masked() {
