@@ -1,5 +1,6 @@
 //! The AuditStore contract suite, run on every backend.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,6 +209,48 @@ async fn updates_and_deletes_are_refused_by_the_database(kind: Kind) {
     assert_eq!(f.store.scan(0, 10).await.unwrap().len(), 1);
 }
 
+/// The store, with every append held until the gate opens: appends queue up behind it.
+#[derive(Debug)]
+struct Gated {
+    inner: Arc<SqlAuditStore>,
+    gate: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl AuditStore for Gated {
+    async fn append(
+        &self,
+        events: Vec<warden_audit::EventBody>,
+        sealer: Option<&warden_audit::Sealer>,
+    ) -> warden_audit::Result<Vec<warden_audit::StoredEvent>> {
+        let mut gate = self.gate.clone();
+        // The guard of the watched value is dropped before the append (it is not Send).
+        let opened = gate.wait_for(|open| *open).await.is_ok();
+        assert!(opened, "the gate's sender is gone");
+        drop(gate);
+        self.inner.append(events, sealer).await
+    }
+    async fn head(&self) -> warden_audit::Result<warden_audit::Head> {
+        self.inner.head().await
+    }
+    async fn scan_rows(
+        &self,
+        after_seq: u64,
+        limit: u32,
+    ) -> warden_audit::Result<Vec<warden_audit::Scanned>> {
+        self.inner.scan_rows(after_seq, limit).await
+    }
+    async fn query(&self, query: &Query) -> warden_audit::Result<Vec<warden_audit::StoredEvent>> {
+        self.inner.query(query).await
+    }
+    async fn put_checkpoint(&self, cp: &warden_audit::Checkpoint) -> warden_audit::Result<()> {
+        self.inner.put_checkpoint(cp).await
+    }
+    async fn checkpoints(&self) -> warden_audit::Result<Vec<warden_audit::Checkpoint>> {
+        self.inner.checkpoints().await
+    }
+}
+
 #[derive(Default)]
 struct Counting {
     batches: AtomicUsize,
@@ -247,21 +290,49 @@ async fn group_commit_batches_and_shutdown_flushes(kind: Kind) {
         batches < 500,
         "500 concurrent appends committed in {batches} transactions: no grouping"
     );
-    // Appends still waiting when shutdown is asked are committed by it.
-    let mut waiting = Vec::new();
-    for i in 0..300u64 {
-        let s = seq.clone();
-        waiting.push(tokio::spawn(async move { s.append(event(i)).await }));
-    }
-    tokio::task::yield_now().await;
     seq.shutdown().await;
-    let mut committed = 0;
-    for w in waiting {
-        if w.await.unwrap().is_ok() {
-            committed += 1;
-        }
+    assert!(matches!(
+        seq.append(event(1)).await,
+        Err(warden_audit::Error::Closed)
+    ));
+
+    // Appends queued behind a commit in progress when shutdown is asked: every one is
+    // committed and answered before the sequencer stops.
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let gated = Arc::new(Gated {
+        inner: f.store.clone(),
+        gate,
+    });
+    let seq = Sequencer::start(gated, None, SequencerConfig::default(), None);
+    let held = {
+        let s = seq.clone();
+        tokio::spawn(async move { s.append(event(0)).await })
+    };
+    // The writer holds the first append at the gate (its clone of the receiver shows it).
+    while open.receiver_count() < 2 {
+        tokio::task::yield_now().await;
     }
-    assert_eq!(f.store.head().await.unwrap().seq, 500 + committed);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut queued = Vec::new();
+    for i in 1..=300u64 {
+        // One poll hands the event over (outside tokio's cooperative budget, which would
+        // make a late poll yield before sending); it then waits for its commit.
+        let mut append = Box::pin(tokio::task::unconstrained(seq.append(event(i))));
+        assert!(append.as_mut().poll(&mut cx).is_pending());
+        queued.push(append);
+    }
+    let stopping = {
+        let s = seq.clone();
+        tokio::spawn(async move { s.shutdown().await })
+    };
+    open.send(true).unwrap();
+    stopping.await.unwrap();
+    held.await.unwrap().unwrap();
+    for append in queued {
+        append.await.unwrap();
+    }
+    assert_eq!(f.store.head().await.unwrap().seq, 500 + 1 + 300);
     assert!(matches!(
         seq.append(event(1)).await,
         Err(warden_audit::Error::Closed)
