@@ -34,21 +34,25 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        for sealed in [false, true] {
-            let (db, _) = warden_audit::testkit::fresh_sqlite(dir.path()).await;
-            appends("sqlite", db, sealed).await;
+        // A fresh database of each backend for every measurement.
+        let fresh = |backend: &'static str| {
+            let dir = dir.path().to_owned();
+            async move {
+                match backend {
+                    "sqlite" => warden_audit::testkit::fresh_sqlite(&dir).await.0,
+                    _ => warden_audit::testkit::fresh_postgres().await.0,
+                }
+            }
+        };
+        for backend in ["sqlite", "postgres"] {
+            for sealed in [false, true] {
+                appends(backend, fresh(backend).await, sealed).await;
+            }
         }
-        for sealed in [false, true] {
-            let (db, _) = warden_audit::testkit::fresh_postgres().await;
-            appends("postgres", db, sealed).await;
-        }
-        for durable in [false, true] {
-            let (db, _) = warden_audit::testkit::fresh_sqlite(dir.path()).await;
-            reads("sqlite", db, durable).await;
-        }
-        for durable in [false, true] {
-            let (db, _) = warden_audit::testkit::fresh_postgres().await;
-            reads("postgres", db, durable).await;
+        for backend in ["sqlite", "postgres"] {
+            for durable in [false, true] {
+                reads(backend, fresh(backend).await, durable).await;
+            }
         }
     });
 }

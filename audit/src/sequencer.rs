@@ -348,8 +348,10 @@ impl Writer {
         };
         match self.store.append(Vec::new(), Some(sealer)).await {
             Ok(_) => {
-                let head = self.store.head().await?;
-                self.sealed(head.seq);
+                // The head the append vouched for or sealed, as the sealer remembers it.
+                if let Some((seq, _)) = sealer.last() {
+                    self.sealed(seq);
+                }
                 Ok(())
             }
             Err(e) => {

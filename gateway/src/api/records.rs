@@ -188,44 +188,22 @@ pub async fn ingest(
         Ok(k) => k,
         Err(e) => return noted(note, Err::<Response, _>(e)),
     };
-    if let Some(k) = &key {
-        let digest = ingest_digest(&name, params.mode.as_deref(), &body);
-        let now = app.clock.now_micros();
-        let claim = app
-            .store
-            .claim_ingest(&principal.id, k, &digest, now, now - IDEMPOTENCY_WINDOW)
-            .await
-            .map_err(ApiError::from);
-        match claim {
-            Ok(IngestClaim::New) => {}
-            Ok(IngestClaim::Answered { status, response }) => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
-                let body: Value = serde_json::from_str(&response).unwrap_or(Value::Null);
-                return noted(
-                    note.detail("replayed", true),
-                    Ok::<_, ApiError>((status, Json(body)).into_response()),
-                );
-            }
-            Ok(IngestClaim::InProgress) => {
-                return noted(
-                    note,
-                    Err::<Response, _>(ApiError::new(
-                        ErrorCode::Conflict,
-                        "a request with this Idempotency-Key is in progress; retry later",
-                    )),
-                )
-            }
-            Ok(IngestClaim::Mismatch) => {
-                return noted(
-                    note,
-                    Err::<Response, _>(ApiError::new(
-                        ErrorCode::Conflict,
-                        "this Idempotency-Key was used for another request",
-                    )),
-                )
-            }
-            Err(e) => return noted(note, Err::<Response, _>(e)),
+    let replay = match &key {
+        Some(k) => {
+            let digest = ingest_digest(&name, params.mode.as_deref(), &body);
+            claim(&app, &principal.id, k, &digest).await
         }
+        None => Ok(None),
+    };
+    match replay {
+        Ok(None) => {}
+        Ok(Some(first)) => {
+            return noted(
+                note.detail("replayed", true),
+                Ok::<_, ApiError>((first.0, Json(first.1)).into_response()),
+            )
+        }
+        Err(e) => return noted(note, Err::<Response, _>(e)),
     }
     let result: Result<(StatusCode, Value), ApiError> = async {
         let contract = dataset(&app, &name)?;
@@ -309,6 +287,35 @@ pub async fn ingest(
         note,
         result.map(|(status, body)| (status, Json(body)).into_response()),
     )
+}
+
+/// Claims an ingest's Idempotency-Key: `None` when the request is to run, the first answer
+/// for a retry of it, or why neither (the key in use, or used for another request).
+async fn claim(
+    app: &AppState,
+    principal_id: &str,
+    key: &str,
+    digest: &[u8],
+) -> Result<Option<(StatusCode, Value)>, ApiError> {
+    let now = app.clock.now_micros();
+    let conflict = |message| ApiError::new(ErrorCode::Conflict, message);
+    match app
+        .store
+        .claim_ingest(principal_id, key, digest, now, now - IDEMPOTENCY_WINDOW)
+        .await?
+    {
+        IngestClaim::New => Ok(None),
+        IngestClaim::Answered { status, response } => Ok(Some((
+            StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED),
+            serde_json::from_str(&response).unwrap_or(Value::Null),
+        ))),
+        IngestClaim::InProgress => Err(conflict(
+            "a request with this Idempotency-Key is in progress; retry later",
+        )),
+        IngestClaim::Mismatch => Err(conflict(
+            "this Idempotency-Key was used for another request",
+        )),
+    }
 }
 
 /// How long an ingest's Idempotency-Key is remembered (microseconds): a day.
