@@ -230,11 +230,26 @@ impl Db {
         Some(conn)
     }
 
+    /// The files holding the database on this host (SQLite: the database and its
+    /// write-ahead log; none for PostgreSQL, whose files are the server's).
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        self.sqlite_path.iter().fold(Vec::new(), |mut out, p| {
+            let mut wal = p.clone().into_os_string();
+            wal.push("-wal");
+            out.push(p.clone());
+            out.push(wal.into());
+            out
+        })
+    }
+
     /// Removes what deleted and overwritten rows left in the database's files. SQLite (whose
     /// connections zero freed content, `secure_delete`): the write-ahead log, which still
     /// holds the pages as they were, is checkpointed into the file and truncated — waiting
     /// for readers on older snapshots up to the busy timeout. PostgreSQL: `tables` are
-    /// vacuumed, so dead tuples' space is reclaimed for reuse.
+    /// rewritten (`VACUUM FULL`; a plain vacuum only marks dead tuples' space reusable, their
+    /// bytes stay in the pages until overwritten), each under a short exclusive lock — meant
+    /// for small tables. The server's write-ahead log keeps the old rows until it recycles
+    /// its segments.
     ///
     /// # Errors
     /// [`Error::Unavailable`] when a reader kept the log from being emptied; a database error.
@@ -254,7 +269,7 @@ impl Db {
             Backend::Postgres => {
                 for t in tables {
                     // Table names are the caller's constants, never input.
-                    sqlx::query(&format!("VACUUM {t}"))
+                    sqlx::query(&format!("VACUUM FULL {t}"))
                         .execute(&self.pool)
                         .await?;
                 }

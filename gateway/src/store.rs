@@ -120,8 +120,11 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     async fn erase_principal(&self, id: &str, name: &str) -> Result<bool>;
     /// Removes the bytes of deleted and overwritten rows from the database's files (SQLite:
     /// `secure_delete` zeroes them in place, and the write-ahead log, which still holds the
-    /// old pages, is checkpointed and truncated; PostgreSQL: the tables are vacuumed).
+    /// old pages, is checkpointed and truncated; PostgreSQL: the account tables are
+    /// rewritten).
     async fn scrub(&self) -> Result<()>;
+    /// The store's files on this host, to scan for residue (none on PostgreSQL).
+    fn files(&self) -> Vec<std::path::PathBuf>;
     /// Reserves one login attempt on the account from `source` (a client address, or `*` for
     /// the account as a whole): counts it as a failure in advance; from the `throttle.free`-th
     /// failure on, the next attempt waits a delay that doubles with each further failure, up
@@ -448,6 +451,10 @@ impl StateStore for SqlStateStore {
             .scrub(&["principals", "mfa_factors", "login_throttle"])
             .await?;
         Ok(())
+    }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        self.db.files()
     }
 
     async fn erase_principal(&self, id: &str, name: &str) -> Result<bool> {

@@ -215,9 +215,35 @@ async fn run() {
         "erasure  lake VACUUM (zero retention): {:.2} s, {vacuumed} files removed",
         vacuum_time.as_secs_f64()
     );
+    // What leaving no residue adds (issue 23): the log checkpointed and its earlier commits
+    // removed, then the byte scan of the log and the subject's bucket.
+    let started = Instant::now();
+    let log_removed = lake.compact_log(&contract).await.unwrap();
+    let compact_time = started.elapsed();
+    let started = Instant::now();
+    let needles = warden_pipeline::residue::Needles::new(&[target.as_bytes()]);
+    let scan = lake
+        .scan_residue(&contract, &target, &needles)
+        .await
+        .unwrap();
+    let scan_time = started.elapsed();
+    assert_eq!(scan.holding, 0);
     println!(
-        "erasure  one subject, lake + documents + vacuum: {:.2} s",
-        (lake_time + docs_time + vacuum_time).as_secs_f64()
+        "erasure  lake log checkpoint + cleanup: {:.2} s, {log_removed} commit files removed",
+        compact_time.as_secs_f64()
+    );
+    println!(
+        "erasure  byte scan of the log and the subject's bucket: {:.2} s, {} objects, {:.1} MiB",
+        scan_time.as_secs_f64(),
+        scan.objects,
+        mib(scan.bytes)
+    );
+    let before = lake_time + docs_time + vacuum_time;
+    println!(
+        "erasure  one subject, lake + documents + vacuum: {:.2} s (baseline, before issue 23); \
+         with log compaction and byte scan: {:.2} s",
+        before.as_secs_f64(),
+        (before + compact_time + scan_time).as_secs_f64()
     );
 
     // The same delete without subject buckets: every file is a candidate.

@@ -243,6 +243,24 @@ pub struct LakeConfig {
     pub storage_options: HashMap<String, String>,
 }
 
+/// The table property naming the columns the log keeps statistics of.
+const STATS_COLUMNS: &str = "delta.dataSkippingStatsColumns";
+
+/// The columns the log keeps minimum and maximum values of: only those that hold nothing
+/// personal and identify nobody — not the subject's pseudonym nor the record key, which would
+/// otherwise stay in the log's statistics after the subject's rows are erased (the subject's
+/// bucket partition prunes a subject's reads without them). Partition columns have none.
+pub fn stats_columns(contract: &Contract) -> String {
+    let mut stats: Vec<String> = vec![CONTRACT_VERSION.into()];
+    stats.extend(
+        columns(contract)
+            .into_iter()
+            .filter(|c| c.class == DataClass::Public && c.name != contract.record_key)
+            .map(|c| c.name),
+    );
+    stats.join(",")
+}
+
 /// The Delta tables of the datasets.
 #[derive(Debug)]
 pub struct Lake {
@@ -302,15 +320,6 @@ impl Lake {
             Ok(table) => return Ok(table),
             Err(unloaded) => unloaded,
         };
-        // Statistics only for columns that hold nothing personal (partition columns have
-        // none).
-        let mut stats: Vec<String> = vec![SUBJECT_REF.into(), CONTRACT_VERSION.into()];
-        stats.extend(
-            columns(contract)
-                .into_iter()
-                .filter(|c| c.class == DataClass::Public)
-                .map(|c| c.name),
-        );
         let mut fields = vec![
             StructField::new(SUBJECT_REF, DataType::STRING, false),
             StructField::new(SUBJECT_BUCKET, DataType::INTEGER, false),
@@ -328,7 +337,7 @@ impl Lake {
             .with_columns(fields)
             .with_partition_columns([SUBJECT_BUCKET])
             .with_configuration([
-                ("delta.dataSkippingStatsColumns", Some(stats.join(","))),
+                (STATS_COLUMNS, Some(stats_columns(contract))),
                 (
                     "delta.logRetentionDuration",
                     Some("interval 30 days".to_owned()),
@@ -786,6 +795,98 @@ impl Lake {
             .await
             .insert(contract.lake_table.clone(), table);
         Ok(metrics.files_deleted.len() as u64)
+    }
+
+    /// Leaves no trace of what was deleted in the table's log: the log is checkpointed at a
+    /// new version and every commit file before it removed — the erasure's `DELETE` names the
+    /// subject in its `commitInfo`, and the `add` actions of files written before statistics
+    /// left the subject and key columns carry them. The new version also (re)sets the
+    /// statistics columns ([`stats_columns`]), so tables made before that follow it. Time
+    /// travel to an earlier version fails from then on, as after a vacuum. Returns how many
+    /// log files were removed.
+    ///
+    /// # Errors
+    /// The table cannot be read, committed to, checkpointed or its log listed.
+    pub async fn compact_log(&self, contract: &Contract) -> Result<u64> {
+        let Some(table) = self.existing(contract).await? else {
+            return Ok(0);
+        };
+        let table = table
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(
+                STATS_COLUMNS.to_owned(),
+                stats_columns(contract),
+            )]))
+            .with_raise_if_not_exists(false)
+            .await
+            .map_err(|e| lake_err("set table properties", e))?;
+        let version = table
+            .version()
+            .ok_or_else(|| lake_err("compact log", "no version after a commit"))?;
+        deltalake::checkpoints::create_checkpoint(&table, None)
+            .await
+            .map_err(|e| lake_err("checkpoint", e))?;
+        // Every commit before the checkpoint, whatever its age (a day ahead of now absorbs
+        // clock skew between this host and the object store).
+        let cutoff = chrono::Utc::now().timestamp_millis() + 86_400_000;
+        let removed = deltalake::checkpoints::cleanup_expired_logs_for(
+            version,
+            table.log_store().as_ref(),
+            cutoff,
+            None,
+        )
+        .await
+        .map_err(|e| lake_err("clean log", e))?;
+        self.tables
+            .lock()
+            .await
+            .insert(contract.lake_table.clone(), table);
+        Ok(removed as u64)
+    }
+
+    /// Reads every byte of the table's log and of the subject's bucket partition (the only
+    /// data files its rows can be in), as stored, for any of `needles`.
+    ///
+    /// # Errors
+    /// An object cannot be listed or read.
+    pub async fn scan_residue(
+        &self,
+        contract: &Contract,
+        subject_ref: &str,
+        needles: &crate::residue::Needles<'_>,
+    ) -> Result<crate::residue::Scan> {
+        use deltalake::logstore::object_store::ObjectStoreExt as _;
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let mut scan = crate::residue::Scan::default();
+        let Some(table) = self.existing(contract).await? else {
+            return Ok(scan);
+        };
+        let store = table.log_store().object_store(None);
+        let bucket = format!("{SUBJECT_BUCKET}={}", subject_bucket(subject_ref));
+        for prefix in ["_delta_log", bucket.as_str()] {
+            let prefix = deltalake::Path::from(prefix);
+            let objects: Vec<deltalake::ObjectMeta> = store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|e| lake_err("list table files", e))?;
+            for meta in objects {
+                let chunks = store
+                    .get(&meta.location)
+                    .await
+                    .map_err(|e| lake_err("read table file", e))?
+                    .into_stream()
+                    .boxed();
+                let (holds, bytes) = needles
+                    .scan(chunks)
+                    .await
+                    .map_err(|e| lake_err("read table file", e))?;
+                scan.objects += 1;
+                scan.bytes += bytes;
+                scan.holding += u64::from(holds);
+            }
+        }
+        Ok(scan)
     }
 
     /// Opens the table at an old `version` (time travel) and counts a subject's rows there.

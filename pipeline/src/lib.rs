@@ -10,6 +10,7 @@ pub mod geo;
 pub mod lake;
 pub mod loader;
 pub mod record;
+pub mod residue;
 pub mod stages;
 pub mod stream;
 

@@ -21,11 +21,17 @@
 //!    with another subject keeps its token).
 //! 7. `account` — the subject's own login account, if it has one, is renamed to its
 //!    pseudonym: the identifier leaves the state store, the account can still fetch its job
-//!    and receipt.
+//!    and receipt. Then the state database's files are scrubbed of what the deletes and
+//!    overwrites left (SQLite: freed content is zeroed and the write-ahead log checkpointed
+//!    and truncated; PostgreSQL: the account tables rewritten), and on SQLite the files are
+//!    scanned byte by byte for the former name and password hash.
 //! 8. `vacuum` — once `erasure.vacuum_retention` has passed since the lake step, the files the
-//!    delete rewrote are removed (time travel to before the delete fails from then on).
-//! 9. `verify` — every store must return zero rows of the subject and the key must be gone;
-//!    rows that arrived meanwhile send the job back to `collect` (a new pass).
+//!    delete rewrote are removed (time travel to before the delete fails from then on), and
+//!    each table's log is checkpointed and its earlier commits removed: the delete's commit
+//!    names the subject in its predicate.
+//! 9. `verify` — every store must return zero rows of the subject, the lake's log and the
+//!    subject's bucket must not hold its pseudonym in any byte, and the key must be gone;
+//!    rows or bytes found send the job back to `collect` (a new pass).
 //! 10. `receipt` — the completion is audited; the receipt (counts, Delta versions, the
 //!     audit event's sequence number) is signed and stored. Asking again returns the same
 //!     receipt.
@@ -138,6 +144,10 @@ pub struct Progress {
     /// When the lake step finished (Unix microseconds): the vacuum waits for the retention.
     pub lake_done_at: Option<i64>,
     pub lake_files_vacuumed: u64,
+    /// Commit files removed from the lakes' logs.
+    pub lake_log_files_removed: u64,
+    /// The byte scan of the state database's files for the account's former name and hash.
+    pub state_scan: Option<receipt::Scan>,
     pub verification: Option<Verification>,
 }
 
@@ -923,7 +933,8 @@ async fn run_job(app: &AppState, owner: &str, mut job: Job, max_steps: usize) ->
                 info!(
                     job = job.id,
                     pass = job.pass,
-                    "rows arrived during the erasure; erasing again"
+                    "rows arrived during the erasure, or lake files still hold the subject's \
+                     pseudonym; erasing again"
                 );
                 if job.pass > MAX_PASSES {
                     // Rows keep coming back: go on erasing, but with backoff, visibly.
@@ -933,7 +944,8 @@ async fn run_job(app: &AppState, owner: &str, mut job: Job, max_steps: usize) ->
                         .failed(
                             &job,
                             owner,
-                            "verify: the subject's rows keep arriving; erasing again",
+                            "verify: the subject's rows keep arriving, or lake files keep its \
+                             pseudonym; erasing again",
                             now,
                         )
                         .await
@@ -1083,15 +1095,31 @@ async fn run_step(app: &AppState, owner: &str, job: &mut Job, step: &str) -> Res
             }
         }
         "account" => {
+            // The former name and hash, held only in memory until the files are scanned.
+            let mut former: Option<(String, String)> = None;
             if let Some(id) = job.progress.account.clone() {
-                let named = app.store.principal_by_id(&id).await?.map(|p| p.name);
-                if named.is_some_and(|n| n != sr) {
-                    job.progress.account_renamed = app.store.erase_principal(&id, &sr).await?;
+                if let Some(p) = app.store.principal_by_id(&id).await? {
+                    if p.name != sr && app.store.erase_principal(&id, &sr).await? {
+                        job.progress.account_renamed = true;
+                        former = Some((p.name, p.secret_hash));
+                    }
                 }
-                // The old name and hash are gone from the rows; now from the files too (free
-                // pages, the write-ahead log). A reader holding an old snapshot makes this
-                // fail; the step is retried.
-                app.store.scrub().await?;
+            }
+            // What the erasure's deletes and overwrites (account, documents, stream records
+            // in the state database) left in free pages and the write-ahead log goes from
+            // the files too. A reader holding an old snapshot makes this fail; the step is
+            // retried.
+            app.store.scrub().await?;
+            let files = app.store.files();
+            if let (Some((name, hash)), false) = (&former, files.is_empty()) {
+                let needles =
+                    warden_pipeline::residue::Needles::new(&[name.as_bytes(), hash.as_bytes()]);
+                let scan = warden_pipeline::residue::scan_files(&files, &needles)
+                    .await
+                    .map_err(|e| Error::Database(sqlx::Error::Io(e)))?;
+                // Kept, found or not: a second attempt no longer knows the name; the verify
+                // step refuses to complete on a finding.
+                job.progress.state_scan = Some(scan);
             }
         }
         "vacuum" => {
@@ -1105,6 +1133,7 @@ async fn run_step(app: &AppState, owner: &str, job: &mut Job, step: &str) -> Res
             }
             for contract in &datasets {
                 job.progress.lake_files_vacuumed += app.lake.vacuum(contract, retention).await?;
+                job.progress.lake_log_files_removed += app.lake.compact_log(contract).await?;
             }
         }
         "verify" => {
@@ -1115,10 +1144,14 @@ async fn run_step(app: &AppState, owner: &str, job: &mut Job, step: &str) -> Res
                     .await?
                     .destroyed
                     .contains(&sr),
+                state_scan: job.progress.state_scan,
                 ..Verification::default()
             };
+            let needles = warden_pipeline::residue::Needles::new(&[sr.as_bytes()]);
             for contract in &datasets {
                 v.lake_rows += app.lake.count_subject(contract, &sr).await?;
+                v.lake_scan
+                    .add(app.lake.scan_residue(contract, &sr, &needles).await?);
                 let spec = warden_pipeline::loader::collection_spec(contract);
                 v.documents += app.documents.count(&spec, Some(&sr)).await?;
                 v.vault_tokens += app.tokenizer.subject_tokens(&contract.name, &sr).await?;
@@ -1131,12 +1164,24 @@ async fn run_step(app: &AppState, owner: &str, job: &mut Job, step: &str) -> Res
                     .is_none_or(|p| p.name == sr),
                 None => true,
             };
+            if v.state_scan.is_some_and(|s| s.holding > 0) {
+                return Err(Error::Corrupt(
+                    "the state database's files still held the erased account's name or \
+                     password hash after the scrub"
+                        .into(),
+                ));
+            }
             if !v.account_pseudonymous {
                 return Err(Error::Conflict(
                     "the subject's account still carries its identifier".into(),
                 ));
             }
-            let clean = v.lake_rows == 0 && v.documents == 0 && v.vault_tokens == 0;
+            // Bytes without rows (a commit after the log was compacted) send the job round
+            // again too: its vacuum step compacts the log anew.
+            let clean = v.lake_rows == 0
+                && v.lake_scan.holding == 0
+                && v.documents == 0
+                && v.vault_tokens == 0;
             if !clean {
                 job.progress.verification = None;
                 return Ok(Outcome::Back(1));
@@ -1262,7 +1307,7 @@ async fn completion_event(app: &AppState, job: &Job) -> Result<(u64, String)> {
 
 fn build_receipt(app: &AppState, job: &Job, seq: u64, hash: &str) -> Receipt {
     Receipt {
-        version: 1,
+        version: 2,
         job: job.id.clone(),
         subject_ref: job.subject_ref.clone(),
         received_at: warden_policy::timefmt::micros_to_rfc3339(job.received_at),
@@ -1293,6 +1338,7 @@ fn build_receipt(app: &AppState, job: &Job, seq: u64, hash: &str) -> Receipt {
         subject_key_destroyed: job.progress.key_destroyed,
         subject_account_renamed: job.progress.account_renamed,
         lake_files_vacuumed: job.progress.lake_files_vacuumed,
+        lake_log_files_removed: job.progress.lake_log_files_removed,
         verification: job.progress.verification.clone().unwrap_or_default(),
         audit_seq: seq,
         audit_hash: hash.to_owned(),

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+pub use warden_pipeline::residue::Scan;
 
 /// Domain separation: a receipt signature cannot be taken for a checkpoint's, or the reverse.
 const CONTEXT: &[u8] = b"warden-erasure-receipt-v1\n";
@@ -41,6 +42,18 @@ pub struct Verification {
     pub subject_key_destroyed: bool,
     /// The subject's login account, if any, no longer carries its identifier.
     pub account_pseudonymous: bool,
+    /// The byte scan of every dataset's lake files — its whole log and the data files of the
+    /// subject's bucket, as stored — for the subject's pseudonym: objects and bytes read, and
+    /// how many held it (zero, or the job would not have completed).
+    #[serde(default)]
+    pub lake_scan: Scan,
+    /// The byte scan of the state database's files (SQLite: the database and its
+    /// write-ahead log, after the erasure's deletes were checkpointed) for the subject's
+    /// former account name and password hash. Absent when nothing was scanned: the subject
+    /// had no account, or the state database is PostgreSQL (whose files are the server's;
+    /// its account tables are rewritten instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_scan: Option<Scan>,
 }
 
 /// A signed erasure receipt.
@@ -60,6 +73,10 @@ pub struct Receipt {
     pub subject_account_renamed: bool,
     /// Lake files physically removed by the vacuum.
     pub lake_files_vacuumed: u64,
+    /// Commit files removed from the lakes' logs after a checkpoint (the delete's among
+    /// them: its predicate names the subject).
+    #[serde(default)]
+    pub lake_log_files_removed: u64,
     pub verification: Verification,
     /// The audit event recording the completion: its sequence number and chain hash (hex).
     pub audit_seq: u64,
@@ -166,6 +183,7 @@ mod tests {
             subject_key_destroyed: true,
             subject_account_renamed: false,
             lake_files_vacuumed: 2,
+            lake_log_files_removed: 3,
             verification: Verification::default(),
             audit_seq: 9,
             audit_hash: "00".into(),

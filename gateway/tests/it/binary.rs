@@ -185,6 +185,80 @@ async fn get(base: &str, path: &str, token: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// The README's walkthrough, run as written by `bash` (with `curl` and `jq`) against the binary
+/// started in an empty temporary directory: only the lines a reader fills in (the address,
+/// the printed password, the authenticator's code) are replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let block = readme
+        .split("## Walkthrough")
+        .nth(1)
+        .and_then(|s| s.split("```sh\n").nth(1))
+        .and_then(|s| s.split("\n```").next())
+        .expect("the README has a walkthrough with a sh block")
+        .to_owned();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let server = Server::start(dir, &[], &[]).await;
+    let out = server.stdout();
+    let password = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("one-time password: "))
+        .expect("password shown")
+        .to_owned();
+    let seed = crate::support::seed_from_uri(
+        out.lines()
+            .find_map(|l| l.split("URI (add it to an authenticator app): ").nth(1))
+            .expect("totp uri shown"),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let code = warden_gateway::auth::totp::code_at(&seed, now).unwrap();
+    let mut filled = 0;
+    let script: Vec<String> = block
+        .lines()
+        .map(|line| {
+            let value = match line.split('=').next() {
+                Some("W") => server.base.clone(),
+                Some("PASSWORD") => format!("'{password}'"),
+                Some("CODE") => code.clone(),
+                _ => return line.to_owned(),
+            };
+            filled += 1;
+            format!("{}={value}", line.split('=').next().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(
+        filled, 3,
+        "the walkthrough sets W, PASSWORD and CODE once each:\n{block}"
+    );
+    let run = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script.join("\n")])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash runs");
+    let (stdout, stderr) = (text(&run.stdout), text(&run.stderr));
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    for expected in [
+        "\"roles\":[\"admin\"]",
+        "mfa_required",
+        "\"code\":\"forbidden\"",
+        "\"decision\": \"deny\"",
+        "\"ok\":true",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected} not in:\n{stdout}\n{stderr}"
+        );
+    }
+    server.stop();
+}
+
 #[cfg(unix)]
 fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;

@@ -100,6 +100,101 @@ async fn card_tokens(g: &Gateway, subject_ref: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every object of a dataset's lake table — the data files of every bucket and the whole
+/// log — read as stored (on disk or S3): the names of those holding any of `needles`, and
+/// how many objects there are.
+async fn lake_objects_holding(
+    g: &Gateway,
+    dataset: &str,
+    needles: &[String],
+) -> (Vec<String>, usize) {
+    use deltalake::logstore::object_store::ObjectStoreExt as _;
+    use futures::TryStreamExt as _;
+    let contract = g.state.datasets.get(dataset).unwrap();
+    let url = g.state.lake.table_url(&contract).unwrap();
+    let options = g
+        .state
+        .config
+        .lake
+        .storage_options
+        .clone()
+        .into_iter()
+        .collect();
+    let table = deltalake::DeltaTableBuilder::from_url(url)
+        .unwrap()
+        .with_storage_options(options)
+        .build()
+        .unwrap();
+    let store = table.object_store();
+    let objects: Vec<deltalake::ObjectMeta> = store.list(None).try_collect().await.unwrap();
+    let mut holding = Vec::new();
+    for meta in &objects {
+        let bytes = store
+            .get(&meta.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        if needles.iter().any(|n| contains(&bytes, n.as_bytes())) {
+            holding.push(meta.location.to_string());
+        }
+    }
+    (holding, objects.len())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The files of the state database holding any of `needles`: SQLite's database and
+/// write-ahead log; on PostgreSQL (running on this host, as `scripts/dev-services.sh` starts
+/// it), the files of the `principals` table and of its indexes.
+async fn state_files_holding(g: &Gateway, needles: &[&str]) -> Vec<String> {
+    let files: Vec<std::path::PathBuf> = match g.state_url.strip_prefix("sqlite://") {
+        Some(path) => vec![path.into(), format!("{path}-wal").into()],
+        None => {
+            use sqlx::Row as _;
+            let pool = sqlx::PgPool::connect(&g.state_url).await.unwrap();
+            // Pages reach the files at a checkpoint; until then they are in shared memory.
+            sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
+            let dir: String = sqlx::query("SELECT current_setting('data_directory')")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get(0);
+            let rels = sqlx::query(
+                "SELECT pg_relation_filepath('principals'::regclass) UNION ALL \
+                 SELECT pg_relation_filepath(indexrelid) FROM pg_index \
+                 WHERE indrelid = 'principals'::regclass",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            let files: Vec<std::path::PathBuf> = rels
+                .iter()
+                .map(|r| std::path::Path::new(&dir).join(r.get::<String, _>(0)))
+                .collect();
+            for f in &files {
+                assert!(
+                    f.exists(),
+                    "{} is not readable here: the PostgreSQL of the tests must run on this host",
+                    f.display()
+                );
+            }
+            files
+        }
+    };
+    files
+        .into_iter()
+        .filter(|f| {
+            let bytes = std::fs::read(f).unwrap_or_default();
+            needles.iter().any(|n| contains(&bytes, n.as_bytes()))
+        })
+        .map(|f| f.display().to_string())
+        .collect()
+}
+
 /// Every message of the payments topic, from its beginning.
 async fn topic_messages(g: &Gateway) -> Vec<warden_pipeline::stream::Message> {
     let contract = g.state.datasets.get("payments").unwrap();
@@ -144,11 +239,38 @@ async fn erasure_across_every_store(g: Gateway) {
     let own: Vec<String> = tokens.difference(&kept_tokens).cloned().collect();
     assert_eq!((shared.len(), own.len()), (1, 1));
     let version_before = g.state.lake.version(&contract).await.unwrap().unwrap();
+    let (holding, _) = lake_objects_holding(&g, "payments", &["x-000".to_owned()]).await;
+    assert!(!holding.is_empty(), "the lake holds the record keys before");
 
     // The subject's access export: its own records from both stores, decrypted for it.
-    let (_, subject) = g
+    let (subject_id, _) = g
         .named_principal_token(PrincipalKind::Subject, ERASED, &["subject"], false)
         .await;
+    // A password of its own (which ends the sessions before it: a token of the new epoch).
+    let former_hash = "$argon2id$v=19$m=19456,t=2,p=1$ZXJhc2VkLXNhbHQ$ZXJhc2VkLWhhc2g".to_owned();
+    g.state
+        .store
+        .set_secret_hash(&subject_id, &former_hash)
+        .await
+        .unwrap();
+    assert!(
+        !state_files_holding(&g, &[ERASED, &former_hash])
+            .await
+            .is_empty(),
+        "the scan finds the account before the erasure"
+    );
+    let subject = g
+        .state
+        .tokens
+        .issue(
+            &subject_id,
+            PrincipalKind::Subject,
+            &["subject".to_owned()],
+            &["pwd"],
+            None,
+            1,
+        )
+        .unwrap();
     let r = g.get("/v1/subjects/me/export", &subject).await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     assert_eq!(r.json["subject_ref"], json!(erased));
@@ -296,17 +418,20 @@ async fn erasure_across_every_store(g: Gateway) {
         r.json["pass"], 2,
         "the verification scan sent it round again"
     );
-    // The running gateway's state database holds no byte of the erased account's name: not
-    // in its rows, its free pages nor its write-ahead log.
-    if let Some(path) = g.state_url.strip_prefix("sqlite://") {
-        for file in [path.to_owned(), format!("{path}-wal")] {
-            let bytes = std::fs::read(&file).unwrap_or_default();
-            assert!(
-                !bytes.windows(ERASED.len()).any(|w| w == ERASED.as_bytes()),
-                "{file} still holds the erased subject's name"
-            );
-        }
-    }
+    // The running gateway's state database holds no byte of the erased account's name nor
+    // of its password hash: not in its rows, its free pages nor its write-ahead log.
+    assert_eq!(
+        state_files_holding(&g, &[ERASED, &former_hash]).await,
+        Vec::<String>::new()
+    );
+    // No byte of any lake file, data or log, holds the subject's pseudonym or one of its
+    // record keys (not in column statistics, not in the delete's predicate).
+    let mut needles = vec![erased.clone()];
+    needles.extend((0..12).map(|i| format!("x-{i:03}")));
+    let (holding, objects) = lake_objects_holding(&g, "payments", &needles).await;
+    assert_eq!(holding, Vec::<String>::new(), "of {objects} lake objects");
+    let (holding, _) = lake_objects_holding(&g, "payments", &[kept[0].clone()]).await;
+    assert!(!holding.is_empty(), "the scan finds what is there");
     let receipt_json = r.json["receipt"].clone();
 
     // Nothing of the subject anywhere; everybody else untouched.
@@ -442,6 +567,23 @@ async fn erasure_across_every_store(g: Gateway) {
         (0, 0, 0)
     );
     assert!(r.lake_files_vacuumed >= 1);
+    assert!(r.lake_log_files_removed >= 1, "{r:?}");
+    assert_eq!(r.version, 2);
+    let scan = r.verification.lake_scan;
+    assert!(
+        scan.objects >= 3 && scan.bytes > 0 && scan.holding == 0,
+        "{scan:?}"
+    );
+    match g.state.store.files().is_empty() {
+        true => assert_eq!(r.verification.state_scan, None),
+        false => {
+            let scan = r.verification.state_scan.unwrap();
+            assert!(
+                scan.objects >= 1 && scan.bytes > 0 && scan.holding == 0,
+                "{scan:?}"
+            );
+        }
+    }
     let forged = text.replace("\"documents_deleted\":13", "\"documents_deleted\":12");
     assert_ne!(forged, text);
     assert!(receipt::verify(&forged, &g.state.receipt_signer.verifying_key()).is_err());

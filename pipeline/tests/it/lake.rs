@@ -182,7 +182,87 @@ async fn exactly_once_and_bucketed(root: String, options: HashMap<String, String
             "{protected} in statistics: {stats:?}"
         );
     }
-    assert!(stats.contains(&"subject_ref") && stats.contains(&"amount"));
+    for identifying in ["subject_ref", "transaction_id"] {
+        assert!(
+            !stats.contains(&identifying),
+            "{identifying} (the subject, the record key) in statistics: {stats:?}"
+        );
+    }
+    assert!(stats.contains(&"amount"));
+}
+
+/// A subject erased from a table made before statistics left the subject and key columns:
+/// its delete, vacuum and log compaction leave no byte of its pseudonym or record keys in
+/// the log or its bucket, while other subjects' rows and the exactly-once positions stay.
+async fn erased_leaves_no_byte(root: String, options: HashMap<String, String>) {
+    use warden_pipeline::residue::Needles;
+    let config = LakeConfig {
+        root,
+        storage_options: options,
+    };
+    let c = contract();
+    // The table as earlier versions made it: the subject and the record key in statistics.
+    let table = Lake::new(&config).unwrap().table(&c).await.unwrap();
+    table
+        .set_tbl_properties()
+        .with_properties(HashMap::from([(
+            "delta.dataSkippingStatsColumns".to_owned(),
+            "subject_ref,transaction_id,amount".to_owned(),
+        )]))
+        .await
+        .unwrap();
+    let lake = Lake::new(&config).unwrap();
+    let batch: Vec<Delivered> = (0..28).map(|i| delivered(&c, 0, i as i64, i)).collect();
+    assert_eq!(lake.append(&c, "payments", &batch).await.unwrap(), 28);
+    let erased = batch[3].record.subject_ref.clone();
+    let kept = batch[4].record.subject_ref.clone();
+    // Its record keys: every seventh record is its.
+    let keys: Vec<String> = (0..4).map(|k| format!("tx-{}", 3 + 7 * k)).collect();
+    let mut needles: Vec<&[u8]> = vec![erased.as_bytes()];
+    needles.extend(keys.iter().map(|k| k.as_bytes()));
+    let needles = Needles::new(&needles);
+    let before = lake.scan_residue(&c, &erased, &needles).await.unwrap();
+    assert!(before.holding >= 1, "statistics name it: {before:?}");
+
+    let deleted = lake.delete_subject(&c, &erased, "er_test").await.unwrap();
+    assert_eq!(deleted.rows, 4);
+    lake.vacuum(&c, std::time::Duration::ZERO).await.unwrap();
+    let vacuumed = lake.scan_residue(&c, &erased, &needles).await.unwrap();
+    assert!(
+        vacuumed.holding >= 1,
+        "the delete's predicate and the old statistics stay in the log: {vacuumed:?}"
+    );
+    let removed = lake.compact_log(&c).await.unwrap();
+    assert!(removed >= 3, "the commits before the checkpoint: {removed}");
+    let after = lake.scan_residue(&c, &erased, &needles).await.unwrap();
+    assert!(after.objects >= 2 && after.bytes > 0, "{after:?}");
+    assert_eq!(after.holding, 0, "{after:?}");
+    // The kept subject's rows are read as before; its pseudonym is in its data files.
+    assert_eq!(lake.count_subject(&c, &kept).await.unwrap(), 4);
+    assert_eq!(lake.count_subject(&c, &erased).await.unwrap(), 0);
+    let kept_scan = lake
+        .scan_residue(&c, &kept, &Needles::new(&[kept.as_bytes()]))
+        .await
+        .unwrap();
+    assert!(kept_scan.holding >= 1, "{kept_scan:?}");
+    // The table is upgraded, and a fresh reader still knows what was appended exactly once.
+    let stats = lake_stats(&lake, &c).await;
+    assert!(
+        !stats.contains("subject_ref") && !stats.contains("transaction_id"),
+        "{stats}"
+    );
+    let fresh = Lake::new(&config).unwrap();
+    assert_eq!(fresh.append(&c, "payments", &batch).await.unwrap(), 0);
+    assert_eq!(count(&lake, &c, "").await, 24);
+}
+
+async fn lake_stats(lake: &Lake, c: &Contract) -> String {
+    let table = lake.table(c).await.unwrap();
+    let config = table.snapshot().unwrap().metadata().configuration().clone();
+    config
+        .get("delta.dataSkippingStatsColumns")
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,6 +273,23 @@ async fn local_disk() {
         HashMap::new(),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erased_leaves_no_byte_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    erased_leaves_no_byte(
+        dir.path().join("lake").display().to_string(),
+        HashMap::new(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erased_leaves_no_byte_on_s3() {
+    let bucket = std::env::var("WARDEN_TEST_S3_BUCKET")
+        .expect("WARDEN_TEST_S3_BUCKET is not set: run the tests with scripts/test.sh");
+    erased_leaves_no_byte(format!("s3://{bucket}/{}/", unique("lake")), s3_options()).await;
 }
 
 /// Object-store options for the S3 endpoint of `scripts/dev-services.sh` (moto).
